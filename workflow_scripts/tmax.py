@@ -1,0 +1,4 @@
+from ltd import jobs
+
+jobs.log_to(snakemake.log[0])
+jobs.find_tmax(snakemake.config, list(snakemake.input), snakemake.output[0])

@@ -1,0 +1,11 @@
+"""Train one teacher, substitute or student (the role comes from the rule)."""
+from pathlib import Path
+
+from ltd import jobs, runtime
+from ltd.experiments import Run
+
+jobs.log_to(snakemake.log[0])
+device = runtime.setup(snakemake.config["device"], snakemake.threads)
+run = Run.parse(snakemake.params.role, snakemake.wildcards.name)
+jobs.train_run(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
+               soft_labels=snakemake.input.get("soft_labels"), device=device)
