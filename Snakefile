@@ -21,7 +21,7 @@ include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 
 
-localrules: all, table4
+localrules: all, table4, tmax, select_temperature, resolve_auto
 
 
 rule all:

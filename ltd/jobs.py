@@ -185,6 +185,13 @@ def select_temperature(config: dict, tmax_path: str | Path, validations: list[st
     return result
 
 
+def resolve_auto(evaluation: str | Path, selection: str | Path, out: str | Path) -> None:
+    """The chosen student's evaluation, with the search that chose it."""
+    result = checkpoint.load_json(evaluation)
+    result["selection"] = checkpoint.load_json(selection)
+    checkpoint.save_json(result, out)
+
+
 def log_to(path: str | Path) -> None:
     """Send this job's stdout and stderr to its Snakemake log file."""
     f = open(path, "a", buffering=1)
@@ -236,4 +243,4 @@ def render_table4(config: dict, evals: list[str | Path], tmax_path: str | Path, 
     figures.accuracy_vs_temperature(
         sorted(points, key=lambda p: p["T"]), paper_points, baseline, tm["tmax"],
         f"TRADES+LTD: accuracy against teacher temperature ({config['dataset']['name']}, {config['arch']})",
-        figure_stem)
+        figure_stem, paper_dataset=paper["dataset"])

@@ -1,18 +1,33 @@
+def selected_evaluation(w):
+    """The AutoAttack result of the student the search chose (known after the checkpoint)."""
+    sel = checkpoints.select_temperature.get(group=w.group).output[0]
+    group = ex.search_candidates(config, w.group)[0]
+    return run_path(ex.with_temperature(group, load_json(sel)["temperature"]), "autoattack.json")
+
+
+rule resolve_auto:
+    """An `auto` row's result, under a path known before the search ran: only this
+    rule waits for the checkpoint, so a dry run still lists every other job."""
+    input:
+        evaluation=selected_evaluation,
+        selection=f"{R}/temperature/{{group}}/selection.json",
+    output:
+        f"{R}/temperature/{{group}}/autoattack.json",
+    log:
+        f"{R}/logs/temperature/{{group}}.resolve.log",
+    script:
+        "../workflow_scripts/resolve_auto.py"
+
+
 def table_evaluations(table):
-    """AutoAttack results behind a table's rows, in order; `auto` rows wait for the
-    temperature-search checkpoint."""
-
-    def f(w):
-        paths = []
-        for entry in ex.table_entries(config, table):
-            chosen = None
-            if entry.is_auto:
-                sel = checkpoints.select_temperature.get(group=ex.search_group(config, entry)).output[0]
-                chosen = load_json(sel)["temperature"]
-            paths.append(run_path(ex.entry_run(config, entry, chosen), "autoattack.json"))
-        return paths
-
-    return f
+    """AutoAttack results behind a table's rows, in row order."""
+    paths = []
+    for entry in ex.table_entries(config, table):
+        if entry.is_auto:
+            paths.append(f"{R}/temperature/{ex.search_group(config, entry)}/autoattack.json")
+        else:
+            paths.append(run_path(ex.entry_run(config, entry), "autoattack.json"))
+    return paths
 
 
 rule table4:
