@@ -1,7 +1,10 @@
 """One training step per method. Adding a method = one function here + one name.
 
 A step takes (model, x, y, q) — q the teacher's soft labels for x or None — and
-returns (loss, clean logits, stats). The training loop owns everything else.
+returns (loss, clean logits, stats). The training loop owns everything else. A step
+may also define ``begin_epoch(epoch)`` (0-based, called before each epoch) and
+``after_update(model)`` (called right after ``optimizer.step()``); the loop calls
+them when present.
 """
 
 from __future__ import annotations

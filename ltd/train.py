@@ -94,6 +94,8 @@ def fit(
     tty = sys.stderr.isatty()
     for epoch in range(start, sched["epochs"]):
         model.train()
+        if hasattr(step, "begin_epoch"):  # e.g. AWP switches on after its warm-up epochs
+            step.begin_epoch(epoch)
         t0 = time.time()
         totals = {"loss": 0.0, "correct": 0, "n": 0}
         bar = tqdm(
@@ -115,6 +117,8 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if hasattr(step, "after_update"):  # e.g. AWP removes its weight perturbation
+                step.after_update(model)
             totals["loss"] += stats["loss"] * len(y)
             totals["correct"] += (logits.argmax(1) == y).sum().item()
             totals["n"] += len(y)
