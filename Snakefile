@@ -1,6 +1,6 @@
-# LTD reproduction workflow. Targets: table4 (default), budget-free dry run: snakemake -n table4
-# Config: config/config.yaml (the paper's CIFAR-10 settings); the offline demo adds
-# --configfile config/demo.yaml. Every output goes under results/<run>/.
+# LTD reproduction workflow. Targets: all (default), table1 ... table6, simulation.
+# Plan first: snakemake -n all. Config: config/config.yaml (the paper's settings); the
+# offline demo adds --configfile config/demo.yaml. Every output goes under results/<run>/.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -19,11 +19,14 @@ include: "rules/temperature.smk"
 include: "rules/students.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/simulation.smk"
 
 
-localrules: all, table4, tmax, select_temperature, resolve_auto
+localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, simulation
 
 
 rule all:
+    default_target: True
     input:
-        rules.table4.output,
+        [table_targets(t) for t in TABLES],
+        rules.simulation.output,

@@ -1,26 +1,42 @@
-"""Data sets as tensors in [0, 1], and a loader that keeps them on the training device.
+"""Data sets as tensors in [0, 1]: in memory on the training device, or streamed from an
+ImageFolder tree (ImageNet).
 
-CIFAR comes from torchvision (downloaded into ``data_dir`` on first use). The offline
-demo data set is scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits
-that ship inside the installed package), upsampled and repeated to 3 channels so that
-the CIFAR code path (models, crop+flip, attacks) is the one exercised.
+The dataset config section names its kind with ``source``:
 
-Like airbench, the whole split sits on the device and crop/flip run there on whole
-batches: no DataLoader workers, no per-image Python.
+* ``cifar10`` / ``cifar100``: torchvision's (downloaded into ``data_dir`` on first use).
+* ``digits``: the offline demo, scikit-learn's ``load_digits`` (1,797 real 8x8
+  handwritten digits that ship inside the installed package), upsampled and repeated to
+  3 channels so that the CIFAR code path (models, crop+flip, attacks) is the one exercised.
+* ``imagefolder``: ``path`` (as any workflow path: relative to the working directory) holds
+  ``train/<class>/*`` and ``val/<class>/*`` in torchvision's ImageFolder layout.
+  Training: RandomResizedCrop(image_size) + flip; evaluation: Resize(image_size*256/224)
+  + CenterCrop(image_size), as torchvision's references/classification; no normalisation.
+
+In-memory sources work like airbench: the whole split sits on the device and crop/flip
+run there on whole batches. ImageNet does not fit, so ``make_train_loader`` returns a
+streaming loader with the same interface (``len``, ``epoch(e)`` -> (x, y, q) on the
+device) and ``eval_batches`` streams evaluation data for any source.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # in-memory sources
+SOURCES = (*NUM_CLASSES, "imagefolder")
 SPLIT_SEED = 0  # fixed: the train/val(/test for digits) split never depends on the run seed
+RESIZE_RATIO = 256 / 224  # evaluation resizes to image_size * 256/224, then center-crops
 
 
 @dataclass
@@ -37,6 +53,74 @@ class Split:
 
     def head(self, n: int) -> "Split":
         return Split(self.x[:n], self.y[:n], self.indices[:n])
+
+
+@dataclass
+class FileSplit:
+    """A split of an ImageFolder tree: image files, not pixels."""
+
+    files: list[str]
+    y: torch.Tensor  # int64, N
+    indices: np.ndarray  # positions in the folder's sorted file list (train/ or val/)
+    folder: str  # the train/ or val/ directory the files lie in
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, n: int) -> "FileSplit":
+        return FileSplit(self.files[:n], self.y[:n], self.indices[:n], self.folder)
+
+
+def _source(cfg: dict) -> str:
+    src = cfg.get("source")
+    if src not in SOURCES:
+        raise ValueError(f"dataset source: unknown data set {src!r}; expected one of {list(SOURCES)}")
+    return src
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; expected train, val or test")
+
+
+def _indices(cfg: dict, split: str, n: int, carve_test: bool, shuffle_test: bool = False) -> np.ndarray:
+    """Positions of ``split``'s images in the set it is drawn from: the test set for
+    "test", the training set for "train"/"val" (``n`` is that set's size).
+
+    ``carve_test`` (digits, a single pool): a fixed ``test_size`` of the pool is the test
+    set. Otherwise ``test_size`` takes the first N of a fixed permutation of the test set
+    (``shuffle_test``: always in that order, so that any prefix covers all classes). val
+    is a fixed ``val_size`` of the training set that train excludes; ``train_size`` keeps
+    the first N of a fixed permutation of the rest.
+    """
+    rng = np.random.default_rng(SPLIT_SEED)
+    if carve_test:
+        order = rng.permutation(n)
+        n_test = cfg.get("test_size", 397)
+        if split == "test":
+            return np.sort(order[:n_test])
+        pool = np.sort(order[n_test:])
+    elif split == "test":
+        n_test = cfg.get("test_size")
+        if shuffle_test:
+            return rng.permutation(n)[:n_test]
+        return np.sort(rng.permutation(n)[:n_test]) if n_test else np.arange(n)
+    else:
+        pool = np.arange(n)
+
+    val_size = cfg.get("val_size", 0)
+    if val_size >= len(pool):
+        raise ValueError(f"dataset.val_size={val_size} leaves no training images (pool of {len(pool)})")
+    val_idx = np.sort(rng.permutation(pool)[:val_size])
+    if split == "val":
+        return val_idx
+    train_idx = np.setdiff1d(pool, val_idx)
+    if cfg.get("train_size"):
+        train_idx = np.sort(rng.permutation(train_idx)[: cfg["train_size"]])
+    return train_idx
+
+
+# --- in-memory sources ------------------------------------------------------------------
 
 
 def _digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,77 +142,181 @@ def _cifar(name: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.T
 
 
 def load_split(cfg: dict, data_dir: str, split: str) -> Split:
-    """``split`` in train | val | test. ``cfg`` is the config's ``dataset`` section.
+    """``split`` in train | val | test, as tensors. ``cfg`` is the config's dataset section.
 
-    val is a fixed subset of the training set (``val_size`` images) that train excludes.
-    Digits has no official test set: a fixed ``test_size`` of the 1,797 images is.
+    For imagefolder this decodes the whole split (evaluation transform): meant for test
+    subsets (AutoAttack needs tensors), not for ImageNet's training set.
     """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; expected train, val or test")
-    name = cfg["name"]
-    rng = np.random.default_rng(SPLIT_SEED)
-    if name == "digits":
+    _check_split(split)
+    src = _source(cfg)
+    if src == "imagefolder":
+        fs, size = file_split(cfg, data_dir, split), cfg["image_size"]
+        xs, ys = [torch.empty(0, 3, size, size)], [torch.empty(0, dtype=torch.int64)]
+        for x, y in eval_batches(cfg, data_dir, split, "cpu", 256):
+            xs.append(x)
+            ys.append(y)
+        return Split(torch.cat(xs), torch.cat(ys), fs.indices)
+    if src == "digits":
         x, y = _digits(cfg.get("image_size", 32))
-        order = rng.permutation(len(y))
-        n_test = cfg.get("test_size", 397)
-        if split == "test":
-            idx = np.sort(order[:n_test])
-            return Split(x[idx], y[idx], idx)
-        pool = np.sort(order[n_test:])
-    elif name in ("cifar10", "cifar100"):
-        x, y = _cifar(name, data_dir, train=split != "test")
-        if split == "test":
-            return Split(x, y, np.arange(len(y)))
-        pool = np.arange(len(y))
+        idx = _indices(cfg, split, len(y), carve_test=True)
     else:
-        raise ValueError(f"dataset.name: unknown data set {name!r}; expected one of {sorted(NUM_CLASSES)}")
-
-    val_size = cfg.get("val_size", 0)
-    if val_size >= len(pool):
-        raise ValueError(f"dataset.val_size={val_size} leaves no training images (pool of {len(pool)})")
-    val_idx = np.sort(rng.permutation(pool)[:val_size])
-    if split == "val":
-        return Split(x[val_idx], y[val_idx], val_idx)
-    train_idx = np.setdiff1d(pool, val_idx)
-    if cfg.get("train_size"):
-        train_idx = train_idx[: cfg["train_size"]]
-    return Split(x[train_idx], y[train_idx], train_idx)
+        x, y = _cifar(src, data_dir, train=split != "test")
+        idx = _indices(cfg, split, len(y), carve_test=False)
+    return Split(x[idx], y[idx], idx)
 
 
-def describe(cfg: dict, data_dir: str) -> dict:
-    """Sizes and a fingerprint of every split: recorded so a result names its data."""
-    out = {"dataset": cfg["name"], "num_classes": NUM_CLASSES[cfg["name"]], "split_seed": SPLIT_SEED}
-    for split in ("train", "val", "test"):
-        s = load_split(cfg, data_dir, split)
-        out[split] = {
-            "n": len(s),
-            "shape": list(s.x.shape[1:]),
-            "indices_sha256": hashlib.sha256(np.asarray(s.indices, dtype=np.int64).tobytes()).hexdigest(),
-        }
-    return out
+# --- ImageFolder ------------------------------------------------------------------------
 
 
-def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, batched."""
+def _root(cfg: dict, data_dir: str) -> Path:
+    return Path(cfg["path"])  # a workflow path like any other; data_dir is where downloads go
+
+
+def _scan(root: str, sub: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Sorted files and labels of root/sub; classes come from root/train so that val/
+    uses the same label numbering. Cached: ImageNet's listing takes seconds; the key
+    includes the folder's inode and mtime, so a rewritten tree is listed afresh."""
+    st = os.stat(os.path.join(root, sub))
+    return _scan_cached(root, sub, st.st_ino, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_cached(root: str, sub: str, *_stamp) -> tuple[tuple[str, ...], np.ndarray]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    _, class_to_idx = find_classes(os.path.join(root, "train"))
+    samples = make_dataset(os.path.join(root, sub), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise FileNotFoundError(f"no images under {os.path.join(root, sub)}")
+    files, labels = zip(*samples)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def file_split(cfg: dict, data_dir: str, split: str) -> FileSplit:
+    """The files of an imagefolder split: "test" is val/, train/val are drawn from train/."""
+    _check_split(split)
+    root = str(_root(cfg, data_dir))
+    sub = "val" if split == "test" else "train"
+    files, labels = _scan(root, sub)
+    idx = _indices(cfg, split, len(files), carve_test=False, shuffle_test=True)
+    return FileSplit([files[i] for i in idx], torch.from_numpy(labels[idx]), idx, os.path.join(root, sub))
+
+
+def num_classes(cfg: dict, data_dir: str) -> int:
+    """From the table for in-memory sources, from train/'s class folders for imagefolder."""
+    src = _source(cfg)
+    if src != "imagefolder":
+        return NUM_CLASSES[src]
+    from torchvision.datasets.folder import find_classes
+
+    return len(find_classes(_root(cfg, data_dir) / "train")[0])
+
+
+def train_transform(image_size: int):
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(image_size, interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(),
+        T.PILToTensor(),
+        T.ConvertImageDtype(torch.float),
+    ])
+
+
+def eval_transform(image_size: int):
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(round(image_size * RESIZE_RATIO), interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(image_size),
+        T.PILToTensor(),
+        T.ConvertImageDtype(torch.float),
+    ])
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decodes one image per item; returns (x, label, position in the split).
+
+    A key is a position, or a (position, seed) pair: the random transform then runs under
+    that seed, so an image's augmentation depends only on (run seed, epoch, position in the
+    epoch), not on which worker or process decodes it.
+    """
+
+    def __init__(self, split: FileSplit, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key):
+        from torchvision.datasets.folder import default_loader
+
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        img = default_loader(self.split.files[i])
+        if seed is None:
+            return self.transform(img), self.split.y[i], i
+        with torch.random.fork_rng(devices=[]):  # leave the process's RNG stream alone
+            torch.manual_seed(seed)
+            return self.transform(img), self.split.y[i], i
+
+
+# --- training loaders -------------------------------------------------------------------
+
+
+def _batch_bounds(n: int, batch_size: int, world_size: int, drop_last: bool) -> list[tuple[int, int]]:
+    """Global batches as [start, stop) positions in the epoch's order. A short last batch
+    is dropped with drop_last, or when it cannot give every process an image."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if bounds:
+        last = bounds[-1][1] - bounds[-1][0]
+        if (drop_last and last < batch_size) or last < world_size:
+            bounds.pop()
+    return bounds
+
+
+def _shard(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank r's contiguous slice of a global batch (sizes differ by at most one)."""
+    m = stop - start
+    return start + m * rank // world_size, start + m * (rank + 1) // world_size
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+
+
+def _crop_flip_params(b: int, padding: int, generator: torch.Generator):
+    dy = dx = None
+    if padding > 0:
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    return dy, dx, torch.rand(b, generator=generator) < 0.5
+
+
+def _apply_crop_flip(x: torch.Tensor, padding: int, dy, dx, flip) -> torch.Tensor:
     b, _, h, w = x.shape
     dev = x.device
     if padding > 0:
         xp = F.pad(x, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]
+        rows = (dy.to(dev)[:, None] + torch.arange(h, device=dev))[:, :, None]
+        cols = (dx.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, :]
         x = xp.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], rows, cols]
         x = x.permute(0, 3, 1, 2)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
-    return torch.where(flip[:, None, None, None], x.flip(3), x).contiguous()
+    return torch.where(flip.to(dev)[:, None, None, None], x.flip(3), x).contiguous()
+
+
+def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, batched."""
+    return _apply_crop_flip(x, padding, *_crop_flip_params(len(x), padding, generator))
 
 
 class DeviceLoader:
     """Batches of (x, y, soft_labels or None) from tensors already on the device.
 
     The order and augmentation of epoch e depend only on (seed, e), so a run resumed
-    at an epoch boundary sees exactly the batches an uninterrupted run would.
+    at an epoch boundary sees exactly the batches an uninterrupted run would. With
+    ``world_size`` > 1, process ``rank`` gets its slice of every global batch; the global
+    batches (and each image's crop/flip) are the same for any world size.
     """
 
     def __init__(
@@ -141,28 +329,165 @@ class DeviceLoader:
         augment: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if soft_labels is not None and len(soft_labels) != len(split):
             raise ValueError(f"{len(soft_labels)} soft labels for {len(split)} training images")
+        _check_rank(rank, world_size)
         self.split, self.q = split, soft_labels
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.padding, self.seed, self.drop_last = crop_padding, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.bounds = _batch_bounds(len(split), batch_size, world_size, drop_last)
 
     def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.bounds)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.split)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.split.x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        for start, stop in self.bounds:
+            lo, hi = _shard(start, stop, self.rank, self.world_size)
+            idx = order[lo:hi]
             x = self.split.x[idx]
             if self.augment:
-                x = crop_flip(x, self.padding, g)
+                # drawn for the whole global batch: a shard's augmentation ignores world size
+                params = _crop_flip_params(stop - start, self.padding, g)
+                x = _apply_crop_flip(x, self.padding, *(p if p is None else p[lo - start : hi - start] for p in params))
             yield x, self.split.y[idx], None if self.q is None else self.q[idx]
+
+
+class StreamLoader:
+    """DeviceLoader's interface over image files decoded by DataLoader workers.
+
+    Epoch e's order and every image's random crop/flip depend only on (seed, e), so a
+    resumed run sees the same batches, whatever the number of workers or processes.
+    Soft labels ``q`` are indexed by the image's position in the split (they belong to
+    the un-augmented, center-cropped image).
+    """
+
+    def __init__(self, split: FileSplit, batch_size: int, transform, device: torch.device | str,
+                 soft_labels: torch.Tensor | None = None, seed: int = 0, workers: int = 8,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        if soft_labels is not None and len(soft_labels) != len(split):
+            raise ValueError(f"{len(soft_labels)} soft labels for {len(split)} training images")
+        _check_rank(rank, world_size)
+        self.split, self.q, self.device = split, soft_labels, torch.device(device)
+        self.dataset = ImageFiles(split, transform)
+        self.seed, self.workers, self.rank, self.world_size = seed, workers, rank, world_size
+        self.bounds = _batch_bounds(len(split), batch_size, world_size, drop_last)
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.split), generator=g).tolist()
+        seeds = torch.randint(2**62, (len(self.split),), generator=g).tolist()  # per position in the epoch
+        shards = [[(order[j], seeds[j]) for j in range(*_shard(a, b, self.rank, self.world_size))]
+                  for a, b in self.bounds]
+        # generator: else DataLoader draws its worker base seed from the global RNG stream
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=shards, num_workers=self.workers,
+                                             pin_memory=self.device.type == "cuda", generator=torch.Generator())
+        for x, y, i in loader:
+            q = None if self.q is None else self.q[i.to(self.q.device)]
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), q
+
+
+def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batch_size: int,
+                      soft_labels: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1):
+    """The training split's loader: a DeviceLoader for in-memory sources (crop with
+    ``crop_padding`` + flip), a StreamLoader for imagefolder (RandomResizedCrop + flip)."""
+    if _source(cfg) == "imagefolder":
+        return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, train_transform(cfg["image_size"]),
+                            device, soft_labels, seed=seed, workers=cfg.get("workers", 8),
+                            rank=rank, world_size=world_size)
+    split = load_split(cfg, data_dir, "train").to(device)
+    return DeviceLoader(split, batch_size, soft_labels=soft_labels, crop_padding=cfg.get("crop_padding", 0),
+                        seed=seed, rank=rank, world_size=world_size)
+
+
+def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | str, batch_size: int,
+                 n: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of the first ``n`` (all if None) un-augmented images of a split, in
+    split order (so predictions line up with soft labels by position); imagefolder streams."""
+    if _source(cfg) != "imagefolder":
+        s = load_split(cfg, data_dir, split)
+        s = (s.head(n) if n is not None else s).to(device)
+        for sl in batches(s.x, batch_size):
+            yield s.x[sl], s.y[sl]
+        return
+    fs = file_split(cfg, data_dir, split)
+    fs = fs.head(n) if n is not None else fs
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])), batch_size=batch_size,
+                                         num_workers=cfg.get("workers", 8), pin_memory=device.type == "cuda",
+                                         generator=torch.Generator())  # leave the global RNG alone
+    for x, y, _ in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def describe(cfg: dict, data_dir: str) -> dict:
+    """Sizes and a fingerprint of every split: recorded so a result names its data.
+    For imagefolder from the file lists alone (no image is decoded)."""
+    src = _source(cfg)
+    out = {"source": src, "num_classes": num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
+    for split in ("train", "val", "test"):
+        if src == "imagefolder":
+            fs = file_split(cfg, data_dir, split)
+            rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free
+            s_ix, n, shape = fs.indices, len(fs), [3, cfg["image_size"], cfg["image_size"]]
+            extra = {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
+        else:
+            s = load_split(cfg, data_dir, split)
+            s_ix, n, shape, extra = s.indices, len(s), list(s.x.shape[1:]), {}
+        out[split] = {
+            "n": n,
+            "shape": shape,
+            "indices_sha256": hashlib.sha256(np.asarray(s_ix, dtype=np.int64).tobytes()).hexdigest(),
+            **extra,
+        }
+    if src == "imagefolder":
+        out["path"] = str(_root(cfg, data_dir))
+    return out
+
+
+def write_image_folder(cfg: dict, data_dir: str, root: str | Path) -> Path:
+    """Write an in-memory source as PNGs in ImageFolder layout, root/train/<class>/<idx>.png
+    (its train split, val_size ignored: the imagefolder config holds out its own) and
+    root/val/<class>/<idx>.png (its test split), so the demo's ImageNet table trains from
+    real files through the real ImageNet loading code. ``idx`` is the image's position in
+    the source. Atomic: written into a temporary sibling, then renamed to ``root``.
+    """
+    from PIL import Image
+
+    src = _source(cfg)
+    if src == "imagefolder":
+        raise ValueError("write_image_folder: the source must be an in-memory data set, not imagefolder")
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    k = NUM_CLASSES[src]
+    cls_name = [f"{c:0{len(str(k - 1))}d}" for c in range(k)]  # zero-padded: sorted order == label order
+    try:
+        for split, sub in (("train", "train"), ("test", "val")):
+            s = load_split({**cfg, "val_size": 0}, data_dir, split)
+            width = max(5, len(str(int(s.indices.max()))))
+            for c in cls_name:
+                (tmp / sub / c).mkdir(parents=True)
+            pixels = s.x.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # N x H x W x RGB
+            for img, label, idx in zip(pixels, s.y.tolist(), s.indices.tolist()):
+                Image.fromarray(img).save(tmp / sub / cls_name[label] / f"{idx:0{width}d}.png")
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
 
 
 def batches(x: torch.Tensor, batch_size: int) -> Iterator[slice]:

@@ -28,6 +28,17 @@ def clean_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bat
     return (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
 
 
+def clean_accuracy_batches(model: torch.nn.Module, batches_) -> float:
+    """Clean accuracy over streamed (x, y) batches (data too large to hold, e.g. ImageNet)."""
+    model.eval()
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in batches_:
+            correct += (model(x).argmax(1) == y).sum().item()
+            n += len(y)
+    return correct / max(n, 1)
+
+
 def pgd_accuracy(model, x, y, *, eps, step_size, steps, batch_size) -> float:
     correct = 0
     for s in batches(x, batch_size):

@@ -14,8 +14,9 @@ from typing import Any, Iterator
 ROLES = ("teachers", "substitutes", "students")
 
 # Display names of the student methods, as the paper writes them.
-METHOD_LABELS = {"trades": "TRADES", "trades-ltd": "TRADES+LTD"}
-LTD_METHODS = {"trades-ltd"}
+METHOD_LABELS = {"trades": "TRADES", "trades-ltd": "TRADES+LTD", "awp": "AWP", "awp-ltd": "AWP+LTD"}
+LTD_METHODS = {"trades-ltd", "awp-ltd"}
+ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
 
 _NUM = r"\d+(?:\.\d+)?"
 _NAME_RE = {
@@ -97,91 +98,192 @@ class Run:
         )
 
 
+def arch_label(arch: str) -> str:
+    """wrn-34-10 -> WRN-34-10, resnet-50 -> ResNet-50: as the paper writes them."""
+    return arch.upper() if arch.startswith("wrn") else arch.replace("resnet", "ResNet").replace("preact-", "PreAct-")
+
+
+# ---- data sets: one config section each; stand-ins (the demo) rename what runs ----
+
+def stand_in(config: dict[str, Any], kind: str, name: str) -> str:
+    """What runs in place of the paper's data set or architecture ``name``."""
+    return (config.get("stand_ins") or {}).get(kind, {}).get(name, name)
+
+
+def dataset_cfg(config: dict[str, Any], name: str) -> dict[str, Any]:
+    try:
+        return config["datasets"][name]
+    except KeyError:
+        raise KeyError(f"datasets.{name}: data set {name!r} is used but not defined under `datasets`") from None
+
+
+def schedule(config: dict[str, Any], role: str, dataset: str) -> dict[str, Any]:
+    """A run's training schedule: ``train``, then the data set's ``train``, then the role's
+    overrides (``teacher``/``substitute``/``student``)."""
+    return {**config["train"], **(dataset_cfg(config, dataset).get("train") or {}),
+            **(config.get(ROLE_KEYS[role]) or {})}
+
+
+def attack(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The training attack (TRADES/AWP inner maximisation) on a data set."""
+    return dataset_cfg(config, dataset)["attack"]
+
+
+def evaluation(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    return {**config["evaluation"], **dataset_cfg(config, dataset)["evaluation"]}
+
+
+def resources(config: dict[str, Any], kind: str, dataset: str | None = None) -> dict[str, Any]:
+    own = (dataset_cfg(config, dataset).get("resources") or {}).get(kind) if dataset else None
+    return own or config["resources"][kind]
+
+
+def processes(config: dict[str, Any], dataset: str) -> int:
+    """torch.distributed processes (one per GPU) of a training job on this data set."""
+    return int(dataset_cfg(config, dataset).get("processes", 1))
+
+
+def search(config: dict[str, Any], dataset: str) -> dict[str, Any] | None:
+    return dataset_cfg(config, dataset).get("temperature_search")
+
+
+# ---- runs ----
+
+def teacher(config: dict[str, Any], dataset: str, arch: str) -> Run:
+    return Run("teachers", dataset, arch, config["seed"])
+
+
+def search_teacher(config: dict[str, Any], dataset: str) -> Run:
+    """The teacher whose substitutes define T_max for a data set (Sec. 4.2, step 1)."""
+    ts = search(config, dataset)
+    if ts is None:
+        raise ValueError(f"datasets.{dataset}.temperature_search is null: this data set has no T_max search")
+    return teacher(config, dataset, ts["arch"])
+
+
+def substitutes(config: dict[str, Any], dataset: str) -> list[Run]:
+    t = search_teacher(config, dataset)
+    return [Run("substitutes", t.dataset, t.arch, t.seed, method="soft", temperature=float(x))
+            for x in search(config, dataset)["substitute_temperatures"]]
+
+
+def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
+            beta: float) -> Run:
+    if method in LTD_METHODS and temperature is None:
+        raise ValueError(f"method {method!r} needs a temperature")
+    t = float(temperature) if method in LTD_METHODS else None
+    return Run("students", dataset, arch, config["seed"], method=method, temperature=t, beta=float(beta))
+
+
+def with_temperature(run: Run, t: float) -> Run:
+    return replace(run, temperature=float(t))
+
+
+# ---- tables: rows, the runs behind them, the searches they wait for ----
+
 @dataclass(frozen=True)
 class Entry:
-    """One row of a table: a student, or a student whose T is chosen by the search
-    (``temperature == "auto"``)."""
+    """One row of a table, in the paper's names (``dataset``, ``arch``); the run behind
+    it may use stand-ins. ``temperature == "auto"``: chosen by the search."""
 
+    dataset: str
+    arch: str
     method: str
     temperature: float | str | None
     beta: float
-
-    @property
-    def label(self) -> str:
-        label = METHOD_LABELS[self.method]
-        if self.temperature is not None:
-            t = self.temperature if self.temperature == "auto" else fmt_num(self.temperature)
-            label += f" T={t}"
-        return label
+    label: str
 
     @property
     def is_auto(self) -> bool:
         return self.temperature == "auto"
 
-
-def base(config: dict[str, Any]) -> dict[str, Any]:
-    return {"dataset": config["dataset"]["name"], "arch": config["arch"], "seed": config["seed"]}
-
-
-def teacher(config: dict[str, Any]) -> Run:
-    return Run("teachers", **base(config))
+    def matches(self, fields: dict[str, Any]) -> bool:
+        """Whether a row of config/paper_results.yaml (``fields``: method, arch,
+        temperature, beta — only those the paper states) describes this entry."""
+        mine = {"method": self.method, "arch": self.arch, "temperature": self.temperature, "beta": self.beta}
+        return all(mine[k] == (float(v) if k in ("temperature", "beta") else v) for k, v in fields.items())
 
 
-def substitutes(config: dict[str, Any]) -> list[Run]:
-    temps = config["temperature_search"]["substitute_temperatures"]
-    return [Run("substitutes", temperature=float(t), **base(config)) for t in temps]
+def table_names(config: dict[str, Any]) -> list[str]:
+    return list(config["tables"])
 
 
-def student(config: dict[str, Any], method: str, temperature: float | None, beta: float) -> Run:
-    if method in LTD_METHODS and temperature is None:
-        raise ValueError(f"method {method!r} needs a temperature")
-    t = float(temperature) if method in LTD_METHODS else None
-    return Run("students", method=method, temperature=t, beta=float(beta), **base(config))
+def _as_list(v: Any) -> list:
+    return v if isinstance(v, list) else [v]
 
 
 def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
-    """Rows of a table in config order; a list of temperatures expands to one row each."""
+    """Rows of a table in config order; a list of temperatures or betas expands to one row
+    per value. Labels name what varies within the table (architecture, T, beta)."""
+    if table not in config["tables"]:
+        raise KeyError(f"tables.{table}: no such table; the config defines {', '.join(config['tables'])}")
     spec = config["tables"][table]
-    rows: list[Entry] = []
-    for e in spec["entries"]:
-        beta = e.get("beta", config["trades"]["beta"])
+    raw = []
+    for i, e in enumerate(spec["entries"]):
+        where = f"tables.{table}.entries[{i}]"
+        arch = e.get("arch", spec.get("arch"))
+        if arch is None:
+            raise ValueError(f"{where}: no arch (give one here or at tables.{table}.arch)")
         temps = e.get("temperature")
-        if e["method"] not in LTD_METHODS:
-            if temps is not None:
-                raise ValueError(f"tables.{table}: method {e['method']!r} takes no temperature")
-            rows.append(Entry(e["method"], None, beta))
-            continue
-        if temps is None:
-            raise ValueError(f"tables.{table}: method {e['method']!r} needs a temperature")
-        for t in temps if isinstance(temps, list) else [temps]:
-            rows.append(Entry(e["method"], t if t == "auto" else float(t), beta))
+        if e["method"] in LTD_METHODS and temps is None:
+            raise ValueError(f"{where}: method {e['method']!r} needs a temperature")
+        if e["method"] not in LTD_METHODS and temps is not None:
+            raise ValueError(f"{where}: method {e['method']!r} takes no temperature")
+        for beta in _as_list(e.get("beta", config["beta"])):
+            for t in _as_list(temps):
+                t = t if t in (None, "auto") else float(t)
+                raw.append((arch, e["method"], t, float(beta)))
+    show_arch = len({r[0] for r in raw}) > 1
+    show_beta = len({r[3] for r in raw}) > 1
+    rows = []
+    for arch, method, t, beta in raw:
+        label = METHOD_LABELS[method]
+        if show_arch:
+            label += f" {arch_label(arch)}"
+        if t is not None:
+            label += f" T={t if t == 'auto' else fmt_num(t)}"
+        if show_beta:
+            label += f" β={fmt_num(beta)}"
+        rows.append(Entry(spec["dataset"], arch, method, t, beta, label))
     return rows
 
 
 def entry_run(config: dict[str, Any], entry: Entry, chosen_t: float | None = None) -> Run:
-    """The student run behind a table row; ``chosen_t`` resolves an ``auto`` row."""
+    """The student run behind a table row (stand-ins applied); ``chosen_t`` resolves an
+    ``auto`` row."""
     t = entry.temperature
     if entry.is_auto:
         if chosen_t is None:
             raise ValueError("an 'auto' entry needs the temperature chosen by the search")
         t = chosen_t
-    return student(config, entry.method, t, entry.beta)
+    return student(config, stand_in(config, "datasets", entry.dataset), stand_in(config, "archs", entry.arch),
+                   entry.method, t, entry.beta)
+
+
+def table_dataset(config: dict[str, Any], table: str) -> str:
+    """The data set a table's runs use (its stand-in in the demo)."""
+    return stand_in(config, "datasets", config["tables"][table]["dataset"])
 
 
 def search_group(config: dict[str, Any], entry: Entry) -> str:
     """Name of the temperature search an ``auto`` row depends on."""
-    probe = student(config, entry.method, 1.0, entry.beta)
+    probe = entry_run(config, entry, chosen_t=1.0)
     return f"{probe.dataset}_{probe.arch}_{probe.method}_b{fmt_num(probe.beta)}_s{probe.seed}"
+
+
+_GROUP_RE = re.compile(rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)_b(?P<beta>{_NUM})_s\d+$")
 
 
 def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
     """Students of the temperature grid for one search group (all of them; the ones at
     or above T_max are dropped once T_max is known)."""
-    m = re.match(rf"^(?P<prefix>.+_(?P<method>[a-z-]+))_b(?P<beta>{_NUM})_s\d+$", group)
+    m = _GROUP_RE.match(group)
     if not m:
         raise ValueError(f"{group!r} is not a search group name")
-    grid = config["temperature_search"]["grid"]
-    return [student(config, m["method"], t, float(m["beta"])) for t in grid]
+    ts = search(config, m["dataset"])
+    if ts is None:
+        raise ValueError(f"an 'auto' temperature on {m['dataset']!r} needs datasets.{m['dataset']}.temperature_search")
+    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"])) for t in ts["grid"]]
 
 
 def table_students(config: dict[str, Any], table: str) -> Iterator[Run]:
@@ -191,11 +293,12 @@ def table_students(config: dict[str, Any], table: str) -> Iterator[Run]:
             yield entry_run(config, entry)
 
 
-def schedule(config: dict[str, Any], role: str) -> dict[str, Any]:
-    """The training schedule of a role: ``train`` with the role's overrides."""
-    key = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}[role]
-    return {**config["train"], **(config.get(key) or {})}
-
-
-def with_temperature(run: Run, t: float) -> Run:
-    return replace(run, temperature=float(t))
+def table_figures(config: dict[str, Any], table: str) -> list[str]:
+    """Figures a table gets: accuracy against T where T varies, against beta where beta does."""
+    entries = [e for e in table_entries(config, table) if not e.is_auto]
+    kinds = []
+    if len({e.temperature for e in entries if e.temperature is not None}) > 1:
+        kinds.append("temperature")
+    if len({e.beta for e in entries}) > 1:
+        kinds.append("beta")
+    return kinds

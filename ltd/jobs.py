@@ -39,8 +39,12 @@ def provenance(config: dict, device: torch.device, **extra: Any) -> dict:
             **runtime.describe(device), **extra}
 
 
+def _dataset(config: dict, run: Run) -> dict:
+    return experiments.dataset_cfg(config, run.dataset)
+
+
 def _model(config: dict, run: Run) -> torch.nn.Module:
-    return build_model(run.arch, data.NUM_CLASSES[run.dataset])
+    return build_model(run.arch, data.num_classes(_dataset(config, run), config["data_dir"]))
 
 
 def load_model(config: dict, run: Run, path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -49,9 +53,19 @@ def load_model(config: dict, run: Run, path: str | Path, device: torch.device) -
     return model.to(device).eval()
 
 
-def prepare_data(config: dict, out: str | Path) -> None:
-    """Fetch (CIFAR: download once, before any parallel job) and record the splits."""
-    checkpoint.save_json(data.describe(config["dataset"], config["data_dir"]), out)
+def _tensors(batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's (first n) images in memory: AutoAttack and PGD take whole tensors."""
+    xs, ys = zip(*batches)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def prepare_data(config: dict, dataset: str, out: str | Path) -> None:
+    """Fetch (CIFAR: download once, before any parallel job), build (the demo's ImageFolder
+    tree, from ``build_from``) or index a data set, and record its splits."""
+    cfg = experiments.dataset_cfg(config, dataset)
+    if cfg["source"] == "imagefolder" and cfg.get("build_from") and not Path(cfg["path"]).exists():
+        data.write_image_folder(cfg["build_from"], config["data_dir"], cfg["path"])
+    checkpoint.save_json({"name": dataset, **data.describe(cfg, config["data_dir"])}, out)
 
 
 def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None = None,
@@ -61,25 +75,26 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     ``out_dir/checkpoint.pt`` if a previous attempt left one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sched = experiments.schedule(config, run.role)
-    train = data.load_split(config["dataset"], config["data_dir"], "train").to(device)
-    test = data.load_split(config["dataset"], config["data_dir"], "test").to(device)
+    sched = experiments.schedule(config, run.role, run.dataset)
+    ds, data_dir = _dataset(config, run), config["data_dir"]
     q = None
     if run.uses_soft_labels:
         if soft_labels is None:
             raise ValueError(f"{run.name} trains on soft labels but none were given")
         q = checkpoint.load(soft_labels, map_location=device)
-    trades = {**config["trades"], **({"beta": run.beta} if run.beta is not None else {})}
-    step = build_step(run.method, trades)
-    loader = data.DeviceLoader(train, sched["batch_size"], soft_labels=q,
-                               crop_padding=config["dataset"].get("crop_padding", 0), seed=run.seed)
+    attack = experiments.attack(config, run.dataset)
+    beta = run.beta if run.beta is not None else config["beta"]
+    step = build_step(run.method, beta=beta, attack=attack, awp=config["awp"])
+    loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed)
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
     model = _model(config, run)
-    fp = fingerprint({"run": run.name, "schedule": sched, "trades": trades if run.role == "students" else None,
-                      "dataset": config["dataset"], "n_train": len(train)})
+    is_student = run.role == "students"
+    fp = fingerprint({"run": run.name, "schedule": sched, "dataset": ds, "n_train": len(loader),
+                      "method": {"beta": beta, "attack": attack, "awp": config["awp"]} if is_student else None})
 
     def eval_clean(m: torch.nn.Module) -> dict:
-        return {"test_accuracy": evaluate.clean_accuracy(m, test.x, test.y, sched["eval_batch_size"])}
+        return {"test_accuracy": evaluate.clean_accuracy_batches(
+            m, data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"]))}
 
     t0 = time.time()
     ckpt = out_dir / "checkpoint.pt"
@@ -88,9 +103,10 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     checkpoint.save(model.state_dict(), out_dir / "model.pt")
     metrics = {
         "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
-        "beta": run.beta, "arch": run.arch, "parameters": count_parameters(model),
-        "clean_accuracy": history[-1]["test_accuracy"], "n_test": len(test), "epochs": len(history),
-        "schedule": sched, "trades": trades if run.role == "students" else None,
+        "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
+        "clean_accuracy": history[-1]["test_accuracy"], "epochs": len(history),
+        "schedule": sched, "attack": attack if is_student else None,
+        "awp": config["awp"] if run.method.startswith("awp") else None,
         "precision": runtime.effective_precision(device, sched["precision"]),
         "train_seconds_this_attempt": time.time() - t0,
         "provenance": provenance(config, device),
@@ -102,12 +118,14 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
 
 def teacher_logits(config: dict, teacher: Run, model_path: str | Path, out: str | Path,
                    device: torch.device, split: str = "train") -> None:
-    """Teacher logits on the un-augmented images of a split (precomputed soft labels
-    belong to the un-augmented image; crop/flip are applied to the input only)."""
+    """Teacher logits on the un-augmented images of a split, in split order (precomputed
+    soft labels belong to the un-augmented image; crop/flip are applied to the input only)."""
     model = load_model(config, teacher, model_path, device)
-    s = data.load_split(config["dataset"], config["data_dir"], split).to(device)
-    bs = experiments.schedule(config, "teachers")["eval_batch_size"]
-    checkpoint.save(evaluate.predict(model, s.x, bs).cpu(), out)
+    bs = experiments.schedule(config, "teachers", teacher.dataset)["eval_batch_size"]
+    batches = data.eval_batches(_dataset(config, teacher), config["data_dir"], split, device, bs)
+    with torch.no_grad():
+        logits = [model(x).float().cpu() for x, _ in batches]
+    checkpoint.save(torch.cat(logits), out)
 
 
 def soft_labels(logits_path: str | Path, temperature_: float, out: str | Path) -> None:
@@ -117,23 +135,24 @@ def soft_labels(logits_path: str | Path, temperature_: float, out: str | Path) -
 def evaluate_run(config: dict, run: Run, model_path: str | Path, out: str | Path, *, state_path: str | Path,
                  device: torch.device) -> dict:
     """Clean accuracy, PGD and AutoAttack on the first ``n_examples`` test images."""
-    ev = config["evaluation"]
+    ev = experiments.evaluation(config, run.dataset)
     state_path = Path(state_path)
     if state_path.exists() and state_path.stat().st_mtime < Path(model_path).stat().st_mtime:
         state_path.unlink()  # left by an evaluation of an older model: never resume from it
     model = load_model(config, run, model_path, device)
-    test = data.load_split(config["dataset"], config["data_dir"], "test").head(ev["n_examples"]).to(device)
     bs = ev["batch_size"]
-    result = {"run": run.name, "n_examples": len(test), "eps": ev["eps"], "precision": "fp32",
-              "clean_accuracy": evaluate.clean_accuracy(model, test.x, test.y, bs)}
+    x, y = _tensors(data.eval_batches(_dataset(config, run), config["data_dir"], "test", device, bs,
+                                      n=ev["n_examples"]))
+    result = {"run": run.name, "n_examples": len(y), "eps": ev["eps"], "precision": "fp32",
+              "clean_accuracy": evaluate.clean_accuracy(model, x, y, bs)}
     t0 = time.time()
     result["pgd"] = {"steps": ev["pgd_steps"], "step_size": ev["pgd_step_size"], "eps": ev["eps"],
-                     "accuracy": evaluate.pgd_accuracy(model, test.x, test.y, eps=ev["eps"],
+                     "accuracy": evaluate.pgd_accuracy(model, x, y, eps=ev["eps"],
                                                        step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
                                                        batch_size=bs), "seconds": time.time() - t0}
     aa = ev["autoattack"]
     result["autoattack"] = evaluate.autoattack(
-        model, test.x, test.y, eps=ev["eps"], version=aa["version"], attacks=aa.get("attacks") or None,
+        model, x, y, eps=ev["eps"], version=aa["version"], attacks=aa.get("attacks") or None,
         square_queries=aa.get("square_queries"), batch_size=bs, seed=ev["seed"], state_path=state_path,
         device=device)
     result["robust_accuracy"] = result["autoattack"]["robust_accuracy"]
@@ -147,35 +166,37 @@ def validate_run(config: dict, run: Run, model_path: str | Path, teacher_path: s
                  device: torch.device) -> dict:
     """The search criteria on the validation split: PGD accuracy and the Eq. 9 loss
     (soft labels at the run's own T)."""
-    val = data.load_split(config["dataset"], config["data_dir"], "val").to(device)
-    if len(val) == 0:
-        raise ValueError("temperature 'auto' needs a validation split: set dataset.val_size > 0")
-    ev, tr = config["evaluation"], config["trades"]
+    ev, tr = experiments.evaluation(config, run.dataset), experiments.attack(config, run.dataset)
+    x, y = _tensors(data.eval_batches(_dataset(config, run), config["data_dir"], "val", device, ev["batch_size"]))
+    if len(y) == 0:
+        raise ValueError(f"temperature 'auto' needs a validation split: set datasets.{run.dataset}.val_size > 0")
     model = load_model(config, run, model_path, device)
     teacher = load_model(config, run.teacher, teacher_path, device)
-    q = softmax_t(evaluate.predict(teacher, val.x, ev["batch_size"]), run.temperature)
+    q = softmax_t(evaluate.predict(teacher, x, ev["batch_size"]), run.temperature)
     result = {
-        "run": run.name, "temperature": run.temperature, "n_val": len(val),
-        "pgd_accuracy": evaluate.pgd_accuracy(model, val.x, val.y, eps=ev["eps"], step_size=ev["pgd_step_size"],
+        "run": run.name, "temperature": run.temperature, "n_val": len(y),
+        "pgd_accuracy": evaluate.pgd_accuracy(model, x, y, eps=ev["eps"], step_size=ev["pgd_step_size"],
                                               steps=ev["pgd_steps"], batch_size=ev["batch_size"]),
-        "eq9_loss": evaluate.eq9_loss(model, val.x, q, beta=run.beta, eps=tr["eps"], step_size=tr["step_size"],
+        "eq9_loss": evaluate.eq9_loss(model, x, q, beta=run.beta, eps=tr["eps"], step_size=tr["step_size"],
                                       steps=tr["steps"], batch_size=ev["batch_size"]),
     }
     checkpoint.save_json(result, out)
     return result
 
 
-def find_tmax(config: dict, substitute_metrics: list[str | Path], out: str | Path) -> dict:
-    ts = config["temperature_search"]
+def find_tmax(config: dict, dataset: str, substitute_metrics: list[str | Path], out: str | Path) -> dict:
+    ts = experiments.search(config, dataset)
     subs = [(m["temperature"], m["clean_accuracy"]) for m in map(checkpoint.load_json, substitute_metrics)]
-    result = {"threshold": ts["threshold"], "substitutes": [{"T": t, "clean_accuracy": a} for t, a in subs],
+    result = {"dataset": dataset, "threshold": ts["threshold"], "substitutes": [{"T": t, "clean_accuracy": a} for t, a in subs],
               "tmax": temperature.find_tmax(subs, ts["threshold"])}
     checkpoint.save_json(result, out)
     return result
 
 
-def select_temperature(config: dict, tmax_path: str | Path, validations: list[str | Path], out: str | Path) -> dict:
-    criterion = config["temperature_search"]["criterion"]
+def select_temperature(config: dict, group: str, tmax_path: str | Path, validations: list[str | Path],
+                       out: str | Path) -> dict:
+    dataset = experiments.search_candidates(config, group)[0].dataset
+    criterion = experiments.search(config, dataset)["criterion"]
     tmax = checkpoint.load_json(tmax_path)["tmax"]
     vals = [checkpoint.load_json(p) for p in validations]
     chosen = temperature.choose([(v["temperature"], v[criterion]) for v in vals], tmax, criterion)
@@ -198,49 +219,67 @@ def log_to(path: str | Path) -> None:
     sys.stdout = sys.stderr = f
 
 
-def render_table4(config: dict, evals: list[str | Path], tmax_path: str | Path, paper_path: str | Path,
-                  stem: str | Path, figure_stem: str | Path) -> None:
-    """Table IV (md/tex/csv) and the accuracy-vs-temperature figure."""
+def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: str | Path | None,
+                 paper_path: str | Path, stem: str | Path) -> None:
+    """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
     import yaml
 
-    from . import figures, tables
+    from . import tables
 
-    spec = config["tables"]["table4"]
-    paper = yaml.safe_load(Path(paper_path).read_text())["table4"]
-    entries = experiments.table_entries(config, "table4")
+    spec = config["tables"][table]
+    paper = yaml.safe_load(Path(paper_path).read_text())[table]
+    entries = experiments.table_entries(config, table)
     if len(entries) != len(evals):
-        raise ValueError(f"table4 has {len(entries)} rows but {len(evals)} evaluations were given")
-    rows, points, baseline = [], [], None
-    for entry, path in zip(entries, evals):
-        ev = checkpoint.load_json(path)
-        run = Run.parse("students", ev["run"])
-        row = {"label": entry.label, "clean": ev["clean_accuracy"], "robust": ev["robust_accuracy"]}
-        if entry.is_auto:
-            row["label"] += f" (chose {experiments.fmt_num(run.temperature)})"
-            row["paper_label"] = None
-        rows.append(row)
-        if run.temperature is None:
-            baseline = {"clean": 100 * row["clean"], "robust": 100 * row["robust"]}
-        elif not entry.is_auto:
-            points.append({"T": run.temperature, "clean": 100 * row["clean"], "robust": 100 * row["robust"]})
-    tm = checkpoint.load_json(tmax_path)
+        raise ValueError(f"{table} has {len(entries)} rows but {len(evals)} evaluations were given")
+    results = [checkpoint.load_json(p) for p in evals]
+    tmax = checkpoint.load_json(tmax_path) if tmax_path else None
+    rows = tables.assemble(entries, results, paper["rows"], tmax if spec.get("tmax_row") else None)
+    dataset = experiments.table_dataset(config, table)
     notes = []
-    if spec.get("tmax_row", True):
-        if tm["tmax"] is None:
-            notes.append(f"No substitute fell below the {100 * tm['threshold']:.1f} % threshold: no T_max row")
-        else:
-            acc = next(s["clean_accuracy"] for s in tm["substitutes"] if s["T"] == tm["tmax"])
-            rows.append({"label": f"Substitute T={experiments.fmt_num(tm['tmax'])}", "clean": acc, "robust": None})
-    aa = checkpoint.load_json(evals[0])["autoattack"]
+    if tmax is not None:
+        subs = ", ".join(f"T={experiments.fmt_num(s['T'])}: {100 * s['clean_accuracy']:.2f} %"
+                         for s in tmax["substitutes"])
+        found = "none below it" if tmax["tmax"] is None else f"T_max = {experiments.fmt_num(tmax['tmax'])}"
+        notes.append(f"T_max search: substitutes {subs}; threshold {100 * tmax['threshold']:.1f} %, {found}")
+    aa = results[0]["autoattack"]
     notes.append(f"AutoAttack {aa['version']} ({', '.join(aa['attacks'])}), Linf eps={aa['eps']:.5f}, "
-                 f"{aa['n_examples']} test images, fp32; T_max threshold {100 * tm['threshold']:.1f} %")
-    caption = tables.caption_for(spec["caption"], config["dataset"]["name"], paper["dataset"], notes)
-    tables.render(tables.build(rows, paper["rows"]), caption, stem)
-    paper_points = []
-    for label, (c, r) in paper["rows"].items():
-        if label.startswith("TRADES+LTD T=") and r is not None:
-            paper_points.append({"T": float(label.split("=")[1]), "clean": c, "robust": r})
-    figures.accuracy_vs_temperature(
-        sorted(points, key=lambda p: p["T"]), paper_points, baseline, tm["tmax"],
-        f"TRADES+LTD: accuracy against teacher temperature ({config['dataset']['name']}, {config['arch']})",
-        figure_stem, paper_dataset=paper["dataset"])
+                 f"{aa['n_examples']} test images, fp32")
+    stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
+                 for old, new in (config.get("stand_ins") or {}).get(kind, {}).items()
+                 if old in {spec["dataset"], *(e.arch for e in entries)}]
+    if stand_ins:
+        notes.append("Stand-ins: " + ", ".join(stand_ins))
+    caption = tables.caption_for(spec["caption"], dataset, paper["dataset"], notes,
+                                 demo=dataset != spec["dataset"])
+    tables.render(tables.frame(rows), caption, stem)
+    checkpoint.save_json({"table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper["dataset"],
+                          "tmax": None if tmax is None else tmax["tmax"], "rows": rows},
+                         Path(stem).with_suffix(".json"))
+
+
+def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
+    """Accuracy against the teacher temperature or against beta, ours beside the paper's."""
+    from . import figures
+
+    t = checkpoint.load_json(table_json)
+    ours = [r for r in t["rows"] if r["source"] == "this run" and r.get("run_role") == "students"
+            and not r.get("auto")]
+    key = {"temperature": "temperature", "beta": "beta"}[kind]
+    if kind == "temperature":
+        points = [r for r in ours if r["temperature"] is not None]
+        baseline = next((r for r in ours if r["temperature"] is None), None)
+    else:
+        points, baseline = ours, None
+
+    def pts(rows, clean, robust):
+        return sorted(({"x": r[key], "clean": r[clean], "robust": r[robust]} for r in rows
+                       if r[clean] is not None), key=lambda p: p["x"])
+
+    paper = [r for r in points if r["paper_clean"] is not None and r["paper_robust"] is not None]
+    figures.accuracy_against(
+        kind, pts(points, "clean", "robust"), pts(paper, "paper_clean", "paper_robust"),
+        None if baseline is None else {"clean": baseline["clean"], "robust": baseline["robust"],
+                                       "label": baseline["label"]},
+        t["tmax"] if kind == "temperature" else None,
+        f"{t['table']}: accuracy against {'teacher temperature T' if kind == 'temperature' else 'β'} ({t['dataset']})",
+        stem, paper_dataset=t["paper_dataset"])

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+import sys
 
 import torch
+
+from . import gpu_slots
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def setup(device: str = "auto", threads: int | None = None) -> torch.device:
+# Lock files of the GPUs jobs on this machine hold (see gpu_slots); relative to the
+# workflow's working directory, shared by every run of the checkout. LTD_GPU_SLOTS moves
+# it, e.g. to a local disk where results/ sits on a file system without flock.
+DEFAULT_SLOTS_DIR = "results/.gpu_slots"
+
+
+def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
+          slots_dir: str | os.PathLike | None = None, job: str = "") -> torch.device:
+    """The job's device. With gpus > 0 it first takes that many GPUs no other job holds
+    (ltd.gpu_slots) for the rest of the process: call it before anything touches CUDA."""
+    # A process this job started (e.g. a torch.distributed worker) already has the job's
+    # GPUs in CUDA_VISIBLE_DEVICES; locking again would wait forever on its own parent.
+    if gpus and device != "cpu" and not os.environ.get("LTD_GPU_SLOTS_HELD"):
+        # First: CUDA reads CUDA_VISIBLE_DEVICES once, and torch.cuda.is_available() below starts it.
+        base = slots_dir or os.environ.get("LTD_GPU_SLOTS", DEFAULT_SLOTS_DIR)
+        ids = gpu_slots.hold(int(gpus), gpu_slots.host_slots_dir(base), job=job)
+        if ids:
+            os.environ["LTD_GPU_SLOTS_HELD"] = ",".join(ids)
+            print(f"GPU slots: CUDA_VISIBLE_DEVICES={','.join(ids)}", file=sys.stderr, flush=True)
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":

@@ -1,25 +1,60 @@
-# Config -> targets. Paths come from ltd.experiments; no rule builds a run path by hand.
+# Config -> targets. Paths and run records come from ltd.experiments; no rule builds a
+# run path by hand.
 from ltd import experiments as ex
 from ltd.checkpoint import load_json
 
 R = f"results/{config['run']}"
-DATASET = config["dataset"]["name"]
-DATA_JSON = f"{R}/data/{DATASET}.json"
-TEACHER = ex.teacher(config)
-GPU = 0 if config["device"] == "cpu" else 1
+ON_CPU = config["device"] == "cpu"
+TABLES = ex.table_names(config)
 
 
 def run_path(run, filename):
     return f"{R}/{run.dir}/{filename}"
 
 
-def res(kind):
-    """Cluster resources of a job class (mem_mb, runtime in minutes), from config."""
-    return config["resources"][kind]
+def data_json(dataset):
+    return f"{R}/data/{dataset}.json"
+
+
+def tmax_json(dataset):
+    return f"{R}/temperature/{dataset}/tmax.json"
+
+
+def dataset_of(role):
+    """The data set of the run a job's {name} wildcard names."""
+    return lambda w: ex.Run.parse(role, w.name).dataset
+
+
+def res(kind, dataset_fn=None):
+    """A job class's cluster resources (mem_mb, runtime in minutes), from config; a data
+    set may override them (ImageNet needs more)."""
+    if dataset_fn is None:
+        r = config["resources"][kind]
+        return {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+    return {k: (lambda w, k=k: ex.resources(config, kind, dataset_fn(w))[k]) for k in ("mem_mb", "runtime")}
+
+
+def gpus(dataset_fn=None, training=False):
+    """GPUs a job holds: none on the CPU; a training job on a data set with `processes`
+    holds one per torch.distributed process."""
+    if ON_CPU:
+        return 0
+    if training and dataset_fn is not None:
+        return lambda w: ex.processes(config, dataset_fn(w))
+    return 1
+
+
+def train_threads(role):
+    """CPU threads: a distributed job on the CPU runs `processes` processes."""
+    if not ON_CPU:
+        return config["threads"]
+    return lambda w: config["threads"] * ex.processes(config, ex.Run.parse(role, w.name).dataset)
 
 
 # Run names are parsed back into runs by the scripts; keep wildcards within one path part.
 wildcard_constraints:
     name="[^/]+",
     T="[0-9.]+",
-    group="[^/]+",
+    group="[^/]+_s[0-9]+",
+    dataset="[a-z0-9]+",
+    table="table[0-9]+",

@@ -1,12 +1,13 @@
 rule prepare_data:
-    """Download (CIFAR, once, before parallel jobs) or build (digits) the data set and
-    record its fixed splits."""
+    """Download (CIFAR, once, before parallel jobs), build (digits; the demo's ImageFolder
+    tree) or index (ImageNet) a data set and record its fixed splits."""
+    conda:
+        "../envs/torch.yaml"
     output:
-        f"{R}/data/{{dataset}}.json",
+        data_json("{dataset}"),
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     resources:
-        mem_mb=res("light")["mem_mb"],
-        runtime=res("light")["runtime"],
+        **res("light"),
     script:
         "../workflow_scripts/prepare_data.py"

@@ -1,14 +1,15 @@
 rule evaluate:
     """Clean, PGD and AutoAttack accuracy of a student on the test set (fp32)."""
+    conda:
+        "../envs/torch.yaml"
     input:
         model=f"{R}/students/{{name}}/model.pt",
     output:
         f"{R}/students/{{name}}/autoattack.json",
     threads: config["threads"]
     resources:
-        gpu=GPU,
-        mem_mb=res("evaluate")["mem_mb"],
-        runtime=res("evaluate")["runtime"],
+        gpu=gpus(),
+        **res("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/evaluate/{{name}}.log",
     script:
@@ -17,16 +18,17 @@ rule evaluate:
 
 rule validate:
     """The temperature-search criteria of a student on the validation split."""
+    conda:
+        "../envs/torch.yaml"
     input:
         model=f"{R}/students/{{name}}/model.pt",
-        teacher=run_path(TEACHER, "model.pt"),
+        teacher=lambda w: run_path(ex.Run.parse("students", w.name).teacher, "model.pt"),
     output:
         f"{R}/students/{{name}}/validation.json",
     threads: config["threads"]
     resources:
-        gpu=GPU,
-        mem_mb=res("evaluate")["mem_mb"],
-        runtime=res("evaluate")["runtime"],
+        gpu=gpus(),
+        **res("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/validate/{{name}}.log",
     script:

@@ -8,6 +8,8 @@ def selected_evaluation(w):
 rule resolve_auto:
     """An `auto` row's result, under a path known before the search ran: only this
     rule waits for the checkpoint, so a dry run still lists every other job."""
+    conda:
+        "../envs/report.yaml"
     input:
         evaluation=selected_evaluation,
         selection=f"{R}/temperature/{{group}}/selection.json",
@@ -30,19 +32,60 @@ def table_evaluations(table):
     return paths
 
 
-rule table4:
-    """Table IV and its figure: accuracy against the teacher temperature."""
+def table_inputs(w):
+    inputs = {"evals": table_evaluations(w.table), "paper": "config/paper_results.yaml"}
+    dataset = ex.table_dataset(config, w.table)
+    if ex.search(config, dataset) is not None:
+        inputs["tmax"] = tmax_json(dataset)  # a table of a searched data set reports its T_max
+    return inputs
+
+
+rule render_table:
+    """A table (Markdown, LaTeX, CSV; JSON for the figures): our rows beside the paper's."""
+    conda:
+        "../envs/report.yaml"
     input:
-        evals=table_evaluations("table4"),
-        tmax=rules.tmax.output[0],
-        paper="config/paper_results.yaml",
+        unpack(table_inputs),
     output:
-        md=f"{R}/tables/table4.md",
-        tex=f"{R}/tables/table4.tex",
-        csv=f"{R}/tables/table4.csv",
-        png=f"{R}/figures/table4_temperature.png",
-        pdf=f"{R}/figures/table4_temperature.pdf",
+        md=f"{R}/tables/{{table}}.md",
+        tex=f"{R}/tables/{{table}}.tex",
+        csv=f"{R}/tables/{{table}}.csv",
+        json=f"{R}/tables/{{table}}.json",
     log:
-        f"{R}/logs/tables/table4.log",
+        f"{R}/logs/tables/{{table}}.log",
     script:
-        "../workflow_scripts/table4.py"
+        "../workflow_scripts/table.py"
+
+
+rule figure:
+    """Accuracy against the teacher temperature (Table IV) or against beta (V, VI)."""
+    conda:
+        "../envs/report.yaml"
+    input:
+        f"{R}/tables/{{table}}.json",
+    output:
+        png=f"{R}/figures/{{table}}_{{kind}}.png",
+        pdf=f"{R}/figures/{{table}}_{{kind}}.pdf",
+    wildcard_constraints:
+        kind="temperature|beta",
+    log:
+        f"{R}/logs/tables/{{table}}_{{kind}}.log",
+    script:
+        "../workflow_scripts/figure.py"
+
+
+def table_targets(table):
+    stem = f"{R}/tables/{table}"
+    figs = [f"{R}/figures/{table}_{kind}.{ext}" for kind in ex.table_figures(config, table) for ext in ("png", "pdf")]
+    return [f"{stem}.{ext}" for ext in ("md", "tex", "csv")] + figs
+
+
+# One target rule per configured table: `snakemake table4`.
+for _table in TABLES:
+
+    rule:
+        name:
+            _table
+        input:
+            table_targets(_table),
+        localrule: True

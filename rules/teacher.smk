@@ -1,17 +1,18 @@
 rule train_teacher:
     """Natural training on one-hot labels (the teacher of LTD)."""
+    conda:
+        "../envs/torch.yaml"
     input:
-        data=DATA_JSON,
+        data=lambda w: data_json(dataset_of("teachers")(w)),
     output:
         model=f"{R}/teachers/{{name}}/model.pt",
         metrics=f"{R}/teachers/{{name}}/metrics.json",
     params:
         role="teachers",
-    threads: config["threads"]
+    threads: train_threads("teachers")
     resources:
-        gpu=GPU,
-        mem_mb=res("train")["mem_mb"],
-        runtime=res("train")["runtime"],
+        gpu=gpus(dataset_of("teachers"), training=True),
+        **res("train", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.log",
     script:
@@ -20,15 +21,16 @@ rule train_teacher:
 
 rule teacher_logits:
     """The teacher's logits on the un-augmented training images, computed once."""
+    conda:
+        "../envs/torch.yaml"
     input:
         model=f"{R}/teachers/{{name}}/model.pt",
     output:
         f"{R}/teachers/{{name}}/train_logits.pt",
     threads: config["threads"]
     resources:
-        gpu=GPU,
-        mem_mb=res("light")["mem_mb"],
-        runtime=res("light")["runtime"],
+        gpu=gpus(),
+        **res("light", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.logits.log",
     script:

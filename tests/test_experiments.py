@@ -46,10 +46,51 @@ def test_auto_entry_resolves_through_search(demo_config):
     assert run == next(r for r in ex.table_students(demo_config, "table4") if r.temperature == 5.0)
     group = ex.search_group(demo_config, auto[0])
     cands = ex.search_candidates(demo_config, group)
-    assert [c.temperature for c in cands] == [float(t) for t in demo_config["temperature_search"]["grid"]]
+    assert [c.temperature for c in cands] == [float(t) for t in demo_config["datasets"]["digits"]["temperature_search"]["grid"]]
+    assert all(c.dataset == "digits" and c.arch == "wrn-10-2" for c in cands)
 
 
-def test_schedule_overrides(demo_config):
-    assert ex.schedule(demo_config, "teachers")["epochs"] == demo_config["teacher"]["epochs"]
-    assert ex.schedule(demo_config, "students")["epochs"] == demo_config["train"]["epochs"]
-    assert ex.schedule(demo_config, "students")["nesterov"] is True
+def test_schedule_overrides(demo_config, paper_config):
+    assert ex.schedule(demo_config, "teachers", "digits")["epochs"] == demo_config["teacher"]["epochs"]
+    assert ex.schedule(demo_config, "students", "digits")["epochs"] == demo_config["train"]["epochs"]
+    assert ex.schedule(demo_config, "students", "digits")["nesterov"] is True
+    # a data set's own schedule (ImageNet: 90 epochs, batch 320, wd 1e-4) sits between
+    in1k = ex.schedule(paper_config, "students", "imagenet")
+    assert (in1k["epochs"], in1k["batch_size"], in1k["weight_decay"], in1k["momentum"]) == (90, 320, 1e-4, 0.9)
+    assert ex.evaluation(paper_config, "imagenet")["eps"] == pytest.approx(4 / 255)
+    assert ex.evaluation(paper_config, "cifar10")["autoattack"]["version"] == "standard"
+    assert ex.processes(paper_config, "imagenet") == 4 and ex.processes(paper_config, "cifar10") == 1
+    assert ex.resources(paper_config, "train", "imagenet")["runtime"] > ex.resources(paper_config, "train", "cifar10")["runtime"]
+
+
+def test_all_tables_share_runs(paper_config):
+    """A run two tables name is one run: Table I's TRADES+LTD is Table IV's T = 5 row, its
+    AWP+LTD is Table V's beta = 6 row, Table II's is Table VI's beta = 6 row."""
+    runs = {t: {r.name for r in ex.table_students(paper_config, t)} for t in ex.table_names(paper_config)}
+    assert "cifar10_wrn-34-10_trades-ltd_T5_b6_s0" in runs["table1"] & runs["table4"]
+    assert "cifar10_wrn-34-10_trades_b6_s0" in runs["table1"] & runs["table4"]
+    assert "cifar10_wrn-34-10_awp-ltd_T5_b6_s0" in runs["table1"] & runs["table5"]
+    assert runs["table2"] <= runs["table6"]
+    assert len(set().union(*runs.values())) == 24
+    labels = [e.label for e in ex.table_entries(paper_config, "table5")]
+    assert labels == [f"AWP+LTD T=5 β={b}" for b in (3, 4, 5, 6, 7)]
+    assert ex.table_figures(paper_config, "table5") == ["beta"] and ex.table_figures(paper_config, "table4") == ["temperature"]
+    assert ex.table_figures(paper_config, "table1") == []
+
+
+def test_stand_ins_rename_runs_not_rows(demo_config):
+    e = ex.table_entries(demo_config, "table1")[0]
+    assert (e.dataset, e.arch, e.label) == ("cifar10", "wrn-34-20", "AWP+LTD WRN-34-20 T=5")
+    assert ex.entry_run(demo_config, e).name == "digits_wrn-10-4_awp-ltd_T5_b6_s0"
+    assert e.matches({"method": "awp-ltd", "arch": "wrn-34-20"}) and not e.matches({"arch": "wrn-34-10"})
+    assert {r.dataset for r in ex.table_students(demo_config, "table3")} == {"digitsfolder"}
+
+
+def test_table_entry_errors_name_the_entry(paper_config):
+    from ltd import config as ltd_config
+
+    bad = ltd_config.merge(paper_config, {"tables": {"table4": {"entries": [{"method": "trades-ltd"}]}}})
+    with pytest.raises(ValueError, match=r"tables.table4.entries\[0\]: method 'trades-ltd' needs a temperature"):
+        ex.table_entries(bad, "table4")
+    with pytest.raises(KeyError, match="no such table"):
+        ex.table_entries(paper_config, "table9")

@@ -1,32 +1,58 @@
 import csv
 
 import pytest
+import yaml
 
+from ltd import experiments as ex
 from ltd import tables
 
+from .conftest import ROOT
 
-def test_table_puts_ours_beside_paper_with_difference(tmp_path):
-    rows = [{"label": "TRADES", "clean": 0.80, "robust": 0.40},
-            {"label": "TRADES+LTD T=5", "clean": 0.9, "robust": 0.5},
-            {"label": "TRADES+LTD T=auto (chose 5)", "clean": 0.9, "robust": 0.5, "paper_label": None},
-            {"label": "Substitute T=50", "clean": 0.7, "robust": None}]
-    paper = {"TRADES": [84.92, 53.08], "TRADES+LTD T=5": [86.20, 55.09], "Substitute T=50": [86.63, None]}
-    df = tables.build(rows, paper)
-    assert df.loc[0, "Δ Clean"] == pytest.approx(80 - 84.92)
-    assert df.loc[1, "Δ AA"] == pytest.approx(50 - 55.09)
-    assert df.loc[2, ["Clean (paper)", "AA (paper)", "Δ AA"]].isna().all()
-    assert df.loc[3, "Clean (paper)"] == 86.63 and df.loc[3, ["AA (ours)", "AA (paper)", "Δ AA"]].isna().all()
-    caption = tables.caption_for("Table IV", "digits", "cifar10", ["AutoAttack standard"])
-    assert "NOT on cifar10" in caption and caption.endswith("AutoAttack standard.")
-    tables.render(df, caption, tmp_path / "t4")
-    md = (tmp_path / "t4.md").read_text()
-    assert md.startswith("Table IV") and "| TRADES " in md and "84.92" in md and "–" in md
-    tex = (tmp_path / "t4.tex").read_text()
-    assert "\\toprule" in tex and "\\caption{Table IV" in tex
-    got = list(csv.DictReader(open(tmp_path / "t4.csv")))
-    assert got[1]["Clean (ours)"] == "90.00" and got[1]["Clean (paper)"] == "86.20"
-    assert caption_for_same_dataset_has_no_warning()
+PAPER = yaml.safe_load((ROOT / "config" / "paper_results.yaml").read_text())
 
 
-def caption_for_same_dataset_has_no_warning():
-    return "NOT" not in tables.caption_for("Table IV", "cifar10", "cifar10", [])
+def result(run, clean, robust):
+    return {"run": run.name, "clean_accuracy": clean, "robust_accuracy": robust}
+
+
+def test_rows_follow_the_paper_with_reported_rows_and_differences(paper_config, tmp_path):
+    entries = ex.table_entries(paper_config, "table1")
+    results = [result(ex.entry_run(paper_config, e), 0.80 + i / 100, 0.50) for i, e in enumerate(entries)]
+    rows = tables.assemble(entries, results, PAPER["table1"]["rows"])
+    assert len(rows) == len(PAPER["table1"]["rows"])  # every paper row, ours matched in place
+    first, second, fourth = rows[0], rows[1], rows[3]
+    assert first["label"] == "AWP+LTD WRN-34-20 T=5" and first["source"] == "this run"
+    assert first["clean"] == pytest.approx(80.0) and first["paper_clean"] == 86.28
+    assert first["d_clean"] == pytest.approx(80 - 86.28) and first["d_robust"] == pytest.approx(50 - 58.19)
+    assert second["source"] == "reported [45]" and second["clean"] is None and second["paper_robust"] == 58.04
+    assert fourth["run"] == "cifar10_wrn-34-10_awp-ltd_T5_b6_s0"
+    assert rows[-1]["label"] == "TRADES WRN-34-10" and rows[-1]["paper_clean"] == 84.92
+    df = tables.frame(rows)
+    caption = tables.caption_for("Table I", "cifar10", "CIFAR-10", ["AutoAttack standard"])
+    assert "DEMO" not in caption and caption.endswith("AutoAttack standard.")
+    tables.render(df, caption, tmp_path / "t1")
+    md = (tmp_path / "t1.md").read_text()
+    assert md.startswith("Table I") and "| reported [45]" in md and "–" in md
+    assert "\\toprule" in (tmp_path / "t1.tex").read_text()
+    got = list(csv.DictReader(open(tmp_path / "t1.csv")))
+    assert got[0]["Clean (ours)"] == "80.00" and got[0]["Clean (paper)"] == "86.28" and got[1]["Clean (ours)"] == ""
+
+
+def test_auto_rows_follow_and_unrun_paper_rows_say_so(demo_config):
+    entries = ex.table_entries(demo_config, "table4")
+    auto = entries[-1]
+    assert auto.is_auto
+    chosen = ex.entry_run(demo_config, auto, chosen_t=3.0)
+    keep = [entries[0], auto]  # only TRADES and the auto row ran
+    results = [result(ex.entry_run(demo_config, entries[0]), 0.9, 0.4), result(chosen, 0.95, 0.5)]
+    tmax = {"tmax": 20.0, "threshold": 0.9, "substitutes": [{"T": 20.0, "clean_accuracy": 0.8}]}
+    rows = tables.assemble(keep, results, PAPER["table4"]["rows"], tmax)
+    labels = [r["label"] for r in rows]
+    assert labels[0] == "TRADES" and labels[-1] == "TRADES+LTD T=auto (chose 3)"
+    assert rows[-1]["paper_clean"] is None and rows[-1]["d_robust"] is None
+    assert [r["source"] for r in rows[1:10]] == ["not run"] * 9
+    sub = rows[10]
+    assert sub["label"] == "Substitute T=20 (T_max); paper: T=50" and sub["clean"] == pytest.approx(80.0)
+    assert sub["paper_clean"] == 86.63 and sub["robust"] is None
+    caption = tables.caption_for("Table IV", "digits", "CIFAR-10", [], demo=True)
+    assert "OFFLINE DEMO" in caption and "NOT on CIFAR-10" in caption

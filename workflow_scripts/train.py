@@ -5,7 +5,8 @@ from ltd import jobs, runtime
 from ltd.experiments import Run
 
 jobs.log_to(snakemake.log[0])
-device = runtime.setup(snakemake.config["device"], snakemake.threads)
+device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
+                       job=snakemake.log[0])
 run = Run.parse(snakemake.params.role, snakemake.wildcards.name)
 jobs.train_run(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
                soft_labels=snakemake.input.get("soft_labels"), device=device)

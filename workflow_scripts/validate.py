@@ -2,6 +2,7 @@ from ltd import jobs, runtime
 from ltd.experiments import Run
 
 jobs.log_to(snakemake.log[0])
-device = runtime.setup(snakemake.config["device"], snakemake.threads)
+device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
+                       job=snakemake.log[0])
 jobs.validate_run(snakemake.config, Run.parse("students", snakemake.wildcards.name), snakemake.input.model,
                   snakemake.input.teacher, snakemake.output[0], device)
