@@ -13,7 +13,7 @@ EPS = 0.1
 def trained():
     """A small conv net trained on 8x8 digits to high accuracy."""
     torch.manual_seed(0)
-    split = load_split({"name": "digits", "image_size": 8, "test_size": 397}, "unused", "train")
+    split = load_split({"source": "digits", "image_size": 8, "test_size": 397}, "unused", "train")
     x, y = split.x[:512], split.y[:512]
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
                           nn.Linear(16 * 64, 10))
