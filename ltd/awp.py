@@ -39,6 +39,8 @@ from typing import Callable
 
 import torch
 
+from . import distributed
+
 EPS = 1e-20  # as the official code: guards ||d|| = 0
 
 Perturbation = dict[str, torch.Tensor]
@@ -59,12 +61,14 @@ def make_proxy(model: torch.nn.Module) -> torch.nn.Module:
 
 def compute_perturbation(model: torch.nn.Module, proxy: torch.nn.Module,
                          objective: Callable[[torch.nn.Module], torch.Tensor], *, gamma: float,
-                         proxy_lr: float) -> Perturbation:
+                         proxy_lr: float, n_local: int | None = None) -> Perturbation:
     """delta for every perturbed weight of ``model``, from one proxy SGD step that
     *increases* ``objective(proxy)`` (the training loss, evaluated with the proxy).
 
     Neither ``model``'s parameters, gradients nor buffers are touched: the proxy is
     re-loaded from ``model.state_dict()`` (buffers included) and put in train mode.
+    Under torch.distributed the proxy gradients are averaged over the processes
+    (``n_local``: this process's batch size), so every rank perturbs its weights alike.
     """
     proxy.load_state_dict(model.state_dict())
     proxy.train()
@@ -73,6 +77,11 @@ def compute_perturbation(model: torch.nn.Module, proxy: torch.nn.Module,
     params = [proxy_params[name] for name in names]
     loss = -objective(proxy)  # ascend the training loss
     grads = torch.autograd.grad(loss, params, allow_unused=True)
+    if distributed.active():
+        if n_local is None:
+            raise ValueError("under torch.distributed, compute_perturbation needs n_local (this rank's batch size)")
+        n_global = int(distributed.all_reduce_sum([n_local], grads[0].device)[0])
+        distributed.average_tensors([g for g in grads if g is not None], n_local, n_global)
     model_params = dict(model.named_parameters())
     delta: Perturbation = {}
     with torch.no_grad():

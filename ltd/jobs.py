@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, data, evaluate, experiments, runtime, temperature
+from . import checkpoint, data, distributed, evaluate, experiments, runtime, temperature
 from .experiments import Run
 from .losses import soft_labels as softmax_t
 from .methods import build_step
@@ -85,7 +85,8 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     attack = experiments.attack(config, run.dataset)
     beta = run.beta if run.beta is not None else config["beta"]
     step = build_step(run.method, beta=beta, attack=attack, awp=config["awp"])
-    loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed)
+    loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed,
+                                    rank=distributed.rank(), world_size=distributed.world_size())
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
     model = _model(config, run)
     is_student = run.role == "students"
@@ -100,6 +101,8 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     ckpt = out_dir / "checkpoint.pt"
     history = fit(model, step, loader, sched, ckpt_path=ckpt, device=device, fingerprint=fp,
                   evaluate=eval_clean, log_path=out_dir / "history.jsonl", desc=run.name)
+    if not distributed.is_main():
+        return {}  # rank 0 writes model.pt/metrics.json and removes the checkpoint
     checkpoint.save(model.state_dict(), out_dir / "model.pt")
     metrics = {
         "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
@@ -108,12 +111,39 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
         "schedule": sched, "attack": attack if is_student else None,
         "awp": config["awp"] if run.method.startswith("awp") else None,
         "precision": runtime.effective_precision(device, sched["precision"]),
+        "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
         "provenance": provenance(config, device),
     }
     checkpoint.save_json(metrics, out_dir / "metrics.json")
     ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
     return metrics
+
+
+def train_job(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None,
+              device: torch.device) -> int:
+    """A workflow training job: one process, or ``processes`` torch.distributed ones
+    (torchrun; gloo on the CPU). Returns the exit code: 0, or 143 when SIGTERM stopped it
+    after writing a checkpoint (rerun to continue)."""
+    from .distributed_worker import PREEMPTED_EXIT, launch_train
+    from .train import Preempted
+
+    n = experiments.processes(config, run.dataset)
+    try:
+        if n > 1:
+            threads = max(1, torch.get_num_threads() // n)
+            launch_train(n, config, run.role, run.name, out_dir, soft_labels, device=device.type, threads=threads)
+        else:
+            train_run(config, run, out_dir=out_dir, soft_labels=soft_labels, device=device)
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        return PREEMPTED_EXIT
+    except subprocess.CalledProcessError as e:
+        if e.returncode == PREEMPTED_EXIT:
+            print(f"{run.name}: preempted; rerun to continue from its checkpoint", file=sys.stderr)
+            return PREEMPTED_EXIT
+        raise
+    return 0
 
 
 def teacher_logits(config: dict, teacher: Run, model_path: str | Path, out: str | Path,

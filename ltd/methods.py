@@ -133,7 +133,7 @@ class AWPStep(TradesStep):
             return natural_loss(logits_nat, target) + self.beta * trades_kl(net(x_adv).float(), logits_nat)
 
         delta = awp_lib.compute_perturbation(model, self._proxy_for(model), objective, gamma=self.gamma,
-                                             proxy_lr=self.proxy_lr)
+                                             proxy_lr=self.proxy_lr, n_local=len(x))
         awp_lib.add_perturbation(model, delta)
         self._delta = delta
         logits_nat = model(x)

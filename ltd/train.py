@@ -4,27 +4,50 @@ What differs between roles is the step function (methods.py). The loop owns the
 optimiser (SGD, Nesterov, piecewise-constant LR as in the paper's Appendix A), mixed
 precision, a progress bar, a NaN guard, and a checkpoint written atomically at the end
 of every epoch with optimiser, scheduler and RNG state, from which it resumes.
+
+Preemption: SIGTERM (Slurm, before preemption or the time limit) makes the loop write a
+checkpoint after the optimiser step in progress — position within the epoch and the
+epoch's partial totals included — and raise ``Preempted``; the rerun continues from
+that step and ends with the weights an uninterrupted run would have.
+
+Several processes (torchrun; see distributed.py): each gets its slice of every global
+batch from its loader; gradients and BN statistics are averaged after each backward;
+totals are summed over processes; only rank 0 writes checkpoints, logs and the bar.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, runtime
-from .data import DeviceLoader
+from . import checkpoint, distributed, runtime
 from .methods import Step
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint of the last finished step is at ``path``. Scripts
+    exit with ``exit_code`` (128 + SIGTERM); rerunning the job continues the run."""
+
+    exit_code = 143
+
+    def __init__(self, path: Path, where: str):
+        super().__init__(f"stopped by SIGTERM {where}; checkpoint written to {path}: rerun to continue")
+        self.path = path
 
 
 def make_optimizer(model: torch.nn.Module, sched: dict) -> tuple[torch.optim.Optimizer, Any]:
@@ -53,10 +76,43 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[dict]:
+    """{"set": bool}, set by SIGTERM while inside; the previous handler is restored on exit.
+    The handler only sets the flag: the loop acts on it at a consistent point."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():  # signal.signal would raise
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _epoch_from(loader, epoch: int, skip: int) -> Iterator:
+    """Epoch ``epoch``'s batches after the first ``skip`` (a preempted epoch resumes after
+    its finished steps). A loader whose ``epoch`` takes ``start`` skips them itself (e.g.
+    without decoding images); otherwise they are drawn and dropped, not computed on:
+    drawing advances the loader's augmentation generator exactly as the interrupted run
+    did (the global RNG is restored from the checkpoint)."""
+    if skip and "start" in inspect.signature(loader.epoch).parameters:
+        return loader.epoch(epoch, start=skip)
+    batches = loader.epoch(epoch)
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
 def fit(
     model: torch.nn.Module,
     step: Step,
-    loader: DeviceLoader,
+    loader,
     sched: dict,
     *,
     ckpt_path: str | Path,
@@ -70,15 +126,20 @@ def fit(
     checkpoint of the same ``fingerprint`` (a hash of everything that defines the run;
     a stale checkpoint from other settings is ignored, never silently continued).
 
+    ``loader``: ``len(loader)`` batches per epoch, ``loader.epoch(e)`` yields (x, y, q),
+    deterministic in (seed, e) — under torch.distributed this process's slice of each
+    global batch. ``evaluate`` runs in every process (it may shard and all-reduce).
     Returns the per-epoch history (also appended as JSON lines to ``log_path``).
+    Raises ``Preempted`` after SIGTERM, ``NonFiniteLoss`` on a NaN/inf loss.
     """
+    world, main = distributed.world_size(), distributed.is_main()
     model.to(device)
     opt, lr_sched = make_optimizer(model, sched)
     precision = runtime.effective_precision(device, sched["precision"])
     history: list[dict] = []
-    start = 0
+    start, skip, partial = 0, 0, None
     ckpt_path = Path(ckpt_path)
-    if ckpt_path.exists():
+    if ckpt_path.exists():  # every process resumes from the same (rank 0's) checkpoint
         state = checkpoint.load(ckpt_path, map_location=device)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
@@ -86,72 +147,97 @@ def fit(
             lr_sched.load_state_dict(state["scheduler"])
             _set_rng_state(state["rng"])
             history = json.loads(state["history"])
-            start = state["epoch"]
-            print(f"{desc}: resuming after epoch {start} from {ckpt_path}", file=sys.stderr)
-        else:
+            start, skip, partial = state["epoch"], state.get("step", 0), state.get("totals")
+            where = f", step {skip} of epoch {start + 1}" if skip else ""
+            if main:
+                print(f"{desc}: resuming after epoch {start}{where} from {ckpt_path}", file=sys.stderr)
+        elif main:
             print(f"{desc}: ignoring {ckpt_path} (written for other settings)", file=sys.stderr)
+    distributed.broadcast_state(model)  # one starting point, whatever each rank's init drew
 
-    tty = sys.stderr.isatty()
-    for epoch in range(start, sched["epochs"]):
-        model.train()
-        if hasattr(step, "begin_epoch"):  # e.g. AWP switches on after its warm-up epochs
-            step.begin_epoch(epoch)
-        t0 = time.time()
-        totals = {"loss": 0.0, "correct": 0, "n": 0}
-        bar = tqdm(
-            loader.epoch(epoch),
-            total=len(loader),
-            desc=f"{desc} epoch {epoch + 1}/{sched['epochs']}",
-            leave=tty,
-            mininterval=0.5 if tty else 30,
-            file=sys.stderr,
-        )
-        for i, (x, y, q) in enumerate(bar):
-            with runtime.autocast(device, precision):
-                loss, logits, stats = step(model, x, y, q)
-            if not math.isfinite(stats["loss"]):
-                raise NonFiniteLoss(
-                    f"{desc}: loss is {stats['loss']} at epoch {epoch + 1}, step {i + 1}; "
-                    f"the last good checkpoint (after epoch {epoch}) is kept in {ckpt_path}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if hasattr(step, "after_update"):  # e.g. AWP removes its weight perturbation
-                step.after_update(model)
-            totals["loss"] += stats["loss"] * len(y)
-            totals["correct"] += (logits.argmax(1) == y).sum().item()
-            totals["n"] += len(y)
-            bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.4f}", acc=f"{totals['correct'] / totals['n']:.3f}",
-                            refresh=False)
-        bar.close()
-        lr = opt.param_groups[0]["lr"]
-        lr_sched.step()
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": totals["loss"] / max(totals["n"], 1),
-            "train_accuracy": totals["correct"] / max(totals["n"], 1),
-            "seconds": time.time() - t0,
-        }
-        if evaluate is not None:
-            record.update(evaluate(model))
-        history.append(record)
-        checkpoint.save(
-            {
+    def save(epoch_done: int, step_done: int = 0, totals: dict | None = None) -> None:
+        if main:
+            checkpoint.save({
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": lr_sched.state_dict(),
                 "rng": _rng_state(),
-                "epoch": epoch + 1,
+                "epoch": epoch_done,  # finished epochs
+                "step": step_done,  # finished steps of the next epoch (preemption only)
+                "totals": totals,
                 "fingerprint": fingerprint,
                 "history": json.dumps(history),
-            },
-            ckpt_path,
-        )
-        if log_path is not None:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        print(f"{desc}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-              file=sys.stderr)
+            }, ckpt_path)
+
+    def preempted(where: str) -> Preempted:
+        distributed.barrier()  # rank 0's checkpoint is complete before any process exits
+        return Preempted(ckpt_path, where)
+
+    tty = sys.stderr.isatty()
+    with _sigterm_flag() as term:
+        for epoch in range(start, sched["epochs"]):
+            model.train()
+            if hasattr(step, "begin_epoch"):  # e.g. AWP switches on after its warm-up epochs
+                step.begin_epoch(epoch)
+            totals = partial or {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
+            t0 = time.time() - totals["seconds"]
+            batches = _epoch_from(loader, epoch, skip)
+            bar = tqdm(batches, total=len(loader), initial=skip, desc=f"{desc} epoch {epoch + 1}/{sched['epochs']}",
+                       leave=tty, mininterval=0.5 if tty else 30, file=sys.stderr, disable=not main)
+            for i, (x, y, q) in enumerate(bar, start=skip):
+                with runtime.autocast(device, precision):
+                    loss, logits, stats = step(model, x, y, q)
+                n = len(y)
+                correct = (logits.argmax(1) == y).sum().item()
+                # One small all-reduce: global loss and counts, and whether any process
+                # got SIGTERM, so that all stop after the same step (torchrun and Slurm
+                # signal the processes at slightly different moments).
+                local = [stats["loss"] * n, correct, n, float(term["set"])]
+                loss_sum, correct, n_all, stop = distributed.all_reduce_sum(local, device) if world > 1 else local
+                if not math.isfinite(loss_sum):
+                    raise NonFiniteLoss(
+                        f"{desc}: loss is {loss_sum / n_all} at epoch {epoch + 1}, step {i + 1}; "
+                        f"the last good checkpoint is kept in {ckpt_path}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if world > 1:
+                    distributed.average_gradients(model, n, int(n_all))
+                    distributed.average_buffers(model)  # BN running stats: identical everywhere
+                opt.step()
+                if hasattr(step, "after_update"):  # e.g. AWP removes its weight perturbation
+                    step.after_update(model)
+                totals["loss"] += loss_sum
+                totals["correct"] += int(correct)
+                totals["n"] += int(n_all)
+                bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.4f}",
+                                acc=f"{totals['correct'] / totals['n']:.3f}", refresh=False)
+                if (stop if world > 1 else term["set"]):
+                    bar.close()
+                    save(epoch, i + 1, {**totals, "seconds": time.time() - t0})
+                    raise preempted(f"at epoch {epoch + 1}, step {i + 1}")
+            bar.close()
+            skip, partial = 0, None
+            lr = opt.param_groups[0]["lr"]
+            lr_sched.step()
+            record = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": totals["loss"] / max(totals["n"], 1),
+                "train_accuracy": totals["correct"] / max(totals["n"], 1),
+                "seconds": time.time() - t0,
+            }
+            if evaluate is not None:
+                record.update(evaluate(model))
+            history.append(record)
+            save(epoch + 1)
+            if main:
+                if log_path is not None:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                print(f"{desc}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in record.items()), file=sys.stderr)
+            # SIGTERM during the evaluation: the epoch's checkpoint is already written.
+            if epoch + 1 < sched["epochs"] and distributed.all_reduce_sum([float(term["set"])], device)[0]:
+                raise preempted(f"after epoch {epoch + 1}")
     return history

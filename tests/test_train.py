@@ -1,4 +1,5 @@
-"""Checkpoint, kill, resume: the resumed run must end with the same weights."""
+"""Checkpoint, kill or SIGTERM, resume: the resumed run must end with the same weights."""
+import os
 import signal
 import subprocess
 import sys
@@ -13,42 +14,84 @@ from ltd.experiments import Run
 
 from .conftest import ROOT
 
+# The training job as a real process. With LTD_TEST_PAUSE_AT=k the k-th step call (over
+# the whole run, 1-based) writes LTD_TEST_MARKER when its computation is done and waits
+# for the parent to create MARKER.sent (which it does right after sending SIGTERM): the
+# signal lands at a known step however fast or slow the machine is.
 JOB = """
-import sys, torch, yaml
+import os, sys, time, torch, yaml
 from ltd import jobs
 from ltd.experiments import Run
 torch.set_num_threads(1)
+pause_at, marker = int(os.environ.get("LTD_TEST_PAUSE_AT", 0)), os.environ.get("LTD_TEST_MARKER")
+if pause_at:
+    build, calls = jobs.build_step, [0]
+    def build_step(*a, **k):
+        step = build(*a, **k)
+        def paused(model, x, y, q):
+            out = step(model, x, y, q)
+            calls[0] += 1
+            if calls[0] == pause_at:
+                open(marker, "w").close()
+                deadline = time.time() + 120
+                while not os.path.exists(marker + ".sent") and time.time() < deadline:
+                    time.sleep(0.01)
+            return out
+        return paused
+    jobs.build_step = build_step
 config = yaml.safe_load(open(sys.argv[1]))
 run = Run.parse("students", sys.argv[2])
 jobs.train_run(config, run, out_dir=sys.argv[3], device=torch.device("cpu"))
 """
 
+STEPS_PER_EPOCH = 4  # 256 training images, batch 64
+NAME = Run("students", "digits", "wrn-10-1", 0, method="trades", beta=6.0).name
+
+
+def _tiny(config):
+    config["datasets"]["digits"].update(train_size=256, image_size=16)
+    config["datasets"]["digits"]["attack"]["steps"] = 2
+    config["train"].update(epochs=3, batch_size=64, lr_milestones=[2])
+    config["teacher"] = config["substitute"] = config["student"] = {}  # no per-role epochs
+    return config
+
 
 @pytest.fixture
 def tiny(demo_config, tmp_path):
-    c = demo_config
-    c["dataset"].update(train_size=256, image_size=16)
-    c["arch"] = "wrn-10-1"
-    c["train"].update(epochs=3, batch_size=64, lr_milestones=[2])
-    c["student"] = {}
-    c["trades"]["steps"] = 2
+    c = _tiny(demo_config)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(c))
     return c, path
 
 
-def _job(config_path, name, out_dir):
+def _job(config_path, name, out_dir, env=None):
     return subprocess.Popen([sys.executable, "-c", JOB, str(config_path), name, str(out_dir)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
 
 
-def test_killed_run_resumes_to_identical_weights(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def reference(_demo_config, tmp_path_factory):
+    """An uninterrupted run's model.pt, shared by the resume tests."""
+    import copy
+
+    tmp = tmp_path_factory.mktemp("reference")
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(_tiny(copy.deepcopy(_demo_config))))
+    job = _job(path, NAME, tmp / "out")
+    out = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, out
+    return checkpoint.load(tmp / "out" / "model.pt")
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_killed_run_resumes_to_identical_weights(tiny, tmp_path, reference):
     config, path = tiny
-    name = Run("students", "digits", "wrn-10-1", 0, method="trades", beta=6.0).name
-    reference = _job(path, name, tmp_path / "reference")
-    assert reference.wait(timeout=300) == 0, reference.stdout.read()
-
-    killed = _job(path, name, tmp_path / "resumed")
+    killed = _job(path, NAME, tmp_path / "resumed")
     ckpt = tmp_path / "resumed" / "checkpoint.pt"
     deadline = time.time() + 300
     while not ckpt.exists() and killed.poll() is None and time.time() < deadline:
@@ -59,17 +102,43 @@ def test_killed_run_resumes_to_identical_weights(tiny, tmp_path):
     done = checkpoint.load(ckpt)["epoch"]
     assert 1 <= done < 3
 
-    resumed = _job(path, name, tmp_path / "resumed")
+    resumed = _job(path, NAME, tmp_path / "resumed")
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out
     assert f"resuming after epoch {done}" in out
-    a = checkpoint.load(tmp_path / "reference" / "model.pt")
-    b = checkpoint.load(tmp_path / "resumed" / "model.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    _assert_same(reference, checkpoint.load(tmp_path / "resumed" / "model.pt"))
     metrics = checkpoint.load_json(tmp_path / "resumed" / "metrics.json")
     assert metrics["epochs"] == 3 and 0 <= metrics["clean_accuracy"] <= 1
     assert not ckpt.exists()  # removed once the job is complete
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_to_identical_weights(tiny, tmp_path, reference):
+    config, path = tiny
+    out_dir, marker = tmp_path / "preempted", tmp_path / "marker"
+    k = 2  # the signal arrives during step 2 of epoch 2
+    job = _job(path, NAME, out_dir, env={"LTD_TEST_PAUSE_AT": str(STEPS_PER_EPOCH + k), "LTD_TEST_MARKER": str(marker)})
+    deadline = time.time() + 300
+    while not marker.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), job.communicate()[0]
+    job.send_signal(signal.SIGTERM)
+    (tmp_path / "marker.sent").touch()
+    out = job.communicate(timeout=120)[0]
+    assert job.returncode != 0, out
+    assert "Preempted" in out and f"at epoch 2, step {k}" in out, out
+    assert not (out_dir / "model.pt").exists()
+    state = checkpoint.load(out_dir / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (1, k)  # mid-epoch: after step k of epoch 2
+    assert state["totals"]["n"] == k * 64
+
+    resumed = _job(path, NAME, out_dir)
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert f"resuming after epoch 1, step {k} of epoch 2" in out
+    _assert_same(reference, checkpoint.load(out_dir / "model.pt"))
+    history = [l for l in (out_dir / "history.jsonl").read_text().splitlines() if l]
+    assert len(history) == 3
+    assert not (out_dir / "checkpoint.pt").exists()
 
 
 def test_stale_checkpoint_from_other_settings_is_not_resumed(tiny, tmp_path):
@@ -77,7 +146,9 @@ def test_stale_checkpoint_from_other_settings_is_not_resumed(tiny, tmp_path):
     config["train"]["epochs"] = 1
     run = Run("teachers", "digits", "wrn-10-1", 0)
     out = tmp_path / "t"
+    before = signal.getsignal(signal.SIGTERM)
     jobs.train_run(config, run, out_dir=out, device=torch.device("cpu"))
+    assert signal.getsignal(signal.SIGTERM) is before  # fit put the previous handler back
     first = checkpoint.load(out / "model.pt")
     # leave a checkpoint claiming a finished run with different settings
     fake = {"model": {k: torch.zeros_like(v) for k, v in first.items()}, "epoch": 1, "fingerprint": "other"}

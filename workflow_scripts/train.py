@@ -1,4 +1,6 @@
-"""Train one teacher, substitute or student (the role comes from the rule)."""
+"""Train one teacher, substitute or student (the role comes from the rule); on a data set
+with `processes` > 1 (ImageNet) as that many torch.distributed processes."""
+import sys
 from pathlib import Path
 
 from ltd import jobs, runtime
@@ -8,5 +10,5 @@ jobs.log_to(snakemake.log[0])
 device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
                        job=snakemake.log[0])
 run = Run.parse(snakemake.params.role, snakemake.wildcards.name)
-jobs.train_run(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
-               soft_labels=snakemake.input.get("soft_labels"), device=device)
+sys.exit(jobs.train_job(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
+                        soft_labels=snakemake.input.get("soft_labels"), device=device))
