@@ -43,6 +43,11 @@ def accuracy_against(kind: str, points: list[dict], paper: list[dict], baseline:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
+    save(fig, stem)
+
+
+def save(fig, stem: str | Path) -> None:
+    """``stem``.png and ``stem``.pdf, then free the figure."""
     fig.tight_layout()
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

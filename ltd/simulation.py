@@ -284,10 +284,7 @@ def _markdown(df: pd.DataFrame, caption: str) -> str:
 
 
 def figure(result: dict, stem: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .figures import plt, save
 
     b, d, info = result["binary"], result["dirichlet"], result["info"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -315,12 +312,7 @@ def figure(result: dict, stem: str | Path) -> None:
     for ax, loc in zip(axes, ("lower right", "upper left")):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc=loc)
-    fig.tight_layout()
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for ext in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(ext), dpi=150)
-    plt.close(fig)
+    save(fig, stem)
 
 
 def render(settings: dict, table_dir: str | Path, figure_stem: str | Path) -> dict[str, Any]:
