@@ -167,12 +167,19 @@ def substitutes(config: dict[str, Any], dataset: str) -> list[Run]:
             for x in search(config, dataset)["substitute_temperatures"]]
 
 
+def seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds every table row is trained with (``seeds``; default: just ``seed``). Each
+    seed is a full replicate: its own teacher, soft labels and students."""
+    return list(config.get("seeds") or [config["seed"]])
+
+
 def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
-            beta: float) -> Run:
+            beta: float, seed: int | None = None) -> Run:
     if method in LTD_METHODS and temperature is None:
         raise ValueError(f"method {method!r} needs a temperature")
     t = float(temperature) if method in LTD_METHODS else None
-    return Run("students", dataset, arch, config["seed"], method=method, temperature=t, beta=float(beta))
+    seed = config["seed"] if seed is None else seed
+    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta))
 
 
 def with_temperature(run: Run, t: float) -> Run:
@@ -248,16 +255,16 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
     return rows
 
 
-def entry_run(config: dict[str, Any], entry: Entry, chosen_t: float | None = None) -> Run:
-    """The student run behind a table row (stand-ins applied); ``chosen_t`` resolves an
-    ``auto`` row."""
+def entry_run(config: dict[str, Any], entry: Entry, chosen_t: float | None = None, seed: int | None = None) -> Run:
+    """The student run behind a table row (stand-ins applied) for one seed (default:
+    ``seed``); ``chosen_t`` resolves an ``auto`` row."""
     t = entry.temperature
     if entry.is_auto:
         if chosen_t is None:
             raise ValueError("an 'auto' entry needs the temperature chosen by the search")
         t = chosen_t
     return student(config, stand_in(config, "datasets", entry.dataset), stand_in(config, "archs", entry.arch),
-                   entry.method, t, entry.beta)
+                   entry.method, t, entry.beta, seed)
 
 
 def table_dataset(config: dict[str, Any], table: str) -> str:
@@ -265,13 +272,14 @@ def table_dataset(config: dict[str, Any], table: str) -> str:
     return stand_in(config, "datasets", config["tables"][table]["dataset"])
 
 
-def search_group(config: dict[str, Any], entry: Entry) -> str:
-    """Name of the temperature search an ``auto`` row depends on."""
-    probe = entry_run(config, entry, chosen_t=1.0)
+def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) -> str:
+    """Name of the temperature search an ``auto`` row depends on (one per seed)."""
+    probe = entry_run(config, entry, chosen_t=1.0, seed=seed)
     return f"{probe.dataset}_{probe.arch}_{probe.method}_b{fmt_num(probe.beta)}_s{probe.seed}"
 
 
-_GROUP_RE = re.compile(rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)_b(?P<beta>{_NUM})_s\d+$")
+_GROUP_RE = re.compile(
+    rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)_b(?P<beta>{_NUM})_s(?P<seed>\d+)$")
 
 
 def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
@@ -283,14 +291,16 @@ def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
     ts = search(config, m["dataset"])
     if ts is None:
         raise ValueError(f"an 'auto' temperature on {m['dataset']!r} needs datasets.{m['dataset']}.temperature_search")
-    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"])) for t in ts["grid"]]
+    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]))
+            for t in ts["grid"]]
 
 
 def table_students(config: dict[str, Any], table: str) -> Iterator[Run]:
     """Students a table trains whatever the search finds (the static part of the DAG)."""
     for entry in table_entries(config, table):
         if not entry.is_auto:
-            yield entry_run(config, entry)
+            for seed in seeds(config):
+                yield entry_run(config, entry, seed=seed)
 
 
 def table_figures(config: dict[str, Any], table: str) -> list[str]:

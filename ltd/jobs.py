@@ -258,12 +258,14 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
 
     spec = config["tables"][table]
     paper = yaml.safe_load(Path(paper_path).read_text())[table]
-    entries = experiments.table_entries(config, table)
-    if len(entries) != len(evals):
-        raise ValueError(f"{table} has {len(entries)} rows but {len(evals)} evaluations were given")
-    results = [checkpoint.load_json(p) for p in evals]
+    entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
+    if len(entries) * n_seeds != len(evals):
+        raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(evals)} evaluations were given")
+    loaded = [checkpoint.load_json(p) for p in evals]
+    results = [loaded[i * n_seeds:(i + 1) * n_seeds] for i in range(len(entries))]  # each row's seeds
     tmax = checkpoint.load_json(tmax_path) if tmax_path else None
-    rows = tables.assemble(entries, results, paper["rows"], tmax if spec.get("tmax_row") else None)
+    rows = tables.assemble(entries, results, paper["rows"], tmax if spec.get("tmax_row") else None,
+                           tolerance=config["tolerance"])
     dataset = experiments.table_dataset(config, table)
     notes = []
     if tmax is not None:
@@ -271,7 +273,7 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
                          for s in tmax["substitutes"])
         found = "none below it" if tmax["tmax"] is None else f"T_max = {experiments.fmt_num(tmax['tmax'])}"
         notes.append(f"T_max search: substitutes {subs}; threshold {100 * tmax['threshold']:.1f} %, {found}")
-    aa = results[0]["autoattack"]
+    aa = loaded[0]["autoattack"]
     notes.append(f"AutoAttack {aa['version']} ({', '.join(aa['attacks'])}), Linf eps={aa['eps']:.5f}, "
                  f"{aa['n_examples']} test images, fp32")
     stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
@@ -279,6 +281,12 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
                  if old in {spec["dataset"], *(e.arch for e in entries)}]
     if stand_ins:
         notes.append("Stand-ins: " + ", ".join(stand_ins))
+    if any(r["beyond_tolerance"] for r in rows):
+        tol = config["tolerance"]
+        notes.append(f"{tables.MARK}: differs from the paper by more than {tol['clean']:g} (clean) or "
+                     f"{tol['autoattack']:g} (AutoAttack) percentage points")
+    if n_seeds > 1:
+        notes.append(f"Ours: mean over {n_seeds} seeds, ± the sample standard deviation")
     caption = tables.caption_for(spec["caption"], dataset, paper["dataset"], notes,
                                  demo=dataset != spec["dataset"])
     tables.render(tables.frame(rows), caption, stem)

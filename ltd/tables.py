@@ -6,6 +6,7 @@ config/paper_results.yaml and are labelled as such.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,8 @@ from .checkpoint import write_text
 from .experiments import METHOD_LABELS, Run, arch_label, fmt_num
 
 COLUMNS = ["Row", "Source", "Clean (ours)", "AA (ours)", "Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
+SPREAD = ["± Clean", "± AA", "Seeds"]
+MARK = "†"  # a difference beyond the configured tolerance
 
 
 def _pct(x: float | None) -> float | None:
@@ -25,45 +28,60 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def assemble(entries: list, results: list[dict], paper_rows: list[dict], tmax: dict | None = None) -> list[dict]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single seed)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _row(label: str, source: str, clean=None, robust=None, paper_clean=None, paper_robust=None, **extra) -> dict:
+    return {"label": label, "source": source, "run": None, "clean": clean, "robust": robust,
+            "paper_clean": paper_clean, "paper_robust": paper_robust,
+            "d_clean": _diff(clean, paper_clean), "d_robust": _diff(robust, paper_robust), **extra}
+
+
+def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], tmax: dict | None = None,
+             tolerance: dict | None = None) -> list[dict]:
     """Rows of a table in the paper's order (accuracies in %).
 
-    ``entries``/``results``: our rows (experiments.Entry) and their evaluation JSONs.
+    ``entries``/``results``: our rows (experiments.Entry) and, per row, the evaluation
+    JSONs of its seeds (mean and standard deviation when there are several).
     ``paper_rows``: config/paper_results.yaml's rows of this table. A paper row ``ours``
     takes the first unused entry it matches; ``reported`` rows are other papers' numbers
     (no run of ours); ``substitute`` is the T_max row, filled from ``tmax`` (the T_max
     search's result) when given. Entries no paper row matches (an ``auto`` row, say)
     follow at the end; a paper row of ours that nothing ran shows as "not run".
+    ``tolerance`` (percentage points, keys clean/autoattack) sets ``beyond_tolerance``.
     """
     used: set[int] = set()
     rows: list[dict] = []
 
     def ours(i: int, paper: dict | None) -> dict:
-        e, r = entries[i], results[i]
+        e, rs = entries[i], results[i]
         label = e.label
         if e.is_auto:
-            label += f" (chose {fmt_num(Run.parse('students', r['run']).temperature)})"
-        clean, robust = _pct(r["clean_accuracy"]), _pct(r["robust_accuracy"])
+            chosen = sorted({fmt_num(Run.parse("students", r["run"]).temperature) for r in rs}, key=float)
+            label += f" (chose {', '.join(chosen)})"
+        clean, clean_sd = _mean_std([_pct(r["clean_accuracy"]) for r in rs])
+        robust, robust_sd = _mean_std([_pct(r["robust_accuracy"]) for r in rs])
         p_clean, p_robust = (paper["clean"], paper["autoattack"]) if paper else (None, None)
-        return {"label": label, "source": "this run", "run": r["run"], "run_role": "students",
-                "temperature": None if e.is_auto else e.temperature, "beta": e.beta, "auto": e.is_auto,
-                "clean": clean, "robust": robust, "paper_clean": p_clean, "paper_robust": p_robust,
-                "d_clean": _diff(clean, p_clean), "d_robust": _diff(robust, p_robust)}
+        return _row(label, "this run", clean, robust, p_clean, p_robust, run=rs[0]["run"],
+                    runs=[r["run"] for r in rs], run_role="students", clean_sd=clean_sd, robust_sd=robust_sd,
+                    seeds=len(rs), temperature=None if e.is_auto else e.temperature, beta=e.beta, auto=e.is_auto)
 
     for p in paper_rows:
         if "reported" in p:
-            rows.append({"label": p["model"], "source": f"reported {p['reported']}", "run": None,
-                         "clean": None, "robust": None, "paper_clean": p["clean"], "paper_robust": p["autoattack"],
-                         "d_clean": None, "d_robust": None})
+            rows.append(_row(p["model"], f"reported {p['reported']}", paper_clean=p["clean"],
+                             paper_robust=p["autoattack"]))
         elif p.get("substitute"):
             if tmax is None or tmax["tmax"] is None:
                 continue
             acc = _pct(next(s["clean_accuracy"] for s in tmax["substitutes"] if s["T"] == tmax["tmax"]))
-            t = f"{tmax['tmax']:g}"
-            label = f"Substitute T={t} (T_max)" + ("" if tmax["tmax"] == p["temperature"] else f"; paper: T={p['temperature']:g}")
-            rows.append({"label": label, "source": "this run", "run": None, "run_role": "substitutes",
-                         "temperature": tmax["tmax"], "clean": acc, "robust": None, "paper_clean": p["clean"],
-                         "paper_robust": None, "d_clean": _diff(acc, p["clean"]), "d_robust": None})
+            label = f"Substitute T={fmt_num(tmax['tmax'])} (T_max)"
+            if tmax["tmax"] != p["temperature"]:
+                label += f"; paper: T={fmt_num(p['temperature'])}"
+            rows.append(_row(label, "this run", acc, None, p["clean"], None, run_role="substitutes",
+                             temperature=tmax["tmax"]))
         else:
             i = next((i for i, e in enumerate(entries) if i not in used and not e.is_auto and e.matches(p["ours"])), None)
             if i is None:
@@ -71,21 +89,30 @@ def assemble(entries: list, results: list[dict], paper_rows: list[dict], tmax: d
                 parts = [METHOD_LABELS.get(f.get("method"), "LTD"), arch_label(f.get("arch", ""))]
                 parts += [f"{'T' if k == 'temperature' else 'β'}={fmt_num(v)}" for k, v in f.items()
                           if k in ("temperature", "beta")]
-                rows.append({"label": " ".join(p for p in parts if p), "source": "not run",
-                             "run": None, "clean": None, "robust": None, "paper_clean": p["clean"],
-                             "paper_robust": p["autoattack"], "d_clean": None, "d_robust": None})
+                rows.append(_row(" ".join(p for p in parts if p), "not run", paper_clean=p["clean"],
+                                 paper_robust=p["autoattack"]))
                 continue
             used.add(i)
             rows.append(ours(i, p))
     rows += [ours(i, None) for i in range(len(entries)) if i not in used]
+    for r in rows:
+        r["beyond_tolerance"] = bool(tolerance) and any(
+            d is not None and abs(d) > tolerance[k] for d, k in ((r["d_clean"], "clean"), (r["d_robust"], "autoattack")))
     return rows
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"Row": r["label"], "Source": r["source"], "Clean (ours)": r["clean"],
-                          "AA (ours)": r["robust"], "Clean (paper)": r["paper_clean"],
-                          "AA (paper)": r["paper_robust"], "Δ Clean": r["d_clean"], "Δ AA": r["d_robust"]}
-                         for r in rows], columns=COLUMNS)
+    """The table's cells; "±" columns only where some row has several seeds."""
+    spread = any((r.get("seeds") or 1) > 1 for r in rows)
+    out = []
+    for r in rows:
+        cells = {"Row": r["label"] + (f" {MARK}" if r.get("beyond_tolerance") else ""), "Source": r["source"],
+                 "Clean (ours)": r["clean"], "AA (ours)": r["robust"], "Clean (paper)": r["paper_clean"],
+                 "AA (paper)": r["paper_robust"], "Δ Clean": r["d_clean"], "Δ AA": r["d_robust"]}
+        if spread:
+            cells.update({"± Clean": r.get("clean_sd"), "± AA": r.get("robust_sd"), "Seeds": r.get("seeds")})
+        out.append(cells)
+    return pd.DataFrame(out, columns=COLUMNS + (SPREAD if spread else []))
 
 
 def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str], demo: bool = False) -> str:

@@ -9,7 +9,8 @@ rule simulation:
         dirichlet_csv=f"{R}/simulation/dirichlet.csv",
         dirichlet_md=f"{R}/simulation/dirichlet.md",
         provenance=f"{R}/simulation/provenance.json",
-        png=f"{R}/figures/simulation_discrepancy.png",
+        png=report(f"{R}/figures/simulation_discrepancy.png", caption="../report/simulation.rst",
+                   category="Appendix B"),
         pdf=f"{R}/figures/simulation_discrepancy.pdf",
     params:
         settings={"seed": config["seed"], **config["simulation"]},

@@ -22,13 +22,14 @@ rule resolve_auto:
 
 
 def table_evaluations(table):
-    """AutoAttack results behind a table's rows, in row order."""
+    """AutoAttack results behind a table's rows, in row order, each row's seeds together."""
     paths = []
     for entry in ex.table_entries(config, table):
-        if entry.is_auto:
-            paths.append(f"{R}/temperature/{ex.search_group(config, entry)}/autoattack.json")
-        else:
-            paths.append(run_path(ex.entry_run(config, entry), "autoattack.json"))
+        for seed in ex.seeds(config):
+            if entry.is_auto:
+                paths.append(f"{R}/temperature/{ex.search_group(config, entry, seed)}/autoattack.json")
+            else:
+                paths.append(run_path(ex.entry_run(config, entry, seed=seed), "autoattack.json"))
     return paths
 
 
@@ -49,7 +50,8 @@ rule render_table:
     output:
         md=f"{R}/tables/{{table}}.md",
         tex=f"{R}/tables/{{table}}.tex",
-        csv=f"{R}/tables/{{table}}.csv",
+        csv=report(f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}"}),
         json=f"{R}/tables/{{table}}.json",
     log:
         f"{R}/logs/tables/{{table}}.log",
@@ -64,7 +66,8 @@ rule figure:
     input:
         f"{R}/tables/{{table}}.json",
     output:
-        png=f"{R}/figures/{{table}}_{{kind}}.png",
+        png=report(f"{R}/figures/{{table}}_{{kind}}.png", caption="../report/figure.rst", category="Figures",
+                   labels={"table": "{table}", "figure": "{kind}"}),
         pdf=f"{R}/figures/{{table}}_{{kind}}.pdf",
     wildcard_constraints:
         kind="temperature|beta",

@@ -12,7 +12,7 @@ PAPER = yaml.safe_load((ROOT / "config" / "paper_results.yaml").read_text())
 
 
 def result(run, clean, robust):
-    return {"run": run.name, "clean_accuracy": clean, "robust_accuracy": robust}
+    return [{"run": run.name, "clean_accuracy": clean, "robust_accuracy": robust}]
 
 
 def test_rows_follow_the_paper_with_reported_rows_and_differences(paper_config, tmp_path):
@@ -56,3 +56,23 @@ def test_auto_rows_follow_and_unrun_paper_rows_say_so(demo_config):
     assert sub["paper_clean"] == 86.63 and sub["robust"] is None
     caption = tables.caption_for("Table IV", "digits", "CIFAR-10", [], demo=True)
     assert "OFFLINE DEMO" in caption and "NOT on CIFAR-10" in caption
+
+
+def test_several_seeds_give_mean_and_spread_and_tolerance_marks(paper_config):
+    config = {**paper_config, "seeds": [0, 1]}
+    entries = ex.table_entries(config, "table4")[:2]  # TRADES, TRADES+LTD T=1
+    runs = [[ex.entry_run(config, e, seed=s) for s in (0, 1)] for e in entries]
+    assert [r.seed for r in runs[0]] == [0, 1] and runs[0][0].name != runs[0][1].name
+    results = [[{"run": r.name, "clean_accuracy": c, "robust_accuracy": 0.53} for r, c in zip(rs, (0.84, 0.86))]
+               for rs in runs]
+    rows = tables.assemble(entries, results, PAPER["table4"]["rows"], tolerance={"clean": 1.0, "autoattack": 1.0})
+    trades = rows[0]
+    assert trades["clean"] == pytest.approx(85.0) and trades["clean_sd"] == pytest.approx(1.41421, abs=1e-4)
+    assert trades["seeds"] == 2 and trades["runs"] == [r.name for r in runs[0]]
+    assert not trades["beyond_tolerance"]  # 85.0 vs 84.92, 53.0 vs 53.08
+    assert rows[1]["beyond_tolerance"]      # T=1: 53.0 vs the paper's 54.38
+    df = tables.frame(rows)
+    assert list(df.columns[-3:]) == ["± Clean", "± AA", "Seeds"]
+    assert df.loc[1, "Row"] == "TRADES+LTD T=1 †" and df.loc[0, "Row"] == "TRADES"
+    single = tables.frame(tables.assemble(entries[:1], [results[0][:1]], PAPER["table4"]["rows"]))
+    assert "Seeds" not in single.columns
