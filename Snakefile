@@ -21,11 +21,12 @@ include: "rules/teacher.smk"
 include: "rules/temperature.smk"
 include: "rules/students.smk"
 include: "rules/evaluate.smk"
+include: "rules/published.smk"
 include: "rules/tables.smk"
 include: "rules/simulation.smk"
 
 
-localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, simulation
+localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, evaluation_report
 
 
 rule all:
@@ -33,3 +34,4 @@ rule all:
     input:
         [table_targets(t) for t in TABLES],
         rules.simulation.output,
+        rules.evaluation_report.output,

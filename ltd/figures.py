@@ -54,3 +54,44 @@ def save(fig, stem: str | Path) -> None:
     for ext in (".png", ".pdf"):
         fig.savefig(stem.with_suffix(ext), dpi=150)
     plt.close(fig)
+
+
+def substitutes_vs_temperature(subs: list[dict], threshold: float, tmax: float | None, title: str,
+                               stem: str | Path) -> None:
+    """Step 1 of the temperature search: the substitutes' clean accuracy (%) against T,
+    the threshold line and the T_max it gives."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    ts = [s["T"] for s in subs]
+    ax.plot(ts, [100 * s["clean_accuracy"] for s in subs], "o-", color="tab:blue", label="substitute, clean (this run)")
+    ax.axhline(100 * threshold, color="tab:red", lw=0.8, ls="--", label=f"threshold {100 * threshold:g} %")
+    if tmax is not None:
+        ax.axvline(tmax, color="k", lw=0.8, ls="-.", label=f"T_max = {tmax:g}")
+    ax.set_xscale("log")
+    ax.set_xticks(ts, [f"{t:g}" for t in ts])
+    ax.minorticks_off()
+    ax.set_xlabel("teacher temperature T of the soft labels")
+    ax.set_ylabel("clean accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    save(fig, stem)
+
+
+def training_curves(histories: dict[str, list[dict]], title: str, stem: str | Path) -> None:
+    """Per run: training loss, clean test accuracy and (students) PGD test accuracy per
+    epoch, from the runs' own histories."""
+    panels = [("train_loss", "training loss"), ("test_accuracy", "clean test accuracy (%)"),
+              ("test_pgd_accuracy", "PGD test accuracy (%)")]
+    panels = [p for p in panels if any(p[0] in r for h in histories.values() for r in h)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for name, h in histories.items():
+            pts = [(r["epoch"], r[key]) for r in h if key in r]
+            scale = 1 if key == "train_loss" else 100
+            ax.plot([e for e, _ in pts], [scale * v for _, v in pts], marker=".", lw=1, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=9)
+    save(fig, stem)

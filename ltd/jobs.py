@@ -29,14 +29,40 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def provenance(config: dict, device: torch.device, **extra: Any) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {"git_commit": commit, "run": config["run"], "finished": _dt.datetime.now().isoformat(timespec="seconds"),
-            **runtime.describe(device), **extra}
+def _git_commit() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=Path(__file__).parent)
+        except OSError:
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "torchvision", "pyautoattack", "snakemake", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def provenance(config: dict, device: torch.device, *, wall_seconds: float | None = None, **extra: Any) -> dict:
+    """Where a result came from: code (git commit, dirty tree), packages, device, and the
+    job's own facts in ``extra`` (seed, precision, the config values that produced it).
+    ``wall_seconds`` also gives GPU-hours (wall time x GPUs held; 0 on the CPU)."""
+    gpus = distributed.world_size() if device.type == "cuda" else 0
+    timing = {} if wall_seconds is None else {"wall_seconds": round(wall_seconds, 1),
+                                              "gpu_hours": round(wall_seconds * gpus / 3600, 4)}
+    return {**_git_commit(), "run": config["run"], "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+            **runtime.describe(device), "gpus": gpus, "packages": _versions(), **timing, **extra}
 
 
 def _dataset(config: dict, run: Run) -> dict:
@@ -93,9 +119,21 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     fp = fingerprint({"run": run.name, "schedule": sched, "dataset": ds, "n_train": len(loader),
                       "method": {"beta": beta, "attack": attack, "awp": config["awp"]} if is_student else None})
 
+    # Per-epoch PGD accuracy of students on a few test images: the training curves show
+    # robust overfitting and (with soft labels at high T) masking as it develops.
+    ev = experiments.evaluation(config, run.dataset)
+    monitor_n = (ev.get("monitor") or {}).get("n_examples", 0) if is_student else 0
+    if monitor_n:
+        x_mon, y_mon = _tensors(data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"], n=monitor_n))
+
     def eval_clean(m: torch.nn.Module) -> dict:
-        return {"test_accuracy": evaluate.clean_accuracy_batches(
+        record = {"test_accuracy": evaluate.clean_accuracy_batches(
             m, data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"]))}
+        if monitor_n:
+            record["test_pgd_accuracy"] = evaluate.pgd_accuracy(
+                m, x_mon, y_mon, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["monitor"]["pgd_steps"],
+                batch_size=sched["eval_batch_size"])
+        return record
 
     t0 = time.time()
     ckpt = out_dir / "checkpoint.pt"
@@ -113,7 +151,11 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
         "precision": runtime.effective_precision(device, sched["precision"]),
         "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
-        "provenance": provenance(config, device),
+        "history": history,
+        "provenance": provenance(config, device, wall_seconds=time.time() - t0, seed=run.seed,
+                                 precision=runtime.effective_precision(device, sched["precision"]),
+                                 settings={"dataset": ds, "schedule": sched, **({"beta": beta, "attack": attack,
+                                         "awp": config["awp"]} if is_student else {})}),
     }
     checkpoint.save_json(metrics, out_dir / "metrics.json")
     ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
@@ -164,16 +206,36 @@ def soft_labels(logits_path: str | Path, temperature_: float, out: str | Path) -
 
 def evaluate_run(config: dict, run: Run, model_path: str | Path, out: str | Path, *, state_path: str | Path,
                  device: torch.device) -> dict:
-    """Clean accuracy, PGD and AutoAttack on the first ``n_examples`` test images."""
-    ev = experiments.evaluation(config, run.dataset)
-    state_path = Path(state_path)
-    if state_path.exists() and state_path.stat().st_mtime < Path(model_path).stat().st_mtime:
-        state_path.unlink()  # left by an evaluation of an older model: never resume from it
+    """Clean accuracy, PGD, AutoAttack and the gradient-masking diagnostics on the first
+    ``n_examples`` test images."""
     model = load_model(config, run, model_path, device)
+    return evaluate_model(config, run.dataset, run.name, model, out, state_path=state_path, device=device,
+                          model_path=model_path)
+
+
+def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module, out: str | Path, *,
+                   state_path: str | Path, device: torch.device, model_path: str | Path | None = None,
+                   extra: dict | None = None) -> dict:
+    """The evaluation of any model (our students, published checkpoints) on a data set of
+    the config: writes ``out`` (JSON) and ``evaluation_report.csv`` beside it. AutoAttack
+    and the diagnostics' Square/APGD-CE runs resume from their state files."""
+    from . import diagnostics
+
+    t_start = time.time()
+    ev = experiments.evaluation(config, dataset)
+    state_path = Path(state_path)
+    stem = state_path.with_suffix("")
+    stale = [state_path, *diagnostics.state_files(stem)]
+    if model_path is not None:
+        for f in stale:
+            if f.exists() and f.stat().st_mtime < Path(model_path).stat().st_mtime:
+                f.unlink()  # left by an evaluation of an older model: never resume from it
+    model = model.to(device).eval()
     bs = ev["batch_size"]
-    x, y = _tensors(data.eval_batches(_dataset(config, run), config["data_dir"], "test", device, bs,
-                                      n=ev["n_examples"]))
-    result = {"run": run.name, "n_examples": len(y), "eps": ev["eps"], "precision": "fp32",
+    x, y = _tensors(data.eval_batches(experiments.dataset_cfg(config, dataset), config["data_dir"], "test", device,
+                                      bs, n=ev.get("n_examples")))
+    result = {"run": name, "dataset": dataset, "n_examples": len(y), "eps": ev["eps"], "norm": "Linf",
+              "precision": evaluate.numeric_precision(device), **(extra or {}),
               "clean_accuracy": evaluate.clean_accuracy(model, x, y, bs)}
     t0 = time.time()
     result["pgd"] = {"steps": ev["pgd_steps"], "step_size": ev["pgd_step_size"], "eps": ev["eps"],
@@ -181,14 +243,26 @@ def evaluate_run(config: dict, run: Run, model_path: str | Path, out: str | Path
                                                        step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
                                                        batch_size=bs), "seconds": time.time() - t0}
     aa = ev["autoattack"]
-    result["autoattack"] = evaluate.autoattack(
+    record, flags = evaluate.run_autoattack(
         model, x, y, eps=ev["eps"], version=aa["version"], attacks=aa.get("attacks") or None,
         square_queries=aa.get("square_queries"), batch_size=bs, seed=ev["seed"], state_path=state_path,
         device=device)
-    result["robust_accuracy"] = result["autoattack"]["robust_accuracy"]
-    result["provenance"] = provenance(config, device)
+    result["autoattack"] = record
+    result["robust_accuracy"] = record["robust_accuracy"]
+    result["precision"] = record["precision"]
+    result["diagnostics"] = diagnostics.run(
+        model, x, y, clean=result["clean_accuracy"], robust=result["robust_accuracy"],
+        pgd=result["pgd"]["accuracy"], eps=ev["eps"], seed=ev["seed"], batch_size=bs, device=device,
+        cfg=ev.get("diagnostics"), state_stem=stem,
+        apgd_ce_flags=flags["apgd-ce"] if record["attacks"][0] == "apgd-ce" else None)
+    result["report"] = diagnostics.report_row(result)
+    result["provenance"] = provenance(config, device, wall_seconds=time.time() - t_start, seed=ev["seed"],
+                                      precision=record["precision"], settings={"dataset": dataset, "evaluation": ev})
     checkpoint.save_json(result, out)
-    state_path.unlink(missing_ok=True)
+    checkpoint.write_text(diagnostics.report_frame([result]).to_csv(index=False, float_format="%.2f"),
+                          Path(out).with_name("evaluation_report.csv"))
+    for f in stale:
+        f.unlink(missing_ok=True)
     return result
 
 
@@ -321,3 +395,34 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
         t["tmax"] if kind == "temperature" else None,
         f"{t['table']}: accuracy against {'teacher temperature T' if kind == 'temperature' else 'β'} ({t['dataset']})",
         stem, paper_dataset=t["paper_dataset"])
+
+
+def render_tmax_figure(tmax_path: str | Path, stem: str | Path) -> None:
+    from . import figures
+
+    t = checkpoint.load_json(tmax_path)
+    figures.substitutes_vs_temperature(t["substitutes"], t["threshold"], t["tmax"],
+                                       f"T_max search on {t['dataset']}: substitutes' clean accuracy", stem)
+
+
+def render_curves(table: str, metrics_paths: list[str | Path], stem: str | Path) -> None:
+    """Training curves of a table's students, from each run's own history."""
+    from . import figures
+
+    runs = [checkpoint.load_json(p) for p in metrics_paths]
+    figures.training_curves({m["run"]: m["history"] for m in runs}, f"{table}: training curves", stem)
+
+
+def render_evaluation_report(evaluations: list[str | Path], stem: str | Path) -> None:
+    """All evaluations side by side with their gradient-masking diagnostics (Markdown, CSV)."""
+    from tabulate import tabulate
+
+    from . import diagnostics
+
+    df = diagnostics.report_frame([checkpoint.load_json(p) for p in evaluations])
+    cells = df.astype(object).where(df.notna(), None)
+    stem = Path(stem)
+    checkpoint.write_text("Evaluations and gradient-masking diagnostics (accuracies in %).\n\n"
+                          + tabulate(cells.values.tolist(), headers=list(df.columns), tablefmt="github",
+                                     floatfmt=".2f", missingval="–") + "\n", stem.with_suffix(".md"))
+    checkpoint.write_text(df.to_csv(index=False, float_format="%.2f"), stem.with_suffix(".csv"))

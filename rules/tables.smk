@@ -77,9 +77,45 @@ rule figure:
         "../workflow_scripts/figure.py"
 
 
+rule figure_tmax:
+    """Step 1 of the temperature search: substitutes' clean accuracy against T."""
+    input:
+        tmax_json("{dataset}"),
+    output:
+        png=report(f"{R}/figures/tmax_{{dataset}}.png", caption="../report/tmax.rst", category="Figures",
+                   labels={"figure": "T_max search", "data set": "{dataset}"}),
+        pdf=f"{R}/figures/tmax_{{dataset}}.pdf",
+    conda:
+        "../envs/report.yaml"
+    log:
+        f"{R}/logs/tables/tmax_{{dataset}}.log",
+    script:
+        "../workflow_scripts/figure_tmax.py"
+
+
+rule curves:
+    """Training curves (loss, clean and PGD test accuracy per epoch) of a table's students."""
+    input:
+        lambda w: [run_path(r, "metrics.json") for r in ex.table_students(config, w.table)],
+    output:
+        png=report(f"{R}/figures/{{table}}_curves.png", caption="../report/curves.rst", category="Training curves",
+                   labels={"table": "{table}"}),
+        pdf=f"{R}/figures/{{table}}_curves.pdf",
+    conda:
+        "../envs/report.yaml"
+    log:
+        f"{R}/logs/tables/{{table}}_curves.log",
+    script:
+        "../workflow_scripts/curves.py"
+
+
 def table_targets(table):
     stem = f"{R}/tables/{table}"
-    figs = [f"{R}/figures/{table}_{kind}.{ext}" for kind in ex.table_figures(config, table) for ext in ("png", "pdf")]
+    kinds = ex.table_figures(config, table) + ["curves"]
+    figs = [f"{R}/figures/{table}_{kind}.{ext}" for kind in kinds for ext in ("png", "pdf")]
+    dataset = ex.table_dataset(config, table)
+    if ex.search(config, dataset) is not None:
+        figs += [f"{R}/figures/tmax_{dataset}.{ext}" for ext in ("png", "pdf")]
     return [f"{stem}.{ext}" for ext in ("md", "tex", "csv")] + figs
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import debian
+
 ETC = Path("/etc/slurm")
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("slurmctld", "slurmd", "munged")
@@ -41,42 +43,15 @@ class SlurmBusy(SlurmUnavailable):
     """Another Slurm (not ours) runs on this machine, or another test cluster holds the lock."""
 
 
-def _have_binaries():
-    return all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo"))
+BINARIES = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo")
 
 
 def ensure_installed(timeout=1200):
     """Install Debian's slurm-wlm and munge with apt-get if slurmctld is missing."""
-    if _have_binaries():
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("slurmctld is not installed and the tests do not run as root (apt-get needs root)")
-    if not shutil.which("apt-get"):
-        raise SlurmUnavailable("slurmctld is not installed and apt-get is not available to install slurm-wlm")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    # Keep apt from starting the packages' system services: only what the test starts runs.
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:
-        policy.write_text("#!/bin/sh\n# temporary, from tests/slurm_cluster.py\nexit 101\n")
-        policy.chmod(0o755)
     try:
-        deadline = time.monotonic() + timeout
-        for cmd in (["apt-get", "update"],
-                    ["apt-get", "install", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold",
-                     *PACKAGES]):
-            left = deadline - time.monotonic()
-            try:
-                p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(left, 1))
-            except subprocess.TimeoutExpired:
-                raise SlurmUnavailable(f"`{' '.join(cmd)}` did not finish within {timeout} s") from None
-            if p.returncode != 0:
-                raise SlurmUnavailable(f"`{' '.join(cmd)}` failed (exit {p.returncode}): {p.stderr.strip()[-800:]}")
-    finally:
-        if own_policy:
-            policy.unlink(missing_ok=True)
-    if not _have_binaries():
-        raise SlurmUnavailable(f"apt-get installed {' '.join(PACKAGES)} but slurmctld/slurmd/munged/sbatch are not on PATH")
+        debian.ensure(PACKAGES, BINARIES, timeout)
+    except debian.Unavailable as e:
+        raise SlurmUnavailable(str(e)) from None
 
 
 def clean_env():

@@ -8,6 +8,7 @@ import pytest
 
 from ltd.checkpoint import load_json
 
+from . import debian
 from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_dry_run_lists_every_job(workdir):
     assert job_counts(proc.stdout + proc.stderr) == {
         "prepare_data": 1, "train_teacher": 1, "teacher_logits": 1, "soft_labels": 4, "train_substitute": 2,
         "tmax": 1, "train_student": 4, "evaluate": 4, "validate": 3, "select_temperature": 1,
-        "resolve_auto": 1, "render_table": 1, "figure": 1, "table4": 1, "total": 26}
+        "resolve_auto": 1, "render_table": 1, "figure": 1, "figure_tmax": 1, "curves": 1, "table4": 1, "total": 28}
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +88,84 @@ def test_table4_is_rendered_from_this_run(finished):
     assert sel["tmax"] == tmax["tmax"]
     assert (tmax["tmax"] is None) == (not any(l.startswith("Substitute T=") for l in labels))
     assert (finished / "tables" / "table4.tex").read_text().count("\\toprule") == 1
-    png = finished / "figures" / "table4_temperature.png"
-    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    for fig in ("table4_temperature", "table4_curves", "tmax_digits"):
+        png = finished / "figures" / f"{fig}.png"
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG", fig
+    metrics = load_json(finished / "students" / "digits_wrn-10-1_trades-ltd_T5_b6_s0" / "metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and "test_pgd_accuracy" in metrics["history"][-1]
+    prov = metrics["provenance"]
+    assert prov["seed"] == 0 and prov["precision"] == "fp32" and prov["gpu_hours"] == 0 and prov["packages"]["torch"]
+    assert prov["settings"]["attack"]["steps"] == 2 and len(prov["git_commit"] or "") in (0, 40)
 
 
 def test_second_run_has_nothing_to_do(finished, workdir):
     proc = snakemake(workdir, "-n", "table4")
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_more(workdir):
+    proc = snakemake(workdir, "table3", "table5", "simulation")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return workdir / "results" / "test"
+
+
+def test_imagefolder_table_trains_two_processes_from_png_files(finished_more, workdir):
+    pngs = list((workdir / "data" / "digits_folder" / "train").rglob("*.png"))
+    assert len(pngs) == 1400  # the 1,797 digits less the 397 test images, written as files
+    rows = list(csv.DictReader(open(finished_more / "tables" / "table3.csv")))
+    assert [r["Source"] for r in rows] == ["not run", "reported [49]", "this run", "reported [49]", "reported [50]",
+                                           "reported [29]", "reported [49]"]
+    assert rows[1]["Row"] == "WRN-50-2" and rows[1]["AA (paper)"] == "38.14" and rows[1]["Clean (ours)"] == ""
+    ours = rows[2]
+    run = finished_more / "students" / "digitsfolder_resnet-14_trades-ltd_T1_b6_s0"
+    ev, metrics = load_json(run / "autoattack.json"), load_json(run / "metrics.json")
+    assert float(ours["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
+    assert float(ours["AA (ours)"]) == pytest.approx(100 * ev["robust_accuracy"], abs=0.006)
+    assert ev["eps"] == pytest.approx(4 / 255) and ev["n_examples"] == 40
+    assert metrics["processes"] == 2 and metrics["epochs"] == 2
+    assert "resnet-14 for resnet-50" in (finished_more / "tables" / "table3.md").read_text()
+
+
+def test_awp_beta_table_and_figure(finished_more):
+    rows = list(csv.DictReader(open(finished_more / "tables" / "table5.csv")))
+    assert [r["Row"] for r in rows if r["Source"] == "this run"] == ["AWP+LTD T=5 β=3", "AWP+LTD T=5 β=6"]
+    assert [r["Clean (paper)"] for r in rows] == ["87.66", "86.61", "85.81", "85.15", "84.97"]
+    for beta in (3, 6):
+        m = load_json(finished_more / "students" / f"digits_wrn-10-1_awp-ltd_T5_b{beta}_s0" / "metrics.json")
+        assert m["method"] == "awp-ltd" and m["beta"] == beta and m["awp"]["gamma"] == 5e-3
+    png = finished_more / "figures" / "table5_beta.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert (finished_more / "simulation" / "binary.csv").exists()
+    assert (finished_more / "figures" / "simulation_discrepancy.pdf").exists()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    try:
+        debian.ensure(("chromium",), ("chromium",))
+    except debian.Unavailable as e:
+        pytest.skip(f"Chromium could not be installed: {e}")
+    return shutil.which("chromium")
+
+
+def test_report_shows_tables_and_figures_in_a_browser(finished, finished_more, workdir, chromium, tmp_path):
+    """`snakemake --report` of the runs above, rendered by headless Chromium: the page the
+    browser builds lists the tables and figures (checked in the DOM after its scripts ran)."""
+    report = finished / "report.html"
+    proc = snakemake(workdir, "table3", "table4", "table5", "simulation", "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=180).stdout
+    for category in ("Tables", "Figures", "Training curves", "Appendix B"):
+        assert category in dom, category
+    for name in ("table3.csv", "table4.csv", "table5.csv", "table4_temperature.png", "table5_beta.png",
+                 "tmax_digits.png", "simulation_discrepancy.png"):
+        assert name in dom or name in report.read_text(), name
 
 
 def paper_plan(workdir, target):
@@ -111,7 +182,7 @@ def test_paper_config_plans_the_full_table4(workdir):
         "soft_labels": 10,        # T = 1 ... 20 of the grid and 50 of the search (20 is shared)
         "train_substitute": 2, "tmax": 1,
         "train_student": 10,      # the TRADES baseline and nine TRADES+LTD temperatures
-        "evaluate": 10, "render_table": 1, "figure": 1, "table4": 1, "total": 39,
+        "evaluate": 10, "render_table": 1, "figure": 1, "figure_tmax": 1, "curves": 1, "table4": 1, "total": 41,
     }
 
 
@@ -129,5 +200,6 @@ def test_paper_config_plans_all_six_tables_sharing_runs(workdir):
         # I: 5 (its TRADES and TRADES+LTD T=5 rows are Table IV's, AWP+LTD beta 6 is Table V's)
         # + IV: 8 more + V: 4 more + II: 1 + VI: 4 more + III: 2
         "train_student": 24, "evaluate": 24,
-        "render_table": 6, "figure": 3, "simulation": 1, "all": 1, "total": 94,
+        "render_table": 6, "figure": 3, "figure_tmax": 2, "curves": 6, "simulation": 1, "evaluation_report": 1,
+        "all": 1, "total": 103,
     }

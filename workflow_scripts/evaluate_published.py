@@ -1,0 +1,12 @@
+"""Evaluate a published checkpoint (config `published:`) as a student is evaluated; a
+state file beside the output lets a killed run resume."""
+from pathlib import Path
+
+from ltd import jobs, published, runtime
+
+jobs.log_to(snakemake.log[0])
+device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
+                       job=snakemake.log[0])
+out = Path(snakemake.output.json)
+published.evaluate_published(snakemake.config, snakemake.wildcards.name, out, snakemake.output.md,
+                             state_path=out.with_name("autoattack_state.json"), device=device)
