@@ -24,9 +24,10 @@ include: "rules/evaluate.smk"
 include: "rules/published.smk"
 include: "rules/tables.smk"
 include: "rules/simulation.smk"
+include: "rules/budget.smk"
 
 
-localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, evaluation_report
+localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, evaluation_report, budget
 
 
 rule all:

@@ -79,6 +79,8 @@ class TradesStep:
 
 
 class AWPStep(TradesStep):
+    supports_compile = False  # the proxy is a deep copy of the model it is given
+
     """TRADES-AWP (one-hot natural term) or AWP+LTD (soft labels in the natural term,
     student T = 1, in the weight-perturbation objective as well as in the update).
 

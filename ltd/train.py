@@ -134,6 +134,17 @@ def fit(
     """
     world, main = distributed.world_size(), distributed.is_main()
     model.to(device)
+    # GPU speed switches (schedule keys, not part of a run's identity): channels_last
+    # suits cuDNN's convolutions under bf16; torch.compile is opt-in (measure first).
+    channels_last = device.type == "cuda" and sched.get("channels_last", False)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if sched.get("compile"):
+        if getattr(step, "supports_compile", True):
+            net = torch.compile(model)
+        else:
+            print(f"{desc}: train.compile ignored: {type(step).__name__} copies the model", file=sys.stderr)
     opt, lr_sched = make_optimizer(model, sched)
     precision = runtime.effective_precision(device, sched["precision"])
     history: list[dict] = []
@@ -185,8 +196,10 @@ def fit(
             bar = tqdm(batches, total=len(loader), initial=skip, desc=f"{desc} epoch {epoch + 1}/{sched['epochs']}",
                        leave=tty, mininterval=0.5 if tty else 30, file=sys.stderr, disable=not main)
             for i, (x, y, q) in enumerate(bar, start=skip):
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with runtime.autocast(device, precision):
-                    loss, logits, stats = step(model, x, y, q)
+                    loss, logits, stats = step(net, x, y, q)
                 n = len(y)
                 correct = (logits.argmax(1) == y).sum().item()
                 # One small all-reduce: global loss and counts, and whether any process

@@ -1,0 +1,394 @@
+"""What a config costs: jobs per table and in total, and GPU-hours from counted FLOPs.
+
+    GPU-hours of a job = FLOPs / (mfu x peak) / 3600
+    training FLOPs     = forward FLOPs per image (arch, image size; ltd.flops, counted)
+                         x forward-equivalents per image of one step of the method
+                         x training images x epochs
+                         (+ the per-epoch clean test pass: test images x epochs x 1 forward)
+    evaluation FLOPs   = forward FLOPs per image x test images x forward-equivalents per
+                         image of clean + PGD + AutoAttack (``evaluation_forward_equivalents``)
+    teacher logits     = forward FLOPs per image x training images (one forward each)
+
+Forward-equivalents per step: natural and soft-label training (teachers, substitutes) 3
+(forward + backward); TRADES, TRADES+LTD, AWP and AWP+LTD counted on ltd.methods' own
+step functions (ltd.flops.forward_equivalents; AWP with its proxy pass, and only for the
+epochs after its warm-up: before that the step is TRADES). Training runs under bf16
+autocast on a GPU, so it is divided by ``peak_tflops`` (dense bf16); evaluation runs in
+full fp32 with TF32 off (ltd/runtime.py, ltd/evaluate.py), so it is divided by
+``fp32_peak_tflops`` (as are the teacher-logit and validation jobs, also fp32); a
+schedule with ``precision: fp32`` trains at that peak too.
+
+Jobs come from ltd.experiments exactly as the workflow plans them: a table's students
+(its rows; an ``auto`` row adds its whole search grid, an upper bound: the candidates at
+or above T_max are dropped once it is known), the teachers of its LTD students, the
+teacher and substitutes of its data set's T_max search, one AutoAttack evaluation per
+row, the teacher-logit pass of each teacher (its soft labels serve LTD students and
+substitutes), a validation per candidate of an ``auto`` row. A run two tables share is listed under both tables, and counted once in the total.
+
+Configuration (all optional; these are the defaults)::
+
+    budget:
+      gpu: h100               # a label for the report
+      peak_tflops: 989        # dense bf16 tensor-core peak per GPU (H100 SXM)
+      fp32_peak_tflops: 67    # fp32 without TF32 (H100 SXM): evaluation
+      mfu: 0.4                # assumed model FLOP utilisation, training and evaluation
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import experiments as ex
+from .experiments import Run
+
+DEFAULTS = {"gpu": "h100", "peak_tflops": 989.0, "fp32_peak_tflops": 67.0, "mfu": 0.4}
+
+# Training and test images when the config does not fix them (it can: train_size,
+# test_size, val_size). ImageNet-1k: 1,281,167 training and 50,000 validation images.
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+IMAGENET_TRAIN, IMAGENET_TEST = 1_281_167, 50_000
+DIGITS_TOTAL, DIGITS_TEST = 1_797, 397  # scikit-learn's digits; ltd.data carves test_size (397) out of them
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagefolder": 1000}
+
+# How many test images AutoAttack keeps attacking depends on the model: assumed
+# (clean accuracy, robust accuracy), roughly the paper's and RobustBench's figures.
+ASSUMED_ACCURACY = {"cifar10": (0.85, 0.57), "cifar100": (0.64, 0.31), "imagefolder": (0.65, 0.40),
+                    "digits": (0.95, 0.60)}
+
+NATURAL_FORWARD_EQUIVALENTS = 3.0  # forward + backward (weights and inputs)
+
+
+# ---- data sets ------------------------------------------------------------------------
+
+def _source_cfg(config: dict, dataset: str) -> dict:
+    """The data set's section; for an imagefolder built from an in-memory source (the
+    demo), that source's section (it fixes the number of images and classes)."""
+    cfg = ex.dataset_cfg(config, dataset)
+    if cfg["source"] == "imagefolder" and cfg.get("build_from"):
+        return {**cfg["build_from"], "val_size": 0}
+    return cfg
+
+
+def train_images(config: dict, dataset: str) -> int:
+    cfg, src = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)["source"]
+    if src == "digits":
+        pool = DIGITS_TOTAL - _source_cfg(config, dataset).get("test_size", DIGITS_TEST)
+    else:
+        pool = IMAGENET_TRAIN if src == "imagefolder" else CIFAR_TRAIN
+    n = pool - cfg.get("val_size", 0)
+    return min(n, cfg["train_size"]) if cfg.get("train_size") else n
+
+
+def test_images(config: dict, dataset: str) -> int:
+    cfg, src_cfg = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)
+    src = src_cfg["source"]
+    if src == "digits":
+        n = src_cfg.get("test_size", DIGITS_TEST)
+        return n if cfg["source"] == "digits" else min(n, cfg.get("test_size") or n)
+    n = IMAGENET_TEST if src == "imagefolder" else CIFAR_TEST
+    return min(n, cfg.get("test_size") or n)
+
+
+def image_size(config: dict, dataset: str) -> int:
+    cfg = ex.dataset_cfg(config, dataset)
+    return int(cfg.get("image_size", 32))  # CIFAR: 32; digits: upsampled to image_size (default 32)
+
+
+def num_classes(config: dict, dataset: str) -> int:
+    return NUM_CLASSES[_source_cfg(config, dataset)["source"]]
+
+
+def assumed_accuracy(config: dict, dataset: str) -> tuple[float, float]:
+    return ASSUMED_ACCURACY[_source_cfg(config, dataset)["source"]]
+
+
+# ---- counted FLOPs --------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def forward_flops(arch: str, size: int, classes: int) -> int:
+    """FLOPs of one forward of ``arch`` on one image (ltd.flops, meta device)."""
+    from .flops import model_forward_flops
+
+    return model_forward_flops(arch, size, classes)
+
+
+@functools.lru_cache(maxsize=None)
+def _counted_step(method: str, steps: int, eps: float, step_size: float, gamma: float, proxy_lr: float) -> float:
+    from .flops import forward_equivalents
+
+    return forward_equivalents(method, {"eps": eps, "step_size": step_size, "steps": steps},
+                               awp={"gamma": gamma, "proxy_lr": proxy_lr, "warmup_epochs": 0})
+
+
+def step_forward_equivalents(method: str, attack: dict | None = None, awp: dict | None = None) -> float:
+    """Forward-equivalents per image of one training step of ``method``."""
+    if method in ("natural", "soft"):
+        return NATURAL_FORWARD_EQUIVALENTS
+    awp = awp or {"gamma": 5e-3, "proxy_lr": 0.1}
+    return _counted_step(method, int(attack["steps"]), float(attack["eps"]), float(attack["step_size"]),
+                         float(awp["gamma"]) or 5e-3, float(awp["proxy_lr"]))
+
+
+def awp_epochs(sched: dict, awp: dict) -> int:
+    """Epochs with AWP on (ltd.methods.AWPStep: from 1-based epoch ``warmup_epochs``)."""
+    if not awp["gamma"]:
+        return 0
+    return max(0, sched["epochs"] - max(0, int(awp["warmup_epochs"]) - 1))
+
+
+def autoattack_plan(ev: dict, classes: int) -> list[tuple[str, float, str]]:
+    """(attack, forward-equivalents per attacked image, which images) of an AutoAttack
+    run, as pyautoattack runs it (one restart and min(9, classes - 1) target classes
+    in 'standard' and in ltd's 'custom'; 5 restarts in 'plus'; EOT 20 in 'rand').
+
+    Per iteration: APGD forward + input gradient (2); FAB-T forward + ``.backward()``,
+    which also computes weight gradients (3), + a forward to check the new point (1);
+    untargeted FAB one backward per class; Square one forward per query.
+    ``which``: 'correct' (APGD-CE, the first attack: all clean-correct images) or
+    'robust' (the later attacks run on the images still robust: about the final robust
+    accuracy, a slight under-estimate)."""
+    aa = ev["autoattack"]
+    version = aa["version"]
+    targets = min(9, classes - 1)
+    queries = aa.get("square_queries") or 5000
+
+    def apgd(restarts=1, eot=1):
+        return restarts * (2 * eot * (100 + 1) + 1)
+
+    fab_t = 4 * 100 + 2
+    fab = (2 + 2 * classes) * 100 + 2
+    square = queries + 2
+    if version == "standard":
+        plan = [("apgd-ce", apgd()), ("apgd-t", targets * apgd()), ("fab-t", targets * fab_t), ("square", square)]
+    elif version == "plus":
+        plan = [("apgd-ce", apgd(5)), ("apgd-dlr", apgd(5)), ("fab", 5 * fab), ("square", square),
+                ("apgd-t", targets * apgd()), ("fab-t", targets * fab_t)]
+    elif version == "rand":
+        plan = [("apgd-ce", apgd(1, 20)), ("apgd-dlr", apgd(1, 20))]
+    else:
+        costs = {"apgd-ce": apgd(), "apgd-dlr": apgd(), "apgd-t": targets * apgd(), "fab": fab,
+                 "fab-t": targets * fab_t, "square": square}
+        plan = [(a, costs[a]) for a in aa.get("attacks") or []]
+    return [(name, float(c), "correct" if i == 0 else "robust") for i, (name, c) in enumerate(plan)]
+
+
+def evaluation_forward_equivalents(ev: dict, classes: int, accuracy: tuple[float, float]) -> dict[str, float]:
+    """Forward-equivalents per test image of an evaluation job (ltd.jobs.evaluate_run):
+    clean accuracy (1), PGD-k (k x 2 + 1), AutoAttack's clean pass (1) and its attacks
+    on the images they run on (``accuracy`` = assumed (clean, robust))."""
+    clean, robust = accuracy
+    out = {"clean": 1.0, "pgd": 2.0 * ev["pgd_steps"] + 1, "autoattack": 1.0}
+    for name, cost, which in autoattack_plan(ev, classes):
+        out["autoattack"] += cost * (clean if which == "correct" else robust)
+    out["total"] = out["clean"] + out["pgd"] + out["autoattack"]
+    return out
+
+
+# ---- jobs -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # teacher | substitute | student | logits | evaluation | validation
+    run: Run
+    group: str | None = None  # an `auto` row's evaluation: of the candidate its search picks
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.group} (auto)" if self.group else f"{self.kind}:{self.run.name}"
+
+
+@dataclass
+class Cost:
+    job: Job
+    arch: str
+    dataset: str
+    method: str
+    forward_gflop: float  # per image
+    forward_equivalents: float  # per image per step (training) or per image (evaluation)
+    images: int
+    epochs: int
+    flop: float
+    peak_tflops: float
+    gpu_hours: float
+    processes: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+def _settings(config: dict) -> dict:
+    return {**DEFAULTS, **(config.get("budget") or {})}
+
+
+def job_cost(config: dict, job: Job) -> Cost:
+    s = _settings(config)
+    run = job.run
+    size, classes = image_size(config, run.dataset), num_classes(config, run.dataset)
+    fwd = forward_flops(run.arch, size, classes)
+    notes: list[str] = []
+    if job.kind in ("teacher", "substitute", "student"):
+        role = {"teacher": "teachers", "substitute": "substitutes", "student": "students"}[job.kind]
+        sched = ex.schedule(config, role, run.dataset)
+        epochs, n = int(sched["epochs"]), train_images(config, run.dataset)
+        attack = ex.attack(config, run.dataset)
+        if run.method.startswith("awp"):
+            on = awp_epochs(sched, config["awp"])
+            base = run.method.replace("awp", "trades")
+            fe_on = step_forward_equivalents(run.method, attack, config["awp"])
+            fe_off = step_forward_equivalents(base, attack)
+            fe = (on * fe_on + (epochs - on) * fe_off) / epochs
+            notes.append(f"AWP on for {on} of {epochs} epochs ({fe_on:.2f} vs {fe_off:.2f} fwd-eq)")
+        else:
+            fe = step_forward_equivalents(run.method, attack)
+        flop = fwd * (fe * n * epochs + test_images(config, run.dataset) * epochs)  # + per-epoch clean test
+        peak = s["fp32_peak_tflops"] if sched["precision"] == "fp32" else s["peak_tflops"]
+        procs = ex.processes(config, run.dataset)
+    else:
+        ev = ex.evaluation(config, run.dataset)
+        acc = assumed_accuracy(config, run.dataset)
+        if job.kind == "logits":  # rule teacher_logits: one forward per training image
+            n, fe = train_images(config, run.dataset), 1.0
+        elif job.kind == "evaluation":
+            n = min(int(ev["n_examples"]), test_images(config, run.dataset))
+            fe = evaluation_forward_equivalents(ev, classes, acc)["total"]
+            notes.append(f"AutoAttack {ev['autoattack']['version']}, assumed clean {acc[0]:.0%} / robust {acc[1]:.0%}")
+        else:  # validation: PGD accuracy and the Eq. 9 loss on the validation split
+            n = int(ex.dataset_cfg(config, run.dataset).get("val_size", 0))
+            steps = int(ex.attack(config, run.dataset)["steps"])
+            fe = 2.0 * ev["pgd_steps"] + 1 + 1 + 2 * steps + 1
+        epochs, flop = 1, fwd * fe * n
+        peak, procs = s["fp32_peak_tflops"], 1
+    gpu_hours = flop / (s["mfu"] * peak * 1e12) / 3600
+    return Cost(job, run.arch, run.dataset, run.method, fwd / 1e9, fe, n, epochs, flop, peak, gpu_hours, procs, notes)
+
+
+def table_jobs(config: dict, table: str) -> list[Job]:
+    """The training and evaluation jobs behind one table, as the workflow plans them."""
+    jobs: list[Job] = []
+
+    def add(job: Job) -> None:
+        if job not in jobs:
+            jobs.append(job)
+
+    dataset = ex.table_dataset(config, table)
+    students: list[Run] = []
+    for entry in ex.table_entries(config, table):
+        if entry.is_auto:
+            group = ex.search_group(config, entry)
+            candidates = ex.search_candidates(config, group)
+            students += candidates
+            for c in candidates:
+                add(Job("validation", c))
+            # the evaluation of whichever candidate the search picks (priced as the first),
+            # counted apart from any row that names the same T: an upper bound
+            add(Job("evaluation", candidates[0], group=group))
+        else:
+            run = ex.entry_run(config, entry)
+            students.append(run)
+            add(Job("evaluation", run))
+    for run in students:
+        add(Job("student", run))
+        if run.uses_soft_labels:
+            add(Job("teacher", run.teacher))
+            add(Job("logits", run.teacher))
+    if ex.search(config, dataset) is not None:  # the table reports its data set's T_max
+        add(Job("teacher", ex.search_teacher(config, dataset)))
+        add(Job("logits", ex.search_teacher(config, dataset)))
+        for sub in ex.substitutes(config, dataset):
+            add(Job("substitute", sub))
+    return jobs
+
+
+KINDS = ("student", "teacher", "substitute", "evaluation", "validation", "logits")
+COUNT_COLUMNS = {"student": "students", "teacher": "teachers", "substitute": "substitutes",
+                 "evaluation": "evaluations", "validation": "validations", "logits": "teacher logits"}
+TRAINING = ("student", "teacher", "substitute")
+
+
+def job_tables(config: dict) -> dict[Job, list[str]]:
+    """Every job of the config, with the tables that need it (config order)."""
+    out: dict[Job, list[str]] = {}
+    for table in ex.table_names(config):
+        for job in table_jobs(config, table):
+            out.setdefault(job, []).append(table)
+    return out
+
+
+def jobs_frame(config: dict):
+    """One row per unique job: its counted cost and the tables that use it."""
+    import pandas as pd
+
+    rows = []
+    order = {k: i for i, k in enumerate(("teacher", "logits", "substitute", "student", "validation", "evaluation"))}
+    for job, tables in sorted(job_tables(config).items(), key=lambda jt: order[jt[0].kind]):  # stable
+        c = job_cost(config, job)
+        rows.append({
+            "job": job.kind, "run": job.name.split(":", 1)[1], "tables": ", ".join(tables), "arch": c.arch,
+            "dataset": c.dataset, "fwd GFLOP/img": round(c.forward_gflop, 3),
+            "fwd-eq/img": round(c.forward_equivalents, 2), "images": c.images, "epochs": c.epochs,
+            "PFLOP": c.flop / 1e15, "GPU-h": c.gpu_hours, "GPUs": c.processes,
+            "notes": "; ".join(c.notes),
+        })
+    return pd.DataFrame(rows)
+
+
+def estimate(config: dict):
+    """Per table and in total: job counts and estimated GPU-hours (training, evaluation).
+
+    A table's row counts every job it needs, shared ones included (``shared``: how many
+    of them another table needs too); the last row, ``total``, counts each job once."""
+    import pandas as pd
+
+    costs = {job: job_cost(config, job) for job in job_tables(config)}
+    owners = job_tables(config)
+
+    def row(label: str, jobs: list[Job], shared: int | None) -> dict:
+        r: dict[str, Any] = {"table": label}
+        for kind in KINDS:
+            r[COUNT_COLUMNS[kind]] = sum(j.kind == kind for j in jobs)
+        r["shared"] = shared
+        train = sum(costs[j].gpu_hours for j in jobs if j.kind in TRAINING)
+        evaluate = sum(costs[j].gpu_hours for j in jobs if j.kind not in TRAINING)
+        r.update({"train GPU-h": train, "eval GPU-h": evaluate, "total GPU-h": train + evaluate})
+        return r
+
+    rows = []
+    for table in ex.table_names(config):
+        jobs = table_jobs(config, table)
+        rows.append(row(table, jobs, sum(len(owners[j]) > 1 for j in jobs)))
+    rows.append(row("total", list(costs), sum(len(t) > 1 for t in owners.values())))
+    return pd.DataFrame(rows)
+
+
+def shared_jobs(config: dict) -> dict[str, list[str]]:
+    """Jobs needed by more than one table: name -> tables."""
+    return {job.name: tables for job, tables in job_tables(config).items() if len(tables) > 1}
+
+
+def render(config: dict, jobs: bool = True) -> str:
+    """budget.md: the per-table estimate, the shared jobs and (``jobs``) every job's cost."""
+    s = _settings(config)
+    table = estimate(config)
+    shared = shared_jobs(config)
+    small = table["total GPU-h"].iloc[-1] < 10  # the demo: show its minutes, not 0.0
+    fmt = {"floatfmt": ".4f" if small else ".1f", "index": False}
+    lines = [
+        f"# Compute budget: run `{config['run']}`",
+        "",
+        f"Estimated from counted FLOPs (ltd/flops.py), not measured: one {s['gpu']} at {s['peak_tflops']:g} "
+        f"TFLOP/s (bf16 training) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation), at an assumed "
+        f"MFU of {s['mfu']:g}. `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
+        "evaluations, validations of `auto` candidates, teacher-logit passes. GPU-hours are per GPU (a training job on `processes` GPUs takes that many "
+        "times fewer hours of wall time). A table's row counts every job it needs; `shared` of them are "
+        "needed by another table too; `total` counts each job once.",
+        "",
+        table.to_markdown(**fmt),
+        "",
+        "## Shared jobs",
+        "",
+    ]
+    lines += [f"- {name}: {', '.join(t)}" for name, t in shared.items()] or ["none"]
+    if jobs:
+        lines += ["", "## Jobs", "", jobs_frame(config).to_markdown(index=False, floatfmt=".4f" if small else ".2f")]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""The compute budget (ltd/budget.py): job counts from ltd.experiments, GPU-hours from
+counted FLOPs."""
+
+import copy
+
+import pytest
+
+from ltd import budget
+from ltd import experiments as ex
+
+
+@pytest.fixture(scope="module")
+def paper_estimate(paper_config):
+    return budget.estimate(paper_config).set_index("table")
+
+
+def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
+    total = paper_estimate.loc["total"]
+    assert (total.students, total.teachers, total.substitutes, total.evaluations, total.validations) == (24, 5, 4, 24, 0)
+    assert total["teacher logits"] == 5  # every teacher's soft labels serve LTD students or substitutes
+    # shared jobs are counted under each of their tables, once in the total
+    assert paper_estimate.drop("total").students.sum() > total.students
+
+
+def test_table4_has_ten_students_and_shares_with_table1(paper_config, paper_estimate):
+    row = paper_estimate.loc["table4"]
+    assert (row.students, row.teachers, row.substitutes, row.evaluations) == (10, 1, 2, 10)
+    shared = budget.shared_jobs(paper_config)
+    assert shared["student:cifar10_wrn-34-10_trades_b6_s0"] == ["table1", "table4"]
+    assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4"]
+    assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5"]
+    assert row.shared == 8  # 2 students, their 2 evaluations, the teacher and its logits, 2 substitutes
+
+
+def test_forward_flops_are_the_briefs(paper_config):
+    assert budget.forward_flops("wrn-34-10", 32, 10) == pytest.approx(13.3e9, rel=0.005)
+    assert budget.forward_flops("wrn-34-20", 32, 10) == pytest.approx(53.2e9, rel=0.005)
+    assert budget.forward_flops("resnet-50", 224, 1000) == pytest.approx(8.2e9, rel=0.005)
+    assert budget.forward_flops("wrn-50-2", 224, 1000) == pytest.approx(22.8e9, rel=0.005)
+
+
+def _with_epochs(config, epochs):
+    c = copy.deepcopy(config)
+    for role in ("teacher", "substitute", "student"):  # role sections override every data set's schedule
+        c[role] = {**(c.get(role) or {}), "epochs": epochs, "lr_milestones": []}
+    c["awp"] = {**c["awp"], "warmup_epochs": 1}  # AWP from the first epoch: every epoch costs the same
+    return c
+
+
+def test_gpu_hours_scale_linearly_with_epochs(paper_config):
+    a = budget.estimate(_with_epochs(paper_config, 30)).set_index("table")
+    b = budget.estimate(_with_epochs(paper_config, 90)).set_index("table")
+    assert b["train GPU-h"].to_numpy() == pytest.approx(3 * a["train GPU-h"].to_numpy(), rel=1e-9)
+    assert b["eval GPU-h"].to_numpy() == pytest.approx(a["eval GPU-h"].to_numpy(), rel=1e-9)
+
+
+def test_gpu_hours_of_a_trades_student_follow_the_formula(paper_config):
+    run = ex.entry_run(paper_config, ex.table_entries(paper_config, "table4")[0])
+    cost = budget.job_cost(paper_config, budget.Job("student", run))
+    fe = budget.step_forward_equivalents("trades", paper_config["datasets"]["cifar10"]["attack"])
+    assert 26.5 < fe <= 28
+    flop = 13.3178e9 * (fe * 50_000 * 120 + 10_000 * 120)  # + the per-epoch clean test pass
+    assert cost.flop == pytest.approx(flop, rel=1e-4)
+    assert cost.gpu_hours == pytest.approx(flop / (0.4 * 989e12) / 3600, rel=1e-4)
+
+
+def test_gpu_hours_are_inverse_in_the_assumed_mfu(paper_config, paper_estimate):
+    c = copy.deepcopy(paper_config)
+    c["budget"] = {"mfu": 0.2}
+    half = budget.estimate(c).set_index("table")
+    assert half["total GPU-h"].to_numpy() == pytest.approx(2 * paper_estimate["total GPU-h"].to_numpy(), rel=1e-9)
+
+
+def test_awp_warm_up_epochs_are_trades_epochs(paper_config):
+    assert budget.awp_epochs({"epochs": 120}, {"gamma": 5e-3, "warmup_epochs": 10}) == 111
+    assert budget.awp_epochs({"epochs": 120}, {"gamma": 0.0, "warmup_epochs": 10}) == 0
+    assert budget.awp_epochs({"epochs": 5}, {"gamma": 5e-3, "warmup_epochs": 10}) == 0
+
+
+def test_autoattack_standard_attacks_the_robust_images_most(paper_config):
+    ev = ex.evaluation(paper_config, "cifar10")
+    fe = budget.evaluation_forward_equivalents(ev, 10, (0.85, 0.57))
+    assert fe["pgd"] == 41
+    # APGD-CE on 85 %, APGD-T (9 x 100), FAB-T (9 x 100) and Square (5,000 queries) on 57 %
+    assert fe["autoattack"] == pytest.approx(1 + 0.85 * 203 + 0.57 * (9 * 203 + 9 * 402 + 5002))
+    fewer = budget.evaluation_forward_equivalents(ev, 10, (0.85, 0.3))
+    assert fewer["total"] < fe["total"]
+
+
+def test_demo_config_counts_its_auto_search(demo_config):
+    est = budget.estimate(demo_config).set_index("table")
+    row = est.loc["table4"]
+    assert row.validations == len(demo_config["datasets"]["digits"]["temperature_search"]["grid"])
+    assert row.students == 10  # the grid's T are all rows already
+    assert row.evaluations == 11  # the `auto` row's evaluation counted apart: an upper bound
+
+
+def test_render_writes_the_tables(paper_config):
+    text = budget.render(paper_config)
+    assert "| total" in text and "## Shared jobs" in text and "cifar10_wrn-34-10_trades_b6_s0" in text
