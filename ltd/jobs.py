@@ -287,6 +287,8 @@ def validate_run(config: dict, run: Run, model_path: str | Path, teacher_path: s
                                               steps=ev["pgd_steps"], batch_size=ev["batch_size"]),
         "eq9_loss": evaluate.eq9_loss(model, x, q, beta=run.beta, eps=tr["eps"], step_size=tr["step_size"],
                                       steps=tr["steps"], batch_size=ev["batch_size"]),
+        "provenance": provenance(config, device, seed=run.seed, precision="fp32", settings={"evaluation": ev,
+                                                                                             "attack": tr}),
     }
     checkpoint.save_json(result, out)
     return result
@@ -296,7 +298,8 @@ def find_tmax(config: dict, dataset: str, substitute_metrics: list[str | Path], 
     ts = experiments.search(config, dataset)
     subs = [(m["temperature"], m["clean_accuracy"]) for m in map(checkpoint.load_json, substitute_metrics)]
     result = {"dataset": dataset, "threshold": ts["threshold"], "substitutes": [{"T": t, "clean_accuracy": a} for t, a in subs],
-              "tmax": temperature.find_tmax(subs, ts["threshold"])}
+              "tmax": temperature.find_tmax(subs, ts["threshold"]),
+              "provenance": provenance(config, torch.device("cpu"), settings={"temperature_search": ts})}
     checkpoint.save_json(result, out)
     return result
 
@@ -309,7 +312,8 @@ def select_temperature(config: dict, group: str, tmax_path: str | Path, validati
     vals = [checkpoint.load_json(p) for p in validations]
     chosen = temperature.choose([(v["temperature"], v[criterion]) for v in vals], tmax, criterion)
     result = {"temperature": chosen, "tmax": tmax, "criterion": criterion,
-              "candidates": [{"T": v["temperature"], criterion: v[criterion]} for v in vals]}
+              "candidates": [{"T": v["temperature"], criterion: v[criterion]} for v in vals],
+              "provenance": provenance(config, torch.device("cpu"), settings={"criterion": criterion})}
     checkpoint.save_json(result, out)
     return result
 
@@ -368,7 +372,10 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     caption = tables.caption_for(spec["caption"], dataset, paper["dataset"], notes,
                                  demo=dataset != spec["dataset"])
     tables.render(tables.frame(rows), caption, stem)
-    checkpoint.save_json({"table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper["dataset"],
+    checkpoint.save_json({"provenance": provenance(config, torch.device("cpu"), settings={"table": spec,
+                                                                                        "tolerance": config["tolerance"]},
+                                                   evaluations=[str(p) for p in evals]),
+                          "table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper["dataset"],
                           "tmax": None if tmax is None else tmax["tmax"], "rows": rows},
                          Path(stem).with_suffix(".json"))
 
