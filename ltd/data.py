@@ -212,11 +212,13 @@ def num_classes(cfg: dict, data_dir: str) -> int:
     return len(find_classes(_root(cfg, data_dir) / "train")[0])
 
 
-def train_transform(image_size: int):
+def train_transform(image_size: int, scale: tuple[float, float] = (0.08, 1.0)):
+    """RandomResizedCrop (torchvision's default area range 8-100 %, the ImageNet recipe)
+    + flip."""
     from torchvision import transforms as T
 
     return T.Compose([
-        T.RandomResizedCrop(image_size, interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(),
         T.PILToTensor(),
         T.ConvertImageDtype(torch.float),
@@ -402,7 +404,8 @@ def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batc
     """The training split's loader: a DeviceLoader for in-memory sources (crop with
     ``crop_padding`` + flip), a StreamLoader for imagefolder (RandomResizedCrop + flip)."""
     if _source(cfg) == "imagefolder":
-        return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, train_transform(cfg["image_size"]),
+        transform = train_transform(cfg["image_size"], cfg.get("crop_scale", (0.08, 1.0)))
+        return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
                             device, soft_labels, seed=seed, workers=cfg.get("workers", 8),
                             rank=rank, world_size=world_size)
     split = load_split(cfg, data_dir, "train").to(device)
