@@ -235,6 +235,7 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
             if f.exists() and f.stat().st_mtime < Path(model_path).stat().st_mtime:
                 f.unlink()  # left by an evaluation of an older model: never resume from it
     model = model.to(device).eval()
+    runtime.allow_tf32(device, ev.get("tf32", False))  # recorded as the result's precision
     bs = ev["batch_size"]
     x, y = _tensors(data.eval_batches(experiments.dataset_cfg(config, dataset), config["data_dir"], "test", device,
                                       bs, n=ev.get("n_examples")))
