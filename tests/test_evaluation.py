@@ -288,7 +288,7 @@ def test_quantised_input_model_black_box_beats_white_box(trained, test_split):
 
 def robustbench_style_load(path, model):
     """What robustbench.utils.load_model does with a downloaded CIFAR file."""
-    ckpt = torch.load(path, map_location="cpu")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # our own file; robustbench omits the flag
     sd = ckpt["state_dict"] if "state_dict" in ckpt else ckpt
     for sub in ("module.", "model."):
         sd = OrderedDict((k[len(sub):] if sub in k else k, v) for k, v in sd.items())
