@@ -43,7 +43,7 @@ from typing import Any
 from . import experiments as ex
 from .experiments import Run
 
-DEFAULTS = {"gpu": "h100", "peak_tflops": 989.0, "fp32_peak_tflops": 67.0, "mfu": 0.4}
+DEFAULTS = {"gpu": "h100", "peak_tflops": 989.0, "fp32_peak_tflops": 67.0, "tf32_peak_tflops": 495.0, "mfu": 0.4}
 
 # Training and test images when the config does not fix them (it can: train_size,
 # test_size, val_size). ImageNet-1k: 1,281,167 training and 50,000 validation images.
@@ -257,7 +257,9 @@ def job_cost(config: dict, job: Job) -> Cost:
             steps = int(ex.attack(config, run.dataset)["steps"])
             fe = 2.0 * ev["pgd_steps"] + 1 + 1 + 2 * steps + 1
         epochs, flop = 1, fwd * fe * n
-        peak, procs = s["fp32_peak_tflops"], 1
+        # evaluation.tf32 switches the AutoAttack jobs (only) from strict fp32 to TF32
+        tf32 = job.kind == "evaluation" and ev.get("tf32")
+        peak, procs = s["tf32_peak_tflops" if tf32 else "fp32_peak_tflops"], 1
     gpu_hours = flop / (s["mfu"] * peak * 1e12) / 3600
     return Cost(job, run.arch, run.dataset, run.method, fwd / 1e9, fe, n, epochs, flop, peak, gpu_hours, procs, notes)
 
@@ -376,7 +378,8 @@ def render(config: dict, jobs: bool = True) -> str:
         f"# Compute budget: run `{config['run']}`",
         "",
         f"Estimated from counted FLOPs (ltd/flops.py), not measured: one {s['gpu']} at {s['peak_tflops']:g} "
-        f"TFLOP/s (bf16 training) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation), at an assumed "
+        f"TFLOP/s (bf16 training) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation; "
+        f"{s['tf32_peak_tflops']:g} with evaluation.tf32), at an assumed "
         f"MFU of {s['mfu']:g}. `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
         "evaluations, validations of `auto` candidates, teacher-logit passes. GPU-hours are per GPU (a training job on `processes` GPUs takes that many "
         "times fewer hours of wall time). A table's row counts every job it needs; `shared` of them are "

@@ -98,3 +98,13 @@ def test_demo_config_counts_its_auto_search(demo_config):
 def test_render_writes_the_tables(paper_config):
     text = budget.render(paper_config)
     assert "| total" in text and "## Shared jobs" in text and "cifar10_wrn-34-10_trades_b6_s0" in text
+
+
+def test_tf32_evaluation_uses_the_tf32_peak(paper_config):
+    from ltd import budget, config as ltd_config
+
+    strict = budget.estimate(paper_config)
+    tf32 = budget.estimate(ltd_config.merge(paper_config, {"evaluation": {"tf32": True}}))
+    ratio = strict["eval GPU-h"].iloc[-1] / tf32["eval GPU-h"].iloc[-1]
+    assert 1 < ratio < 495 / 67  # AutoAttack jobs at the TF32 peak; teacher-logit passes stay fp32
+    assert strict["train GPU-h"].iloc[-1] == pytest.approx(tf32["train GPU-h"].iloc[-1])
