@@ -144,7 +144,7 @@ def square_vs_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     xs, ys = x[:n], y[:n]
 
     def state(name: str) -> Path | None:
-        return None if state_stem is None else Path(f"{state_stem}_{name}.json")
+        return None if state_stem is None else _state_file(state_stem, name)
 
     sq, sq_flags = run_autoattack(model, xs, ys, eps=eps, version="custom", attacks=["square"], square_queries=queries,
                                   batch_size=batch_size, seed=seed, state_path=state("square"), device=device)
@@ -177,8 +177,12 @@ def run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, clean: floa
     return assess(clean=clean, robust=robust, pgd=pgd, thresholds=t, black_box=bb, gradients=grads)
 
 
+def _state_file(state_stem: str | Path, attack: str) -> Path:
+    return Path(f"{state_stem}_{attack}.json")
+
+
 def state_files(state_stem: str | Path) -> list[Path]:
-    return [Path(f"{state_stem}_{name}.json") for name in ("square", "apgd-ce")]
+    return [_state_file(state_stem, name) for name in ("square", "apgd-ce")]
 
 
 # ---- report columns ----

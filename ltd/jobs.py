@@ -139,6 +139,7 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
                 batch_size=sched["eval_batch_size"])
         return record
 
+    precision = runtime.effective_precision(device, sched["precision"])
     t0 = time.time()
     ckpt = out_dir / "checkpoint.pt"
     history = fit(model, step, loader, sched, ckpt_path=ckpt, device=device, fingerprint=fp,
@@ -152,12 +153,11 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
         "clean_accuracy": history[-1]["test_accuracy"], "epochs": len(history),
         "schedule": sched, "attack": attack if is_student else None,
         "awp": config["awp"] if run.method.startswith("awp") else None,
-        "precision": runtime.effective_precision(device, sched["precision"]),
+        "precision": precision,
         "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
         "history": history,
-        "provenance": provenance(config, device, wall_seconds=time.time() - t0, seed=run.seed,
-                                 precision=runtime.effective_precision(device, sched["precision"]),
+        "provenance": provenance(config, device, wall_seconds=time.time() - t0, seed=run.seed, precision=precision,
                                  settings={"dataset": ds, "schedule": sched, **({"beta": beta, "attack": attack,
                                          "awp": config["awp"]} if is_student else {})}),
     }
@@ -225,6 +225,8 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
     and the diagnostics' Square/APGD-CE runs resume from their state files."""
     from . import diagnostics
 
+    from . import tables
+
     t_start = time.time()
     ev = experiments.evaluation(config, dataset)
     state_path = Path(state_path)
@@ -264,8 +266,7 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
     result["provenance"] = provenance(config, device, wall_seconds=time.time() - t_start, seed=ev["seed"],
                                       precision=record["precision"], settings={"dataset": dataset, "evaluation": ev})
     checkpoint.save_json(result, out)
-    checkpoint.write_text(diagnostics.report_frame([result]).to_csv(index=False, float_format="%.2f"),
-                          Path(out).with_name("evaluation_report.csv"))
+    tables.render(diagnostics.report_frame([result]), "", Path(out).with_name("evaluation_report"), formats=("csv",))
     for f in stale:
         f.unlink(missing_ok=True)
     return result
@@ -388,7 +389,6 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
     t = checkpoint.load_json(table_json)
     ours = [r for r in t["rows"] if r["source"] == "this run" and r.get("run_role") == "students"
             and not r.get("auto")]
-    key = {"temperature": "temperature", "beta": "beta"}[kind]
     if kind == "temperature":
         points = [r for r in ours if r["temperature"] is not None]
         baseline = next((r for r in ours if r["temperature"] is None), None)
@@ -396,7 +396,7 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
         points, baseline = ours, None
 
     def pts(rows, clean, robust):
-        return sorted(({"x": r[key], "clean": r[clean], "robust": r[robust]} for r in rows
+        return sorted(({"x": r[kind], "clean": r[clean], "robust": r[robust]} for r in rows
                        if r[clean] is not None), key=lambda p: p["x"])
 
     paper = [r for r in points if r["paper_clean"] is not None and r["paper_robust"] is not None]
@@ -427,14 +427,7 @@ def render_curves(table: str, metrics_paths: list[str | Path], stem: str | Path)
 
 def render_evaluation_report(evaluations: list[str | Path], stem: str | Path) -> None:
     """All evaluations side by side with their gradient-masking diagnostics (Markdown, CSV)."""
-    from tabulate import tabulate
-
-    from . import diagnostics
+    from . import diagnostics, tables
 
     df = diagnostics.report_frame([checkpoint.load_json(p) for p in evaluations])
-    cells = df.astype(object).where(df.notna(), None)
-    stem = Path(stem)
-    checkpoint.write_text("Evaluations and gradient-masking diagnostics (accuracies in %).\n\n"
-                          + tabulate(cells.values.tolist(), headers=list(df.columns), tablefmt="github",
-                                     floatfmt=".2f", missingval="–") + "\n", stem.with_suffix(".md"))
-    checkpoint.write_text(df.to_csv(index=False, float_format="%.2f"), stem.with_suffix(".csv"))
+    tables.render(df, "Evaluations and gradient-masking diagnostics (accuracies in %).", stem, formats=("md", "csv"))

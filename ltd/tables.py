@@ -123,18 +123,21 @@ def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str]
     return text + "".join(f". {n}" for n in notes) + "."
 
 
-def render(df: pd.DataFrame, caption: str, stem: str | Path) -> None:
-    """Write ``stem``.md, .tex and .csv (accuracies in %)."""
+def render(df: pd.DataFrame, caption: str, stem: str | Path, formats: tuple[str, ...] = ("md", "tex", "csv")) -> None:
+    """Write ``stem``.md, .tex and/or .csv (accuracies in %)."""
     stem = Path(stem)
     cells = df.astype(object).where(df.notna(), None)
-    md = tabulate(cells.values.tolist(), headers=list(df.columns), tablefmt="github",
-                  floatfmt=".2f", missingval="–")
-    write_text(f"{caption}\n\n{md}\n", stem.with_suffix(".md"))
-    tex = tabulate(cells.values.tolist(), headers=list(df.columns), tablefmt="latex_booktabs",
-                   floatfmt=".2f", missingval="--")
-    write_text("\\begin{table}\n\\centering\n\\caption{" + _tex_escape(caption) + "}\n" + tex
-               + "\n\\end{table}\n", stem.with_suffix(".tex"))
-    write_text(df.to_csv(index=False, float_format="%.2f"), stem.with_suffix(".csv"))
+    if "md" in formats:
+        md = tabulate(cells.values.tolist(), headers=list(df.columns), tablefmt="github",
+                      floatfmt=".2f", missingval="–")
+        write_text(f"{caption}\n\n{md}\n", stem.with_suffix(".md"))
+    if "tex" in formats:
+        tex = tabulate(cells.values.tolist(), headers=list(df.columns), tablefmt="latex_booktabs",
+                       floatfmt=".2f", missingval="--")
+        write_text("\\begin{table}\n\\centering\n\\caption{" + _tex_escape(caption) + "}\n" + tex
+                   + "\n\\end{table}\n", stem.with_suffix(".tex"))
+    if "csv" in formats:
+        write_text(df.to_csv(index=False, float_format="%.2f"), stem.with_suffix(".csv"))
 
 
 def _tex_escape(s: str) -> str:

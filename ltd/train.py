@@ -225,7 +225,7 @@ def fit(
                 totals["n"] += int(n_all)
                 bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.4f}",
                                 acc=f"{totals['correct'] / totals['n']:.3f}", refresh=False)
-                if (stop if world > 1 else term["set"]):
+                if stop:
                     bar.close()
                     save(epoch, i + 1, {**totals, "seconds": time.time() - t0})
                     raise preempted(f"at epoch {epoch + 1}, step {i + 1}")

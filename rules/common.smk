@@ -48,7 +48,7 @@ def train_threads(role):
     """CPU threads: a distributed job on the CPU runs `processes` processes."""
     if not ON_CPU:
         return config["threads"]
-    return lambda w: config["threads"] * ex.processes(config, ex.Run.parse(role, w.name).dataset)
+    return lambda w: config["threads"] * ex.processes(config, dataset_of(role)(w))
 
 
 # Run names are parsed back into runs by the scripts; keep wildcards within one path part.
