@@ -17,9 +17,8 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
-include: "rules/teacher.smk"
+include: "rules/train.smk"
 include: "rules/temperature.smk"
-include: "rules/students.smk"
 include: "rules/evaluate.smk"
 include: "rules/published.smk"
 include: "rules/tables.smk"
@@ -27,7 +26,7 @@ include: "rules/simulation.smk"
 include: "rules/budget.smk"
 
 
-localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, evaluation_report, budget
+localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, exported, evaluation_report, budget
 
 
 rule all:

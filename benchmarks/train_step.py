@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from ltd import flops, runtime  # noqa: E402
 from ltd.losses import natural_loss  # noqa: E402
 from ltd.methods import build_step  # noqa: E402
+from ltd.steps import Step  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 
 # Dense (no sparsity) peak TFLOP/s per GPU from the vendors' data sheets:
@@ -78,7 +79,7 @@ def device_peak_tflops(device: torch.device, precision: str) -> tuple[str, float
     return name, None
 
 
-class OfficialStructureTradesStep:
+class OfficialStructureTradesStep(Step):
     """TRADES (``target`` = class indices) or TRADES+LTD (soft labels ``q``) structured
     as the official TRADES training loop does it. Our own re-implementation of that
     structure, for counting and timing; driven exactly as ltd.methods' steps are.
@@ -112,7 +113,7 @@ class OfficialStructureTradesStep:
         robust = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), F.softmax(model(x).float(), dim=1),
                           reduction="sum") / len(x)
         loss = natural + self.beta * robust
-        return loss, logits, {"loss": loss.item(), "natural": natural.item(), "robust": robust.item()}
+        return loss, logits, {"loss": loss.detach(), "natural": natural.detach(), "robust": robust.detach()}
 
 
 def make_steps(method: str, beta: float, attack: dict):
@@ -194,7 +195,7 @@ def main(argv=None) -> dict:
         def run(net=net, step=step, opt=opt):
             with runtime.autocast(device, precision):
                 loss, logits, _ = step(net, x, y, q)
-            (logits.argmax(1) == y).sum().item()  # as the loop's accuracy count
+            (logits.argmax(1) == y).sum()  # as the loop's accuracy count (on the device, no sync)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -9,29 +9,22 @@
                          image of clean + PGD + AutoAttack (``evaluation_forward_equivalents``)
     teacher logits     = forward FLOPs per image x training images (one forward each)
 
-Forward-equivalents per step: natural and soft-label training (teachers, substitutes) 3
-(forward + backward); TRADES, TRADES+LTD, AWP and AWP+LTD counted on ltd.methods' own
-step functions (ltd.flops.forward_equivalents; AWP with its proxy pass, and only for the
-epochs after its warm-up: before that the step is TRADES). Training runs under bf16
-autocast on a GPU, so it is divided by ``peak_tflops`` (dense bf16); evaluation runs in
-full fp32 with TF32 off (ltd/runtime.py, ltd/evaluate.py), so it is divided by
-``fp32_peak_tflops`` (as are the teacher-logit and validation jobs, also fp32); a
-schedule with ``precision: fp32`` trains at that peak too.
+Forward-equivalents per step come from the method registry (ltd.methods: each method
+declares its cost; tests/test_methods.py checks every declaration against FLOPs counted
+on the step itself); AWP's proxy pass counts only for the epochs after its warm-up.
+Training runs under bf16 autocast on a GPU, so it is divided by ``peak_tflops`` (dense
+bf16); evaluation runs in full fp32 with TF32 off (ltd/runtime.py, ltd/evaluate.py), so
+it is divided by ``fp32_peak_tflops`` (as are the teacher-logit and validation jobs,
+also fp32); a schedule with ``precision: fp32`` trains at that peak too.
 
 Jobs come from ltd.experiments exactly as the workflow plans them: a table's students
 (its rows; an ``auto`` row adds its whole search grid, an upper bound: the candidates at
 or above T_max are dropped once it is known), the teachers of its LTD students, the
 teacher and substitutes of its data set's T_max search, one AutoAttack evaluation per
 row, the teacher-logit pass of each teacher (its soft labels serve LTD students and
-substitutes), a validation per candidate of an ``auto`` row. A run two tables share is listed under both tables, and counted once in the total.
-
-Configuration (all optional; these are the defaults)::
-
-    budget:
-      gpu: h100               # a label for the report
-      peak_tflops: 989        # dense bf16 tensor-core peak per GPU (H100 SXM)
-      fp32_peak_tflops: 67    # fp32 without TF32 (H100 SXM): evaluation
-      mfu: 0.4                # assumed model FLOP utilisation, training and evaluation
+substitutes), a validation per candidate of an ``auto`` row. A run two tables share is
+listed under both tables, and counted once in the total. The settings (GPU peaks, MFU)
+are the config's ``budget:`` section.
 """
 
 from __future__ import annotations
@@ -41,23 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import experiments as ex
+from . import methods
 from .experiments import Run
-
-DEFAULTS = {"gpu": "h100", "peak_tflops": 989.0, "fp32_peak_tflops": 67.0, "tf32_peak_tflops": 495.0, "mfu": 0.4}
-
-# Training and test images when the config does not fix them (it can: train_size,
-# test_size, val_size). ImageNet-1k: 1,281,167 training and 50,000 validation images.
-CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
-IMAGENET_TRAIN, IMAGENET_TEST = 1_281_167, 50_000
-DIGITS_TOTAL, DIGITS_TEST = 1_797, 397  # scikit-learn's digits; ltd.data carves test_size (397) out of them
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagefolder": 1000}
+from .sources import DIGITS_CLASSES, DIGITS_POOL, DIGITS_TEST_SIZE, SIZES
 
 # How many test images AutoAttack keeps attacking depends on the model: assumed
 # (clean accuracy, robust accuracy), roughly the paper's and RobustBench's figures.
 ASSUMED_ACCURACY = {"cifar10": (0.85, 0.57), "cifar100": (0.64, 0.31), "imagefolder": (0.65, 0.40),
                     "digits": (0.95, 0.60)}
-
-NATURAL_FORWARD_EQUIVALENTS = 3.0  # forward + backward (weights and inputs)
 
 
 # ---- data sets ------------------------------------------------------------------------
@@ -72,22 +56,21 @@ def _source_cfg(config: dict, dataset: str) -> dict:
 
 
 def train_images(config: dict, dataset: str) -> int:
-    cfg, src = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)["source"]
-    if src == "digits":
-        pool = DIGITS_TOTAL - _source_cfg(config, dataset).get("test_size", DIGITS_TEST)
+    cfg, src_cfg = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)
+    if src_cfg["source"] == "digits":
+        pool = DIGITS_POOL - src_cfg.get("test_size", DIGITS_TEST_SIZE)
     else:
-        pool = IMAGENET_TRAIN if src == "imagefolder" else CIFAR_TRAIN
+        pool = SIZES[src_cfg["source"]]["train"]
     n = pool - cfg.get("val_size", 0)
     return min(n, cfg["train_size"]) if cfg.get("train_size") else n
 
 
 def test_images(config: dict, dataset: str) -> int:
     cfg, src_cfg = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)
-    src = src_cfg["source"]
-    if src == "digits":
-        n = src_cfg.get("test_size", DIGITS_TEST)
+    if src_cfg["source"] == "digits":
+        n = src_cfg.get("test_size", DIGITS_TEST_SIZE)
         return n if cfg["source"] == "digits" else min(n, cfg.get("test_size") or n)
-    n = IMAGENET_TEST if src == "imagefolder" else CIFAR_TEST
+    n = SIZES[src_cfg["source"]]["test"]
     return min(n, cfg.get("test_size") or n)
 
 
@@ -97,7 +80,8 @@ def image_size(config: dict, dataset: str) -> int:
 
 
 def num_classes(config: dict, dataset: str) -> int:
-    return NUM_CLASSES[_source_cfg(config, dataset)["source"]]
+    src = _source_cfg(config, dataset)["source"]
+    return DIGITS_CLASSES if src == "digits" else SIZES[src]["classes"]
 
 
 def assumed_accuracy(config: dict, dataset: str) -> tuple[float, float]:
@@ -114,25 +98,8 @@ def forward_flops(arch: str, size: int, classes: int) -> int:
     return model_forward_flops(arch, size, classes)
 
 
-@functools.lru_cache(maxsize=None)
-def _counted_step(method: str, steps: int, eps: float, step_size: float, gamma: float, proxy_lr: float) -> float:
-    from .flops import forward_equivalents
-
-    return forward_equivalents(method, {"eps": eps, "step_size": step_size, "steps": steps},
-                               awp={"gamma": gamma, "proxy_lr": proxy_lr, "warmup_epochs": 0})
-
-
-def step_forward_equivalents(method: str, attack: dict | None = None, awp: dict | None = None) -> float:
-    """Forward-equivalents per image of one training step of ``method``."""
-    if method in ("natural", "soft"):
-        return NATURAL_FORWARD_EQUIVALENTS
-    awp = awp or {"gamma": 5e-3, "proxy_lr": 0.1}
-    return _counted_step(method, int(attack["steps"]), float(attack["eps"]), float(attack["step_size"]),
-                         float(awp["gamma"]) or 5e-3, float(awp["proxy_lr"]))
-
-
 def awp_epochs(sched: dict, awp: dict) -> int:
-    """Epochs with AWP on (ltd.methods.AWPStep: from 1-based epoch ``warmup_epochs``)."""
+    """Epochs with AWP on (ltd.steps.AWPStep: from 1-based epoch ``warmup_epochs``)."""
     if not awp["gamma"]:
         return 0
     return max(0, sched["epochs"] - max(0, int(awp["warmup_epochs"]) - 1))
@@ -216,12 +183,8 @@ class Cost:
     notes: list[str] = field(default_factory=list)
 
 
-def _settings(config: dict) -> dict:
-    return {**DEFAULTS, **(config.get("budget") or {})}
-
-
 def job_cost(config: dict, job: Job) -> Cost:
-    s = _settings(config)
+    s = config["budget"]
     run = job.run
     size, classes = image_size(config, run.dataset), num_classes(config, run.dataset)
     fwd = forward_flops(run.arch, size, classes)
@@ -230,16 +193,14 @@ def job_cost(config: dict, job: Job) -> Cost:
         role = {"teacher": "teachers", "substitute": "substitutes", "student": "students"}[job.kind]
         sched = ex.schedule(config, role, run.dataset)
         epochs, n = int(sched["epochs"]), train_images(config, run.dataset)
-        attack = ex.attack(config, run.dataset)
-        if run.method.startswith("awp"):
+        method = methods.get(run.method)
+        steps = int(ex.attack(config, run.dataset, run.method)["steps"]) if method.attack else 0
+        fe = methods.forward_equivalents(run.method, steps, awp_on=False)
+        if method.awp:  # the proxy pass only for the epochs after AWP's warm-up
             on = awp_epochs(sched, config["awp"])
-            base = run.method.replace("awp", "trades")
-            fe_on = step_forward_equivalents(run.method, attack, config["awp"])
-            fe_off = step_forward_equivalents(base, attack)
-            fe = (on * fe_on + (epochs - on) * fe_off) / epochs
-            notes.append(f"AWP on for {on} of {epochs} epochs ({fe_on:.2f} vs {fe_off:.2f} fwd-eq)")
-        else:
-            fe = step_forward_equivalents(run.method, attack)
+            fe_on = methods.forward_equivalents(run.method, steps, awp_on=True)
+            notes.append(f"AWP on for {on} of {epochs} epochs ({fe_on:.2f} vs {fe:.2f} fwd-eq)")
+            fe = (on * fe_on + (epochs - on) * fe) / epochs
         flop = fwd * (fe * n * epochs + test_images(config, run.dataset) * epochs)  # + per-epoch clean test
         peak = s["fp32_peak_tflops"] if sched["precision"] == "fp32" else s["peak_tflops"]
         procs = ex.processes(config, run.dataset)
@@ -254,7 +215,7 @@ def job_cost(config: dict, job: Job) -> Cost:
             notes.append(f"AutoAttack {ev['autoattack']['version']}, assumed clean {acc[0]:.0%} / robust {acc[1]:.0%}")
         else:  # validation: PGD accuracy and the Eq. 9 loss on the validation split
             n = int(ex.dataset_cfg(config, run.dataset).get("val_size", 0))
-            steps = int(ex.attack(config, run.dataset)["steps"])
+            steps = int(ex.attack(config, run.dataset, run.method)["steps"])
             fe = 2.0 * ev["pgd_steps"] + 1 + 1 + 2 * steps + 1
         epochs, flop = 1, fwd * fe * n
         # evaluation.tf32 switches the AutoAttack jobs (only) from strict fp32 to TF32
@@ -369,7 +330,7 @@ def shared_jobs(config: dict) -> dict[str, list[str]]:
 
 def render(config: dict, jobs: bool = True) -> str:
     """budget.md: the per-table estimate, the shared jobs and (``jobs``) every job's cost."""
-    s = _settings(config)
+    s = config["budget"]
     table = estimate(config)
     shared = shared_jobs(config)
     small = table["total GPU-h"].iloc[-1] < 10  # the demo: show its minutes, not 0.0

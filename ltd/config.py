@@ -3,6 +3,7 @@ as ``snakemake --configfile``: later files update earlier ones key by key."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ SCHEMA = ROOT / "config" / "schema.yaml"
 
 
 def merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    """``base`` updated key by key with ``update`` (a new dict): Snakemake's own
+    ``update_config``, as ``--configfile`` layers files."""
+    from snakemake.utils import update_config
+
+    out = copy.deepcopy(base)
+    update_config(out, update)
     return out
 
 

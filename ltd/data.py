@@ -33,7 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # in-memory sources
+from .sources import DIGITS_CLASSES, DIGITS_TEST_SIZE, SIZES
+
+NUM_CLASSES = {"cifar10": SIZES["cifar10"]["classes"], "cifar100": SIZES["cifar100"]["classes"],
+               "digits": DIGITS_CLASSES}  # in-memory sources
 SOURCES = (*NUM_CLASSES, "imagefolder")
 SPLIT_SEED = 0  # fixed: the train/val(/test for digits) split never depends on the run seed
 RESIZE_RATIO = 256 / 224  # evaluation resizes to image_size * 256/224, then center-crops
@@ -96,7 +99,7 @@ def _indices(cfg: dict, split: str, n: int, carve_test: bool, shuffle_test: bool
     rng = np.random.default_rng(SPLIT_SEED)
     if carve_test:
         order = rng.permutation(n)
-        n_test = cfg.get("test_size", 397)
+        n_test = cfg.get("test_size", DIGITS_TEST_SIZE)
         if split == "test":
             return np.sort(order[:n_test])
         pool = np.sort(order[n_test:])

@@ -32,25 +32,7 @@ import torch.nn.functional as F
 
 from .data import batches
 
-DEFAULTS: dict[str, Any] = {
-    "square_queries": 1000,     # Square alone: queries per image (AutoAttack standard: 5000)
-    "square_n_examples": 1000,  # ... on the first N evaluated images (0: skip the black-box check)
-    "near_zero_robust": 0.01,   # robust accuracy at or below this ...
-    "high_clean": 0.5,          # ... with clean accuracy at or above this is flagged
-    "pgd_gap": 0.1,             # PGD accuracy - AutoAttack accuracy above this is flagged
-    "zero_gradient": 0.01,      # fraction of images with an all-zero (or non-finite) input gradient
-}
-
-CHECKS = ("pgd_gap", "black_box", "near_zero_robust", "zero_gradients")
-
-
-def settings(cfg: dict | None) -> dict[str, Any]:
-    """``evaluation.diagnostics`` over the defaults; unknown keys are an error."""
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"evaluation.diagnostics: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **cfg}
+CHECKS = ("pgd_gap", "black_box", "near_zero_robust", "zero_gradients")  # thresholds: evaluation.diagnostics
 
 
 # ---- pure checks ----
@@ -92,7 +74,7 @@ def assess(*, clean: float, robust: float, pgd: float | None, thresholds: dict,
            black_box: dict | None = None, gradients: dict | None = None) -> dict:
     """All checks from their numbers. ``black_box``: {square_accuracy, apgd_ce_accuracy,
     ...} or None (not run); ``gradients``: {zero_fraction, nonfinite_fraction, ...} or None."""
-    t = settings(thresholds)
+    t = thresholds
     checks: dict[str, dict | None] = {
         "pgd_gap": None if pgd is None else pgd_gap_check(pgd, robust, t["pgd_gap"]),
         "black_box": None if black_box is None else black_box_check(**black_box),
@@ -138,7 +120,8 @@ def square_vs_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     images. ``apgd_ce_flags``: per-example robust flags after APGD-CE when the main
     AutoAttack run started with it (reused, not recomputed). ``state_stem``: resumable
     state files ``<stem>_square.json`` / ``<stem>_apgd-ce.json``."""
-    from .evaluate import fraction, run_autoattack
+    from .autoattack import run_autoattack
+    from .evaluate import fraction
 
     n = min(n_examples, len(y))
     xs, ys = x[:n], y[:n]
@@ -164,10 +147,10 @@ def square_vs_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
 
 def run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, clean: float, robust: float,
-        pgd: float | None, eps: float, seed: int, batch_size: int, device, cfg: dict | None = None,
+        pgd: float | None, eps: float, seed: int, batch_size: int, device, cfg: dict,
         apgd_ce_flags: torch.Tensor | None = None, state_stem: str | Path | None = None) -> dict:
     """The diagnostics of one evaluation (what ``jobs.evaluate_run`` stores under ``diagnostics``)."""
-    t = settings(cfg)
+    t = cfg
     bb = None
     if t["square_n_examples"] > 0:
         bb = square_vs_apgd(model, x, y, eps=eps, n_examples=t["square_n_examples"], queries=t["square_queries"],

@@ -11,11 +11,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-ROLES = ("teachers", "substitutes", "students")
+from . import methods
+from .methods import ROLES
 
-# Display names of the student methods, as the paper writes them.
-METHOD_LABELS = {"trades": "TRADES", "trades-ltd": "TRADES+LTD", "awp": "AWP", "awp-ltd": "AWP+LTD"}
-LTD_METHODS = {"trades-ltd", "awp-ltd"}
 ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
 
 _NUM = r"\d+(?:\.\d+)?"
@@ -72,7 +70,7 @@ class Run:
 
     @property
     def uses_soft_labels(self) -> bool:
-        return self.role == "substitutes" or self.method in LTD_METHODS
+        return methods.get(self.method).soft_labels
 
     @classmethod
     def parse(cls, role: str, name: str) -> "Run":
@@ -82,10 +80,11 @@ class Run:
         if not m:
             raise ValueError(f"{name!r} is not a valid {role} run name")
         d = m.groupdict()
-        method = d.get("method") or ("soft" if role == "substitutes" else "natural")
-        if role == "students" and method not in METHOD_LABELS:
-            raise ValueError(f"unknown method {method!r} in run name {name!r}")
-        if role == "students" and (method in LTD_METHODS) != (d.get("temperature") is not None):
+        method = d.get("method") or methods.ROLE_METHODS[role][0]
+        if method not in methods.ROLE_METHODS[role]:
+            raise ValueError(f"unknown method {method!r} in run name {name!r}; {role} train with "
+                             f"{', '.join(methods.ROLE_METHODS[role])}")
+        if methods.get(method).soft_labels != (d.get("temperature") is not None):
             raise ValueError(f"run name {name!r}: a temperature goes with LTD methods only")
         return cls(
             role=role,
@@ -124,9 +123,84 @@ def schedule(config: dict[str, Any], role: str, dataset: str) -> dict[str, Any]:
             **(config.get(ROLE_KEYS[role]) or {})}
 
 
-def attack(config: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """The training attack (TRADES/AWP inner maximisation) on a data set."""
-    return dataset_cfg(config, dataset)["attack"]
+# ---- identity: the settings that define a job's output ----
+# Rules pass these as `params:` (Snakemake reruns a job whose params changed, and then
+# what depends on it); training checkpoints carry a fingerprint of the same dict, so a
+# checkpoint of other settings is never continued. Nothing else defines a result:
+# resources, threads, loader workers, `processes` and the schedule's speed switches
+# below change how fast a job runs, not what it computes.
+
+SPEED_KEYS = ("channels_last", "compile", "eval_batch_size")
+# The keys of a data set's section that define its images, per split. digits carves its
+# test set out of one pool, so there test_size changes the training images too.
+_SPLIT_KEYS = {
+    "train": ("source", "path", "build_from", "image_size", "val_size", "train_size", "crop_padding", "crop_scale"),
+    "val": ("source", "path", "build_from", "image_size", "val_size"),
+    "test": ("source", "path", "build_from", "image_size", "test_size"),
+}
+
+
+def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
+    """What defines a split's images (and, for train, their augmentation)."""
+    cfg = dataset_cfg(config, dataset)
+    keys = _SPLIT_KEYS[split] + (("test_size",) if cfg["source"] == "digits" and split != "test" else ())
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def training_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
+    """Everything that defines a trained model: the run (method, arch, T, beta, seed are
+    in its name), its training data, schedule, precision, and the method's settings
+    (training attack, AWP)."""
+    m = methods.get(run.method)
+    sched = schedule(config, run.role, run.dataset)
+    out: dict[str, Any] = {"run": run.name, "data": data_identity(config, run.dataset, "train"),
+                           "schedule": {k: v for k, v in sched.items() if k not in SPEED_KEYS}}
+    if m.attack is not None:
+        out["attack"] = attack(config, run.dataset, run.method)
+    if m.awp:
+        out["awp"] = dict(config["awp"])
+    return out
+
+
+def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """Everything that defines an evaluation's numbers besides the model: the test images
+    and the evaluation settings (eps, n_examples, batch size, PGD, AutoAttack, seed,
+    precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting."""
+    ev = {k: v for k, v in evaluation(config, dataset).items() if k != "monitor"}
+    return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
+
+
+def validation_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
+    """What defines an `auto` candidate's validation numbers besides its model and teacher:
+    the validation images, the evaluation settings, the method's training attack (the
+    Eq. 9 criterion runs it)."""
+    ev = {k: v for k, v in evaluation(config, run.dataset).items() if k != "monitor"}
+    return {"data": data_identity(config, run.dataset, "val"), "evaluation": ev,
+            "attack": attack(config, run.dataset, run.method)}
+
+
+def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
+    """What a rendered table shows besides its evaluations: its spec (caption, rows),
+    the tolerance, the stand-ins its notes name, its rows' training attacks."""
+    entries = table_entries(config, table)
+    runs = [entry_run(config, e, chosen_t=1.0) for e in entries]
+    return {"table": config["tables"][table], "tolerance": config["tolerance"],
+            "stand_ins": config.get("stand_ins"), "seeds": seeds(config),
+            "attacks": sorted({repr(attack(config, r.dataset, r.method)) for r in runs if methods.get(r.method).attack})}
+
+
+def attack(config: dict[str, Any], dataset: str, method: str) -> dict[str, Any]:
+    """The training attack of ``method`` on a data set: ``datasets.<d>.attack.<family>``
+    for the method's attack family (ltd.methods), else ``attack.default``."""
+    family = methods.get(method).attack
+    if family is None:
+        raise ValueError(f"method {method!r} trains without an attack")
+    attacks = dataset_cfg(config, dataset)["attack"]
+    if family in attacks:
+        return attacks[family]
+    if "default" in attacks:
+        return attacks["default"]
+    raise KeyError(f"datasets.{dataset}.attack: no `{family}` (the training attack of {method}) and no `default`")
 
 
 def evaluation(config: dict[str, Any], dataset: str) -> dict[str, Any]:
@@ -175,9 +249,10 @@ def seeds(config: dict[str, Any]) -> list[int]:
 
 def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
             beta: float, seed: int | None = None) -> Run:
-    if method in LTD_METHODS and temperature is None:
+    soft = methods.get(method).soft_labels
+    if soft and temperature is None:
         raise ValueError(f"method {method!r} needs a temperature")
-    t = float(temperature) if method in LTD_METHODS else None
+    t = float(temperature) if soft else None
     seed = config["seed"] if seed is None else seed
     return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta))
 
@@ -232,9 +307,10 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
         if arch is None:
             raise ValueError(f"{where}: no arch (give one here or at tables.{table}.arch)")
         temps = e.get("temperature")
-        if e["method"] in LTD_METHODS and temps is None:
+        soft = methods.get(e["method"]).soft_labels
+        if soft and temps is None:
             raise ValueError(f"{where}: method {e['method']!r} needs a temperature")
-        if e["method"] not in LTD_METHODS and temps is not None:
+        if not soft and temps is not None:
             raise ValueError(f"{where}: method {e['method']!r} takes no temperature")
         for beta in _as_list(e.get("beta", config["beta"])):
             for t in _as_list(temps):
@@ -244,7 +320,7 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
     show_beta = len({r[3] for r in raw}) > 1
     rows = []
     for arch, method, t, beta in raw:
-        label = METHOD_LABELS[method]
+        label = methods.get(method).label
         if show_arch:
             label += f" {arch_label(arch)}"
         if t is not None:

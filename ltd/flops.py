@@ -96,8 +96,7 @@ def count_step_flops(step_fn: Callable, model: torch.nn.Module, x: torch.Tensor,
     try:
         flops = count_flops(run)
     finally:
-        if hasattr(step_fn, "after_update"):
-            step_fn.after_update(model)
+        step_fn.after_update(model)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return flops
@@ -137,17 +136,16 @@ def forward_equivalents(method: str, attack: dict | None = None, *, beta: float 
                         image_size: int = COUNTING_IMAGE_SIZE, num_classes: int = 10, seed: int = 0) -> float:
     """Counted forward-equivalents per image of one training step of ``method``
     (ltd.methods.build_step) with ``attack`` = {eps, step_size, steps}, on a small model
-    (``arch`` at ``image_size``) and a batch of 2. AWP steps are counted with AWP on
-    (warm-up over), proxy pass included."""
-    from .methods import build_step
+    (``arch`` at ``image_size``) and a batch of 2. An AWP method is counted with AWP on
+    from the first epoch, proxy pass included (``awp``: its gamma and proxy_lr)."""
+    from .methods import build_step, get
 
-    if method.startswith("awp"):
-        awp = {**(awp or {"gamma": 5e-3, "proxy_lr": 0.1}), "warmup_epochs": 0}
-        if not awp["gamma"]:
-            awp["gamma"] = 5e-3  # the cost of a step with AWP on
-    step = build_step(method, beta=beta, attack=attack or {"eps": 0.0, "step_size": 0.0, "steps": 0}, awp=awp)
-    if hasattr(step, "begin_epoch"):
-        step.begin_epoch(0)
+    if get(method).awp:
+        if awp is None:
+            raise ValueError(f"counting {method!r} needs its awp settings {{gamma, proxy_lr}}")
+        awp = {**awp, "warmup_epochs": 0}
+    step = build_step(method, beta=beta, attack=attack, awp=awp)
+    step.begin_epoch(0)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]), one_thread():
         torch.manual_seed(seed)

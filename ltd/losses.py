@@ -40,4 +40,4 @@ def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, target: torc
     """TRADES with one-hot ``target``; Eq. 9 (TRADES+LTD) with soft labels."""
     natural = natural_loss(logits_nat, target)
     robust = trades_kl(logits_adv, logits_nat)
-    return natural + beta * robust, {"natural": natural.item(), "robust": robust.item()}
+    return natural + beta * robust, {"natural": natural.detach(), "robust": robust.detach()}

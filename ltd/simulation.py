@@ -87,7 +87,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from .checkpoint import save_json, write_text
+from .files import save_json, write_text
 
 BINARY_COLUMNS = ["T", "q(T)", "D model 1 (one-hot)", "D model 2 (soft, all correct)",
                   "D model 2 (soft, misclassified)", "model 2 better"]

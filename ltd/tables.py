@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from .checkpoint import write_text
-from .experiments import METHOD_LABELS, Run, arch_label, fmt_num
+from . import methods
+from .experiments import Run, arch_label, fmt_num
+from .files import write_text
 
 COLUMNS = ["Row", "Source", "Clean (ours)", "AA (ours)", "Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
 SPREAD = ["± Clean", "± AA", "Seeds"]
@@ -86,7 +87,8 @@ def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], t
             i = next((i for i, e in enumerate(entries) if i not in used and not e.is_auto and e.matches(p["ours"])), None)
             if i is None:
                 f = p["ours"]
-                parts = [METHOD_LABELS.get(f.get("method"), "LTD"), arch_label(f.get("arch", ""))]
+                parts = [methods.METHODS[f["method"]].label if f.get("method") in methods.METHODS else "LTD",
+                         arch_label(f.get("arch", ""))]
                 parts += [f"{'T' if k == 'temperature' else 'β'}={fmt_num(v)}" for k, v in f.items()
                           if k in ("temperature", "beta")]
                 rows.append(_row(" ".join(p for p in parts if p), "not run", paper_clean=p["clean"],
@@ -101,8 +103,12 @@ def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], t
     return rows
 
 
-def frame(rows: list[dict]) -> pd.DataFrame:
-    """The table's cells; "±" columns only where some row has several seeds."""
+PAPER_COLUMNS = ["Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
+
+
+def frame(rows: list[dict], paper: bool = True) -> pd.DataFrame:
+    """The table's cells; "±" columns only where some row has several seeds; no paper
+    columns for a table the paper does not have."""
     spread = any((r.get("seeds") or 1) > 1 for r in rows)
     out = []
     for r in rows:
@@ -112,7 +118,8 @@ def frame(rows: list[dict]) -> pd.DataFrame:
         if spread:
             cells.update({"± Clean": r.get("clean_sd"), "± AA": r.get("robust_sd"), "Seeds": r.get("seeds")})
         out.append(cells)
-    return pd.DataFrame(out, columns=COLUMNS + (SPREAD if spread else []))
+    columns = [c for c in COLUMNS if paper or c not in PAPER_COLUMNS] + (SPREAD if spread else [])
+    return pd.DataFrame(out, columns=columns)
 
 
 def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str], demo: bool = False) -> str:

@@ -1,9 +1,16 @@
 """The one training loop, for teachers, substitutes and students alike.
 
-What differs between roles is the step function (methods.py). The loop owns the
-optimiser (SGD, Nesterov, piecewise-constant LR as in the paper's Appendix A), mixed
-precision, a progress bar, a NaN guard, and a checkpoint written atomically at the end
-of every epoch with optimiser, scheduler and RNG state, from which it resumes.
+What differs between roles is the step (ltd/steps.py, chosen by ltd/methods.py). The
+loop owns the optimiser (SGD, Nesterov, piecewise-constant LR as in the paper's
+Appendix A), mixed precision, a progress bar, a NaN guard, and a checkpoint written
+atomically at the end of every epoch with optimiser, scheduler and RNG state, from
+which it resumes.
+
+No host synchronisation per step (the airbench habit): the running totals (loss,
+correct predictions, the step's own statistics) stay on the device and the host reads
+them every ``SYNC_EVERY`` steps and at the end of the epoch, for the progress bar and
+the NaN guard. A non-finite loss is therefore caught up to ``SYNC_EVERY`` steps late;
+the checkpoint on disk is always one whose totals were checked.
 
 Preemption: SIGTERM (Slurm, before preemption or the time limit) makes the loop write a
 checkpoint after the optimiser step in progress — position within the epoch and the
@@ -12,7 +19,8 @@ that step and ends with the weights an uninterrupted run would have.
 
 Several processes (torchrun; see distributed.py): each gets its slice of every global
 batch from its loader; gradients and BN statistics are averaged after each backward;
-totals are summed over processes; only rank 0 writes checkpoints, logs and the bar.
+totals are summed over processes at the sync points; only rank 0 writes checkpoints,
+logs and the bar.
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed, runtime
-from .methods import Step
+from .steps import Step
+
+# Steps between two reads of the device's running totals (bar, NaN guard; under
+# torch.distributed also the SIGTERM vote). A read stalls the GPU's queue: rarely.
+SYNC_EVERY = 25
 
 
 class NonFiniteLoss(RuntimeError):
@@ -117,6 +129,7 @@ def fit(
     *,
     ckpt_path: str | Path,
     device: torch.device,
+    precision: str = "fp32",
     fingerprint: str = "",
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
     log_path: str | Path | None = None,
@@ -128,9 +141,11 @@ def fit(
 
     ``loader``: ``len(loader)`` batches per epoch, ``loader.epoch(e)`` yields (x, y, q),
     deterministic in (seed, e) — under torch.distributed this process's slice of each
-    global batch. ``evaluate`` runs in every process (it may shard and all-reduce).
-    Returns the per-epoch history (also appended as JSON lines to ``log_path``).
-    Raises ``Preempted`` after SIGTERM, ``NonFiniteLoss`` on a NaN/inf loss.
+    global batch, whose bounds are ``loader.bounds``. ``precision``: "fp32", or "bf16"
+    for autocast (the caller decides what the device runs: ``runtime.effective_precision``).
+    ``evaluate`` runs in every process (it may shard and all-reduce). Returns the
+    per-epoch history (also appended as JSON lines to ``log_path``). Raises ``Preempted``
+    after SIGTERM, ``NonFiniteLoss`` on a NaN/inf loss.
     """
     world, main = distributed.world_size(), distributed.is_main()
     model.to(device)
@@ -141,12 +156,11 @@ def fit(
         model.to(memory_format=torch.channels_last)
     net = model
     if sched.get("compile"):
-        if getattr(step, "supports_compile", True):
+        if step.supports_compile:
             net = torch.compile(model)
         else:
             print(f"{desc}: train.compile ignored: {type(step).__name__} copies the model", file=sys.stderr)
     opt, lr_sched = make_optimizer(model, sched)
-    precision = runtime.effective_precision(device, sched["precision"])
     history: list[dict] = []
     start, skip, partial = 0, 0, None
     ckpt_path = Path(ckpt_path)
@@ -188,57 +202,56 @@ def fit(
     with _sigterm_flag() as term:
         for epoch in range(start, sched["epochs"]):
             model.train()
-            if hasattr(step, "begin_epoch"):  # e.g. AWP switches on after its warm-up epochs
-                step.begin_epoch(epoch)
-            totals = partial or {"loss": 0.0, "correct": 0, "n": 0, "seconds": 0.0}
-            t0 = time.time() - totals["seconds"]
+            step.begin_epoch(epoch)  # e.g. AWP switches on after its warm-up epochs
+            totals = _Totals(device, partial)  # a resumed epoch adds the totals it had before
+            seconds_before = (partial or {}).get("seconds", 0.0)
+            t0 = time.time()
             batches = _epoch_from(loader, epoch, skip)
             bar = tqdm(batches, total=len(loader), initial=skip, desc=f"{desc} epoch {epoch + 1}/{sched['epochs']}",
                        leave=tty, mininterval=0.5 if tty else 30, file=sys.stderr, disable=not main)
+            checked = skip  # steps whose totals were read and found finite
             for i, (x, y, q) in enumerate(bar, start=skip):
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with runtime.autocast(device, precision):
                     loss, logits, stats = step(net, x, y, q)
-                n = len(y)
-                correct = (logits.argmax(1) == y).sum().item()
-                # One small all-reduce: global loss and counts, and whether any process
-                # got SIGTERM, so that all stop after the same step (torchrun and Slurm
-                # signal the processes at slightly different moments).
-                local = [stats["loss"] * n, correct, n, float(term["set"])]
-                loss_sum, correct, n_all, stop = distributed.all_reduce_sum(local, device) if world > 1 else local
-                if not math.isfinite(loss_sum):
-                    raise NonFiniteLoss(
-                        f"{desc}: loss is {loss_sum / n_all} at epoch {epoch + 1}, step {i + 1}; "
-                        f"the last good checkpoint is kept in {ckpt_path}"
-                    )
+                totals.add(loss, logits, y, stats)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if world > 1:
-                    distributed.average_gradients(model, n, int(n_all))
+                    a, b = loader.bounds[i]  # the global batch: gradients are its example-weighted mean
+                    distributed.average_gradients(model, len(y), b - a)
                     distributed.average_buffers(model)  # BN running stats: identical everywhere
                 opt.step()
-                if hasattr(step, "after_update"):  # e.g. AWP removes its weight perturbation
-                    step.after_update(model)
-                totals["loss"] += loss_sum
-                totals["correct"] += int(correct)
-                totals["n"] += int(n_all)
-                bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.4f}",
-                                acc=f"{totals['correct'] / totals['n']:.3f}", refresh=False)
-                if stop:
+                step.after_update(model)  # e.g. AWP removes its weight perturbation
+                # One process sees SIGTERM at the very next step. Several stop after the same
+                # step, agreed at a sync point (torchrun and Slurm signal the processes at
+                # slightly different moments).
+                stop = world == 1 and term["set"]
+                if stop or (i + 1) % SYNC_EVERY == 0 or i + 1 == len(loader):
+                    summed, votes = totals.read(world, term["set"])
+                    _check_finite(summed, desc, epoch, checked, i, ckpt_path)
+                    checked, stop = i + 1, stop or votes > 0
+                    bar.set_postfix(loss=f"{summed['loss'] / summed['n']:.4f}",
+                                    acc=f"{summed['correct'] / summed['n']:.3f}", refresh=False)
+                if stop and i + 1 < len(loader):
                     bar.close()
-                    save(epoch, i + 1, {**totals, "seconds": time.time() - t0})
+                    save(epoch, i + 1, {**summed, "seconds": seconds_before + time.time() - t0})
                     raise preempted(f"at epoch {epoch + 1}, step {i + 1}")
             bar.close()
+            summed, _ = totals.read(world, False)
+            _check_finite(summed, desc, epoch, checked, len(loader) - 1, ckpt_path)
             skip, partial = 0, None
             lr = opt.param_groups[0]["lr"]
             lr_sched.step()
+            n = max(summed["n"], 1)
             record = {
                 "epoch": epoch + 1,
                 "lr": lr,
-                "train_loss": totals["loss"] / max(totals["n"], 1),
-                "train_accuracy": totals["correct"] / max(totals["n"], 1),
-                "seconds": time.time() - t0,
+                "train_loss": summed["loss"] / n,
+                "train_accuracy": summed["correct"] / n,
+                **{f"train_{k}": summed[k] / n for k in totals.keys},
+                "seconds": seconds_before + time.time() - t0,
             }
             if evaluate is not None:
                 record.update(evaluate(model))
@@ -250,7 +263,44 @@ def fit(
                         f.write(json.dumps(record) + "\n")
                 print(f"{desc}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in record.items()), file=sys.stderr)
-            # SIGTERM during the evaluation: the epoch's checkpoint is already written.
+            # SIGTERM in the epoch's last step or its evaluation: the epoch's checkpoint is written.
             if epoch + 1 < sched["epochs"] and distributed.all_reduce_sum([float(term["set"])], device)[0]:
                 raise preempted(f"after epoch {epoch + 1}")
     return history
+
+
+class _Totals:
+    """An epoch's running sums on the device: loss x n, correct predictions, n, and each
+    of the step's statistics x n (float64). ``read`` is the only host synchronisation."""
+
+    def __init__(self, device: torch.device, restored: dict | None = None):
+        self.device, self.restored = device, restored or {}
+        self.keys: list[str] = []
+        self.sums: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, stats: dict) -> None:
+        n = len(y)
+        if self.sums is None:
+            self.keys = [k for k in stats if k != "loss"]
+            self.sums = torch.zeros(3 + len(self.keys), dtype=torch.float64, device=self.device)
+        self.sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+                                  torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                                  *(stats[k].double() * n for k in self.keys)])
+
+    def read(self, world: int, stop: bool) -> tuple[dict, float]:
+        """The totals summed over processes (plus what a resumed epoch had before), and
+        how many processes got SIGTERM."""
+        names = ["loss", "correct", "n", *self.keys]
+        local = ([] if self.sums is None else self.sums.tolist()) or [0.0] * len(names)
+        values = local + [float(stop)]
+        if world > 1:
+            values = distributed.all_reduce_sum(values, self.device)
+        summed = {k: v + self.restored.get(k, 0.0) for k, v in zip(names, values)}
+        return summed, values[-1]
+
+
+def _check_finite(summed: dict, desc: str, epoch: int, checked: int, i: int, ckpt_path: Path) -> None:
+    if not all(math.isfinite(v) for v in summed.values()):
+        raise NonFiniteLoss(
+            f"{desc}: loss is {summed['loss'] / max(summed['n'], 1)} at epoch {epoch + 1}, within steps "
+            f"{checked + 1}-{i + 1}; the last good checkpoint is kept in {ckpt_path}")

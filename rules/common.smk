@@ -1,7 +1,8 @@
 # Config -> targets. Paths and run records come from ltd.experiments; no rule builds a
-# run path by hand.
+# run path by hand. Planning imports no torch (ltd.experiments, ltd.methods, ltd.files
+# are torch-free), so `snakemake -n all` stays fast on a login node.
 from ltd import experiments as ex
-from ltd.checkpoint import load_json
+from ltd.files import load_json
 
 R = f"results/{config['run']}"
 ON_CPU = config["device"] == "cpu"
@@ -13,11 +14,18 @@ def run_path(run, filename):
 
 
 def data_json(dataset):
-    return f"{R}/data/{dataset}.json"
+    # ancient(): the splits' identity is in each job's params, so re-preparing a data set
+    # (e.g. another test_size) reruns only the jobs whose params changed, not every run.
+    return ancient(f"{R}/data/{dataset}.json")
 
 
 def tmax_json(dataset):
     return f"{R}/temperature/{dataset}/tmax.json"
+
+
+def run_of(role):
+    """The run a job's {name} wildcard names."""
+    return lambda w: ex.Run.parse(role, w.name)
 
 
 def dataset_of(role):

@@ -4,7 +4,9 @@ rule prepare_data:
     conda:
         "../envs/torch.yaml"
     output:
-        data_json("{dataset}"),
+        f"{R}/data/{{dataset}}.json",
+    params:
+        identity=lambda w: {s: ex.data_identity(config, w.dataset, s) for s in ("train", "val", "test")},
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     resources:

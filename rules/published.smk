@@ -1,16 +1,18 @@
 # Published checkpoints (e.g. the LTD authors' RobustBench models), evaluated by the code
-# path of our students: `published:` in the config lists {name, path, dataset, arch,
-# reported: {clean, autoattack}}; without `path` the optional robustbench package fetches
-# the model by name. Target: `snakemake published`.
+# path of our students: `published:` in the config lists {name, dataset, arch, and `path`
+# or a RobustBench name found in `robustbench_model_dir`, reported: {clean, autoattack}}.
+# Target: `snakemake published`. And the other way: `snakemake exported` writes every
+# student in RobustBench's model-zoo layout.
 PUBLISHED = {e["name"]: e for e in (config.get("published") or [])}
 
 
-def published_inputs(w):
+def published_model(w):
     e = PUBLISHED[w.name]
-    inputs = {"data": data_json(e["dataset"])}
     if e.get("path"):
-        inputs["model"] = e["path"]
-    return inputs
+        return e["path"]
+    ds = ex.dataset_cfg(config, e["dataset"])
+    # the layout robustbench.load_model uses: <model_dir>/<dataset>/Linf/<name>.pt
+    return f"{config['robustbench_model_dir']}/{ds['source']}/Linf/{e.get('robustbench_name', e['name'])}.pt"
 
 
 rule evaluate_published:
@@ -19,10 +21,14 @@ rule evaluate_published:
     conda:
         "../envs/torch.yaml"
     input:
-        unpack(published_inputs),
+        data=lambda w: data_json(PUBLISHED[w.name]["dataset"]),
+        model=published_model,
     output:
         json=f"{R}/published/{{name}}/autoattack.json",
         md=f"{R}/published/{{name}}/comparison.md",
+    params:
+        identity=lambda w: {"entry": PUBLISHED[w.name],
+                            **ex.evaluation_identity(config, PUBLISHED[w.name]["dataset"])},
     threads: config["threads"]
     resources:
         gpu=gpus(),
@@ -37,3 +43,26 @@ rule published:
     """Every checkpoint listed under `published:` (none by default)."""
     input:
         [f"{R}/published/{name}/comparison.md" for name in PUBLISHED],
+
+
+rule export_robustbench:
+    """A student's weights as a RobustBench model-zoo file ({"state_dict": ...}, the
+    WideResNet's names), checked to load back strictly: results/<run>/robustbench/<name>.pt."""
+    conda:
+        "../envs/torch.yaml"
+    input:
+        f"{R}/students/{{name}}/model.pt",
+    output:
+        f"{R}/robustbench/{{name}}.pt",
+    resources:
+        **res("light"),
+    log:
+        f"{R}/logs/export/{{name}}.log",
+    script:
+        "../workflow_scripts/export_robustbench.py"
+
+
+rule exported:
+    """Every student of the configured tables, exported for RobustBench."""
+    input:
+        lambda w: [f"{R}/robustbench/{r.name}.pt" for r in all_students()],

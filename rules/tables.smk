@@ -1,26 +1,3 @@
-def selected_evaluation(w):
-    """The AutoAttack result of the student the search chose (known after the checkpoint)."""
-    sel = checkpoints.select_temperature.get(group=w.group).output[0]
-    group = ex.search_candidates(config, w.group)[0]
-    return run_path(ex.with_temperature(group, load_json(sel)["temperature"]), "autoattack.json")
-
-
-rule resolve_auto:
-    """An `auto` row's result, under a path known before the search ran: only this
-    rule waits for the checkpoint, so a dry run still lists every other job."""
-    conda:
-        "../envs/report.yaml"
-    input:
-        evaluation=selected_evaluation,
-        selection=f"{R}/temperature/{{group}}/selection.json",
-    output:
-        f"{R}/temperature/{{group}}/autoattack.json",
-    log:
-        f"{R}/logs/temperature/{{group}}.resolve.log",
-    script:
-        "../workflow_scripts/resolve_auto.py"
-
-
 def table_evaluations(table):
     """AutoAttack results behind a table's rows, in row order, each row's seeds together."""
     paths = []
@@ -53,6 +30,8 @@ rule render_table:
         csv=report(f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
                    labels={"table": "{table}"}),
         json=f"{R}/tables/{{table}}.json",
+    params:
+        identity=lambda w: ex.table_identity(config, w.table),
     log:
         f"{R}/logs/tables/{{table}}.log",
     script:
@@ -107,6 +86,26 @@ rule curves:
         f"{R}/logs/tables/{{table}}_curves.log",
     script:
         "../workflow_scripts/curves.py"
+
+
+def all_students():
+    return sorted({r for t in TABLES for r in ex.table_students(config, t)}, key=lambda r: r.name)
+
+
+rule evaluation_report:
+    """Every student's evaluation with its gradient-masking diagnostics, one row each."""
+    conda:
+        "../envs/report.yaml"
+    input:
+        [run_path(r, "autoattack.json") for r in all_students()],
+    output:
+        md=f"{R}/tables/evaluation_report.md",
+        csv=report(f"{R}/tables/evaluation_report.csv", caption="../report/evaluation_report.rst",
+                   category="Evaluation"),
+    log:
+        f"{R}/logs/tables/evaluation_report.log",
+    script:
+        "../workflow_scripts/evaluation_report.py"
 
 
 def table_targets(table):

@@ -1,3 +1,28 @@
+# The temperature search of Sec. 4.2 and the soft labels: teacher logits (once per
+# teacher), q_T per temperature, T_max from the substitutes (step 1), the validation of
+# an `auto` row's candidates and the choice among them (step 2).
+
+
+rule teacher_logits:
+    """The teacher's logits on the un-augmented training images, computed once."""
+    conda:
+        "../envs/torch.yaml"
+    input:
+        model=f"{R}/teachers/{{name}}/model.pt",
+    output:
+        f"{R}/teachers/{{name}}/train_logits.pt",
+    params:
+        identity=lambda w: ex.data_identity(config, dataset_of("teachers")(w), "train"),
+    threads: config["threads"]
+    resources:
+        gpu=gpus(),
+        **res("light", dataset_of("teachers")),
+    log:
+        f"{R}/logs/teachers/{{name}}.logits.log",
+    script:
+        "../workflow_scripts/teacher_logits.py"
+
+
 rule soft_labels:
     """q_T = softmax(z_teacher / T) for every training image."""
     conda:
@@ -14,31 +39,6 @@ rule soft_labels:
         "../workflow_scripts/soft_labels.py"
 
 
-def soft_labels_of(role):
-    def f(w):
-        run = ex.Run.parse(role, w.name)
-        return f"{R}/soft_labels/{run.teacher.name}/T{ex.fmt_num(run.temperature)}.pt"
-
-    return f
-
-
-use rule train_teacher as train_substitute with:
-    input:
-        data=lambda w: data_json(dataset_of("substitutes")(w)),
-        soft_labels=soft_labels_of("substitutes"),
-    output:
-        model=f"{R}/substitutes/{{name}}/model.pt",
-        metrics=f"{R}/substitutes/{{name}}/metrics.json",
-    params:
-        role="substitutes",
-    threads: train_threads("substitutes")
-    resources:
-        gpu=gpus(dataset_of("substitutes"), training=True),
-        **res("train", dataset_of("substitutes")),
-    log:
-        f"{R}/logs/substitutes/{{name}}.log",
-
-
 rule tmax:
     """Step 1 of the search: T_max from the substitutes' clean accuracy."""
     conda:
@@ -47,10 +47,33 @@ rule tmax:
         lambda w: [run_path(s, "metrics.json") for s in ex.substitutes(config, w.dataset)],
     output:
         tmax_json("{dataset}"),
+    params:
+        threshold=lambda w: ex.search(config, w.dataset)["threshold"],
     log:
         f"{R}/logs/temperature/{{dataset}}.tmax.log",
     script:
         "../workflow_scripts/tmax.py"
+
+
+rule validate:
+    """The temperature-search criteria of a candidate student on the validation split."""
+    conda:
+        "../envs/torch.yaml"
+    input:
+        model=f"{R}/students/{{name}}/model.pt",
+        teacher=lambda w: run_path(ex.Run.parse("students", w.name).teacher, "model.pt"),
+    output:
+        f"{R}/students/{{name}}/validation.json",
+    params:
+        identity=lambda w: ex.validation_identity(config, ex.Run.parse("students", w.name)),
+    threads: config["threads"]
+    resources:
+        gpu=gpus(),
+        **res("evaluate", dataset_of("students")),
+    log:
+        f"{R}/logs/validate/{{name}}.log",
+    script:
+        "../workflow_scripts/validate.py"
 
 
 def search_dataset(w):
@@ -67,7 +90,32 @@ checkpoint select_temperature:
         validations=lambda w: [run_path(s, "validation.json") for s in ex.search_candidates(config, w.group)],
     output:
         f"{R}/temperature/{{group}}/selection.json",
+    params:
+        criterion=lambda w: ex.search(config, search_dataset(w))["criterion"],
     log:
         f"{R}/logs/temperature/{{group}}.selection.log",
     script:
         "../workflow_scripts/select_temperature.py"
+
+
+def selected_evaluation(w):
+    """The AutoAttack result of the student the search chose (known after the checkpoint)."""
+    sel = checkpoints.select_temperature.get(group=w.group).output[0]
+    group = ex.search_candidates(config, w.group)[0]
+    return run_path(ex.with_temperature(group, load_json(sel)["temperature"]), "autoattack.json")
+
+
+rule resolve_auto:
+    """An `auto` row's result, under a path known before the search ran: only this
+    rule waits for the checkpoint, so a dry run still lists every other job."""
+    conda:
+        "../envs/report.yaml"
+    input:
+        evaluation=selected_evaluation,
+        selection=f"{R}/temperature/{{group}}/selection.json",
+    output:
+        f"{R}/temperature/{{group}}/autoattack.json",
+    log:
+        f"{R}/logs/temperature/{{group}}.resolve.log",
+    script:
+        "../workflow_scripts/resolve_auto.py"

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from ltd import distributed, train
 from ltd.data import DeviceLoader, Split
-from ltd.methods import TradesStep, natural_step
+from ltd.methods import build_step
 
 torch.set_num_threads(1)
+train.SYNC_EVERY = 1  # agree on SIGTERM after every step (the default waits for a sync point)
+natural_step = build_step("natural")
 ctx = distributed.init("cpu")
 out = Path(sys.argv[1])
 SCHED = dict(epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True, lr_milestones=[1], lr_gamma=0.1,
@@ -50,17 +52,18 @@ result["plain"] = model.state_dict()
 if ctx.world_size > 1:
     model = net(bn=True)
     torch.manual_seed(0)  # the attack's random start: the same stream on every rank
-    fit(model, TradesStep("trades", beta=6.0, attack=dict(eps=0.03, step_size=0.01, steps=2)), "bn")
+    fit(model, build_step("trades", beta=6.0, attack=dict(eps=0.03, step_size=0.01, steps=2)), "bn")
     result["bn"] = model.state_dict()
 
-    calls = [0]
-    def step(model, x, y, q):  # rank 1 alone gets SIGTERM, during epoch 2's first step
-        calls[0] += 1
-        if ctx.rank == 1 and calls[0] == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return natural_step(model, x, y, q)
+    class Signalled(type(natural_step)):
+        calls = 0
+        def __call__(self, model, x, y, q):  # rank 1 alone gets SIGTERM, during epoch 2's first step
+            self.calls += 1
+            if ctx.rank == 1 and self.calls == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(model, x, y, q)
     try:
-        fit(net(), step, "preempted")
+        fit(net(), Signalled(natural_step.method), "preempted")
     except train.Preempted as e:
         result["preempted"] = str(e)
     model = net()

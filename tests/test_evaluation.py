@@ -15,9 +15,11 @@ import pytest
 import torch
 import yaml
 
-from ltd import checkpoint, diagnostics, evaluate, jobs, published
+from ltd import autoattack, checkpoint, diagnostics, evaluate, robustbench
 from ltd import config as ltd_config
 from ltd.data import load_split
+from ltd.files import load_json
+from ltd.jobs.evaluate import evaluate_model
 from ltd.models import build_model, count_parameters
 
 from .conftest import ROOT
@@ -101,7 +103,7 @@ def test_wrapper_equals_direct_pyautoattack(trained, test_split, attacks):
     x, y = test_split.x[:48], test_split.y[:48]
     eps = 16 / 255  # robust accuracy strictly between 0 and clean (8-px digits are robust at 8/255)
     direct = direct_pyautoattack(trained, x, y, attacks, eps, batch_size=16, square_queries=30)
-    rec, flags = evaluate.run_autoattack(trained, x, y, eps=eps, version="custom", attacks=attacks,
+    rec, flags = autoattack.run_autoattack(trained, x, y, eps=eps, version="custom", attacks=attacks,
                                          square_queries=30, batch_size=16, seed=0)
     clean = evaluate.clean_accuracy(trained, x, y, 48)
     assert 0 < rec["robust_accuracy"] < clean
@@ -121,7 +123,7 @@ def test_wrapper_equals_direct_pyautoattack(trained, test_split, attacks):
 
 def test_standard_version_records_its_four_attacks(test_split):
     model = ConstantLogits()  # attacks cannot move it: the four attacks finish at once
-    rec = evaluate.autoattack(model, test_split.x[:20], test_split.y[:20], eps=EPS, version="standard",
+    rec = autoattack.autoattack(model, test_split.x[:20], test_split.y[:20], eps=EPS, version="standard",
                               batch_size=20, seed=0)
     assert rec["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert list(rec["robust_accuracy_after"]) == rec["attacks"]
@@ -144,7 +146,7 @@ def test_precision_is_read_from_the_flags():
 
 def test_bf16_model_is_refused(test_split):
     with pytest.raises(RuntimeError, match="fp32"):
-        evaluate.autoattack(build_model("wrn-10-1", 10).to(torch.bfloat16), test_split.x[:4], test_split.y[:4],
+        autoattack.autoattack(build_model("wrn-10-1", 10).to(torch.bfloat16), test_split.x[:4], test_split.y[:4],
                             eps=EPS, version="custom", attacks=["apgd-ce"], batch_size=4)
 
 
@@ -159,7 +161,7 @@ def test_state_file_resume_equals_uninterrupted_run(trained, test_split, tmp_pat
 
     x, y = test_split.x[:48], test_split.y[:48]
     kw = dict(eps=16 / 255, version="custom", attacks=["apgd-ce", "square"], square_queries=30, batch_size=16, seed=0)
-    whole = evaluate.autoattack(trained, x, y, **kw)
+    whole = autoattack.autoattack(trained, x, y, **kw)
     state = tmp_path / "autoattack_state.json"
 
     square_perturb, calls = SquareAttack.perturb, []
@@ -172,8 +174,8 @@ def test_state_file_resume_equals_uninterrupted_run(trained, test_split, tmp_pat
 
     monkeypatch.setattr(SquareAttack, "perturb", dies)
     with pytest.raises(Killed):
-        evaluate.autoattack(trained, x, y, state_path=state, **kw)
-    saved = checkpoint.load_json(state)
+        autoattack.autoattack(trained, x, y, state_path=state, **kw)
+    saved = load_json(state)
     assert list(saved["done"]) == ["apgd-ce"]  # attack 1 is on disk the moment it finishes
     assert saved["current"]["attack"] == "square" and saved["current"]["batches_done"] == kill_at_batch
 
@@ -182,7 +184,7 @@ def test_state_file_resume_equals_uninterrupted_run(trained, test_split, tmp_pat
 
     monkeypatch.setattr(SquareAttack, "perturb", square_perturb)
     monkeypatch.setattr(APGDAttack, "perturb", must_not_run)
-    resumed = evaluate.autoattack(trained, x, y, state_path=state, **kw)
+    resumed = autoattack.autoattack(trained, x, y, state_path=state, **kw)
     assert resumed["resumed_attacks"] == ["apgd-ce"]
     assert resumed["robust_accuracy"] == whole["robust_accuracy"]
     assert resumed["robust_accuracy_after"] == whole["robust_accuracy_after"]
@@ -193,22 +195,22 @@ def test_state_of_other_settings_is_not_resumed(trained, test_split, tmp_path):
     x, y = test_split.x[:16], test_split.y[:16]
     state = tmp_path / "s.json"
     kw = dict(version="custom", attacks=["apgd-ce"], batch_size=16, seed=0, state_path=state)
-    first = evaluate.autoattack(trained, x, y, eps=16 / 255, **kw)
-    again = evaluate.autoattack(trained, x, y, eps=16 / 255, **kw)
+    first = autoattack.autoattack(trained, x, y, eps=16 / 255, **kw)
+    again = autoattack.autoattack(trained, x, y, eps=16 / 255, **kw)
     assert again["resumed_attacks"] == ["apgd-ce"] and again["robust_accuracy"] == first["robust_accuracy"]
-    other = evaluate.autoattack(trained, x, y, eps=8 / 255, **kw)  # same file, another eps
-    assert other["resumed_attacks"] == [] and checkpoint.load_json(state)["settings"]["eps"] == 8 / 255
+    other = autoattack.autoattack(trained, x, y, eps=8 / 255, **kw)  # same file, another eps
+    assert other["resumed_attacks"] == [] and load_json(state)["settings"]["eps"] == 8 / 255
     x2 = x.clone()
     x2[0, 0, 0, 0] += 0.5
-    assert evaluate.autoattack(trained, x2, y, eps=8 / 255, **kw)["resumed_attacks"] == []  # other images
+    assert autoattack.autoattack(trained, x2, y, eps=8 / 255, **kw)["resumed_attacks"] == []  # other images
     state.write_text("{truncated")
-    assert evaluate.autoattack(trained, x2, y, eps=8 / 255, **kw)["resumed_attacks"] == []
+    assert autoattack.autoattack(trained, x2, y, eps=8 / 255, **kw)["resumed_attacks"] == []
 
 
 # ---- diagnostics ----
 
-def test_assess_on_the_papers_numbers():
-    t = diagnostics.settings({})
+def test_assess_on_the_papers_numbers(paper_config):
+    t = paper_config["evaluation"]["diagnostics"]
     masked = diagnostics.assess(clean=0.9472, robust=0.0, pgd=0.01, thresholds=t)  # Table IV, T = 15
     assert masked["flags"] == ["near_zero_robust"] and masked["flagged"]
     sound = diagnostics.assess(clean=0.8492, robust=0.5308, pgd=0.56, thresholds=t,
@@ -219,10 +221,8 @@ def test_assess_on_the_papers_numbers():
                                   black_box={"square_accuracy": 0.25, "apgd_ce_accuracy": 0.50})
     assert weak_pgd["flags"] == ["pgd_gap", "black_box"] and weak_pgd["not_run"] == ["zero_gradients"]
     assert weak_pgd["pgd_gap"]["gap"] == pytest.approx(0.25)
-    strict = diagnostics.assess(clean=0.85, robust=0.30, pgd=0.55, thresholds={"pgd_gap": 0.3})
+    strict = diagnostics.assess(clean=0.85, robust=0.30, pgd=0.55, thresholds={**t, "pgd_gap": 0.3})
     assert strict["flags"] == []
-    with pytest.raises(ValueError, match="unknown keys"):
-        diagnostics.settings({"square_querys": 10})
 
 
 def tiny_config(eps=EPS, **diag):
@@ -230,16 +230,17 @@ def tiny_config(eps=EPS, **diag):
     cfg = ltd_config.load(ROOT / "config" / "demo.yaml", validate=False)
     cfg = copy.deepcopy(cfg)
     cfg["datasets"]["tiny"] = {"source": "digits", "image_size": 8, "test_size": 397,
-                               "attack": {"eps": EPS, "step_size": 2 / 255, "steps": 2},
+                               "attack": {"default": {"eps": EPS, "step_size": 2 / 255, "steps": 2}},
                                "evaluation": {"eps": eps, "n_examples": 40, "pgd_step_size": eps / 4}}
     cfg["evaluation"] = {"batch_size": 40, "pgd_steps": 5, "seed": 0,
                          "autoattack": {"version": "custom", "attacks": ["apgd-ce"]},
-                         "diagnostics": {"square_queries": 100, "square_n_examples": 40, **diag}}
+                         "diagnostics": {**cfg["evaluation"]["diagnostics"], "square_queries": 100,
+                                         "square_n_examples": 40, **diag}}
     return cfg
 
 
 def test_constant_model_is_flagged(tmp_path):
-    res = jobs.evaluate_model(tiny_config(), "tiny", "constant", ConstantLogits(), tmp_path / "autoattack.json",
+    res = evaluate_model(tiny_config(), "tiny", "constant", ConstantLogits(), tmp_path / "autoattack.json",
                               state_path=tmp_path / "autoattack_state.json", device=torch.device("cpu"))
     d = res["diagnostics"]
     assert d["flagged"] and "zero_gradients" in d["flags"]
@@ -248,7 +249,7 @@ def test_constant_model_is_flagged(tmp_path):
     assert res["robust_accuracy"] == res["clean_accuracy"]
     assert d["black_box"]["square_accuracy"] == d["black_box"]["apgd_ce_accuracy"]
     assert d["black_box"]["apgd_ce_source"] == "first attack of the main AutoAttack run"
-    saved = checkpoint.load_json(tmp_path / "autoattack.json")
+    saved = load_json(tmp_path / "autoattack.json")
     assert saved["diagnostics"]["flags"] == d["flags"] and saved["report"]["Masking flags"] == ", ".join(d["flags"])
     csv = (tmp_path / "evaluation_report.csv").read_text().splitlines()
     assert csv[0].startswith("Run,eps,n,Precision,Clean,PGD-5,AA,after APGD-CE,PGD − AA,Square alone")
@@ -259,7 +260,7 @@ def test_constant_model_is_flagged(tmp_path):
 def test_naturally_trained_model(trained, tmp_path, eps):
     """No flag where the tiny model keeps its accuracy (8/255: 8-px digits are coarse);
     near_zero_robust where AutoAttack breaks every image (64/255), as for Table IV's T = 15."""
-    res = jobs.evaluate_model(tiny_config(eps), "tiny", "natural", trained, tmp_path / "a.json",
+    res = evaluate_model(tiny_config(eps), "tiny", "natural", trained, tmp_path / "a.json",
                               state_path=tmp_path / "s.json", device=torch.device("cpu"))
     d = res["diagnostics"]
     assert res["clean_accuracy"] >= 0.9
@@ -271,12 +272,13 @@ def test_naturally_trained_model(trained, tmp_path, eps):
     assert d["black_box"]["square_accuracy"] >= d["black_box"]["apgd_ce_accuracy"]
 
 
-def test_quantised_input_model_black_box_beats_white_box(trained, test_split):
+def test_quantised_input_model_black_box_beats_white_box(trained, test_split, paper_config):
     model = Quantised(trained, levels=8)
     x, y = test_split.x[:40], test_split.y[:40]
     clean = evaluate.clean_accuracy(model, x, y, 40)
     d = diagnostics.run(model, x, y, clean=clean, robust=clean, pgd=clean, eps=32 / 255, seed=0, batch_size=40,
-                        device="cpu", cfg={"square_queries": 100, "square_n_examples": 40})
+                        device="cpu", cfg={**paper_config["evaluation"]["diagnostics"], "square_queries": 100,
+                                           "square_n_examples": 40})
     bb = d["black_box"]
     assert bb["apgd_ce_accuracy"] == pytest.approx(clean)  # zero gradient: APGD-CE finds nothing
     assert bb["square_accuracy"] < bb["apgd_ce_accuracy"] and bb["square_only_successes"] > 0
@@ -310,7 +312,7 @@ def test_robustbench_wrn34_10_loads_strictly(classes, sub_block1):
     if not sub_block1:
         assert count_parameters(src) == 46_160_474
     wrapped = {"state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items()), "epoch": 120}
-    model, info = published.from_state_dict(wrapped, "wrn-34-10", classes)
+    model, info = robustbench.from_state_dict(wrapped, "wrn-34-10", classes)
     assert info.sub_block1 == sub_block1
     assert any("'state_dict'" in n for n in info.notes) and any("module." in n for n in info.notes)
     assert torch.equal(model.state_dict()["fc.weight"], sd["fc.weight"])
@@ -322,16 +324,16 @@ def test_mismatch_lists_keys_and_shapes():
     del sd["fc.bias"]
     sd["extra.weight"] = torch.zeros(3)
     sd["fc.weight"] = torch.zeros(100, 64)
-    with pytest.raises(published.StateDictMismatch) as err:
-        published.from_state_dict({"model_state_dict": sd}, "wrn-10-1", 10)
+    with pytest.raises(robustbench.StateDictMismatch) as err:
+        robustbench.from_state_dict({"model_state_dict": sd}, "wrn-10-1", 10)
     msg = str(err.value)
     assert "missing keys (1): fc.bias" in msg and "unexpected keys (1): extra.weight" in msg
     assert "fc.weight: checkpoint [100, 64], model [10, 64]" in msg
     assert err.value.missing == ["fc.bias"] and isinstance(err.value, ValueError)
     half = OrderedDict((("module." + k) if i % 2 else k, v)
                        for i, (k, v) in enumerate(build_model("wrn-10-1", 10).state_dict().items()))
-    with pytest.raises(published.StateDictMismatch, match=r"unexpected keys \(23\): .*module.fc.bias"):
-        published.from_state_dict(half, "wrn-10-1", 10)  # only whole-checkpoint prefixes are removed
+    with pytest.raises(robustbench.StateDictMismatch, match=r"unexpected keys \(23\): .*module.fc.bias"):
+        robustbench.from_state_dict(half, "wrn-10-1", 10)  # only whole-checkpoint prefixes are removed
 
 
 def test_code_in_a_checkpoint_is_refused(tmp_path):
@@ -340,80 +342,42 @@ def test_code_in_a_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": build_model("wrn-10-1", 10).state_dict(), "args": argparse.Namespace(lr=0.1)},
                tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match="weights_only=True"):
-        published.load_checkpoint(tmp_path / "ckpt.pt", "wrn-10-1", 10)
+        robustbench.load_checkpoint(tmp_path / "ckpt.pt", "wrn-10-1", 10)
 
 
 def test_export_robustbench_round_trip(trained, test_split, tmp_path):
     checkpoint.save(trained.state_dict(), tmp_path / "model.pt")  # a student's model.pt
-    out = published.export_robustbench(tmp_path / "model.pt", tmp_path / "rb.pt", arch="wrn-10-1")
+    out = robustbench.export(tmp_path / "model.pt", tmp_path / "rb.pt", arch="wrn-10-1")
     raw = torch.load(out, map_location="cpu", weights_only=True)
     assert list(raw) == ["state_dict"] and list(raw["state_dict"]) == list(trained.state_dict())
     rb = robustbench_style_load(out, build_model("wrn-10-1", 10)).eval()
-    ours, info = published.load_checkpoint(out, "wrn-10-1", 10)
+    ours, info = robustbench.load_checkpoint(out, "wrn-10-1", 10)
     x = test_split.x[:32]
     with torch.no_grad():
         assert torch.equal(rb(x), trained(x)) and torch.equal(ours(x), trained(x))
     assert info.notes == ["weights taken from the checkpoint's 'state_dict' entry"] and not info.sub_block1
 
 
-def test_fetch_by_name_without_robustbench_says_give_a_path(tmp_path):
+def test_robustbench_name_is_found_in_the_model_dir(trained, tmp_path):
+    """The layout robustbench.load_model keeps: <model_dir>/<dataset>/Linf/<name>.pt."""
     import importlib.util
 
-    if importlib.util.find_spec("robustbench") is not None:
-        pytest.skip("robustbench is installed here")
-    with pytest.raises(RuntimeError, match="give its local file"):
-        published.fetch_robustbench("Chen2021LTD_WRN34_10", "cifar10", tmp_path)
-
-
-# The schema fragments handed over for config/schema.yaml (used here while it lacks them).
-DIAGNOSTICS_SCHEMA = """
-type: object
-additionalProperties: false
-description: "gradient-masking checks of every evaluation (ltd/diagnostics.py)"
-properties:
-  square_queries: {type: integer, minimum: 1, description: "queries per image of the Square-alone run"}
-  square_n_examples: {type: integer, minimum: 0, description: "Square vs APGD-CE on the first N images; 0: skip"}
-  near_zero_robust: {type: number, minimum: 0, maximum: 1}
-  high_clean: {type: number, minimum: 0, maximum: 1}
-  pgd_gap: {type: number, minimum: 0, maximum: 1}
-  zero_gradient: {type: number, minimum: 0, maximum: 1}
-"""
-PUBLISHED_SCHEMA = """
-type: array
-description: "published checkpoints (RobustBench CIFAR layout) evaluated by the target `published`"
-items:
-  type: object
-  additionalProperties: false
-  properties:
-    name: {type: string, pattern: "^[A-Za-z0-9_.-]+$"}
-    path: {type: string, description: "local .pt file; none: robustbench (optional) fetches robustbench_name"}
-    robustbench_name: {type: string}
-    dataset: {$ref: "#/definitions/name"}
-    arch: {$ref: "#/definitions/arch"}
-    reported:
-      type: object
-      additionalProperties: false
-      properties:
-        clean: {type: number, minimum: 0, maximum: 100}
-        autoattack: {type: number, minimum: 0, maximum: 100}
-  required: [name, dataset]
-"""
+    checkpoint.save(trained.state_dict(), tmp_path / "model.pt")
+    where = robustbench.model_path(tmp_path / "models", "Chen2021LTD_WRN34_10", "cifar10")
+    assert where == tmp_path / "models" / "cifar10" / "Linf" / "Chen2021LTD_WRN34_10.pt"
+    if importlib.util.find_spec("robustbench") is None:
+        with pytest.raises(FileNotFoundError, match="is not at .*cifar10/Linf/Chen2021LTD_WRN34_10.pt"):
+            robustbench.find(tmp_path / "models", "Chen2021LTD_WRN34_10", "cifar10")
+    robustbench.export(tmp_path / "model.pt", where)
+    assert robustbench.find(tmp_path / "models", "Chen2021LTD_WRN34_10", "cifar10") == where
 
 
 def test_published_target_evaluates_a_checkpoint(trained, tmp_path):
     """`snakemake published` on a RobustBench-format file of our tiny model (real run)."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
-    snakefile = tmp_path / "Snakefile"
-    if "rules/published.smk" not in snakefile.read_text():
-        snakefile.write_text(snakefile.read_text() + '\ninclude: "rules/published.smk"\n')
-    schema_path = tmp_path / "config" / "schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
-    schema["properties"].setdefault("published", yaml.safe_load(PUBLISHED_SCHEMA))
-    schema["definitions"]["evaluation"]["properties"].setdefault("diagnostics", yaml.safe_load(DIAGNOSTICS_SCHEMA))
-    schema_path.write_text(yaml.safe_dump(schema))
     checkpoint.save(trained.state_dict(), tmp_path / "model.pt")
-    published.export_robustbench(tmp_path / "model.pt", tmp_path / "tiny_published.pt")
+    robustbench.export(tmp_path / "model.pt", tmp_path / "tiny_published.pt")
     cfg = tiny_config()
     overlay = {"run": "pub", "device": "cpu", "threads": 1, "datasets": {"tiny": cfg["datasets"]["tiny"]},
                "evaluation": cfg["evaluation"],
@@ -439,7 +403,7 @@ def test_published_target_evaluates_a_checkpoint(trained, tmp_path):
     proc = snakemake("overlay.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "results" / "pub" / "published" / "TinyLTD"
-    res = checkpoint.load_json(out / "autoattack.json")
+    res = load_json(out / "autoattack.json")
     test = load_split(DIGITS, "unused", "test").head(40)
     with torch.no_grad():
         assert res["clean_accuracy"] == (trained(test.x).argmax(1) == test.y).sum().item() / 40

@@ -54,7 +54,7 @@ def test_trades_loss_parts_and_dispatch():
     loss0, _ = trades_loss(nat, adv, y, beta=0.0)
     assert loss0.item() == pytest.approx(F.cross_entropy(nat, y).item(), rel=1e-6)
     loss6, parts = trades_loss(nat, adv, y, beta=6.0)
-    assert loss6.item() == pytest.approx(parts["natural"] + 6.0 * parts["robust"], rel=1e-5)
+    assert loss6.item() == pytest.approx((parts["natural"] + 6.0 * parts["robust"]).item(), rel=1e-5)
     q = soft_labels(torch.randn(4, 10), 5.0)
     assert natural_loss(nat, q).item() == pytest.approx(soft_cross_entropy(nat, q).item())
     assert natural_loss(nat, y).item() == pytest.approx(F.cross_entropy(nat, y).item())

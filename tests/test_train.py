@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from ltd import checkpoint, jobs
+from ltd import checkpoint
+from ltd.files import load_json
+from ltd.jobs import train
 from ltd.experiments import Run
 
 from .conftest import ROOT
@@ -20,28 +22,32 @@ from .conftest import ROOT
 # signal lands at a known step however fast or slow the machine is.
 JOB = """
 import os, sys, time, torch, yaml
-from ltd import jobs
+from ltd import methods
 from ltd.experiments import Run
+from ltd.jobs import train
 torch.set_num_threads(1)
 pause_at, marker = int(os.environ.get("LTD_TEST_PAUSE_AT", 0)), os.environ.get("LTD_TEST_MARKER")
 if pause_at:
-    build, calls = jobs.build_step, [0]
+    build, calls = methods.build_step, [0]
     def build_step(*a, **k):
         step = build(*a, **k)
-        def paused(model, x, y, q):
-            out = step(model, x, y, q)
-            calls[0] += 1
-            if calls[0] == pause_at:
-                open(marker, "w").close()
-                deadline = time.time() + 120
-                while not os.path.exists(marker + ".sent") and time.time() < deadline:
-                    time.sleep(0.01)
-            return out
-        return paused
-    jobs.build_step = build_step
+        call = type(step).__call__
+        class Paused(type(step)):
+            def __call__(self, model, x, y, q):
+                out = call(self, model, x, y, q)
+                calls[0] += 1
+                if calls[0] == pause_at:
+                    open(marker, "w").close()
+                    deadline = time.time() + 120
+                    while not os.path.exists(marker + ".sent") and time.time() < deadline:
+                        time.sleep(0.01)
+                return out
+        step.__class__ = Paused
+        return step
+    methods.build_step = build_step
 config = yaml.safe_load(open(sys.argv[1]))
 run = Run.parse("students", sys.argv[2])
-jobs.train_run(config, run, out_dir=sys.argv[3], device=torch.device("cpu"))
+train.train_run(config, run, out_dir=sys.argv[3], device=torch.device("cpu"))
 """
 
 STEPS_PER_EPOCH = 4  # 256 training images, batch 64
@@ -50,7 +56,7 @@ NAME = Run("students", "digits", "wrn-10-1", 0, method="trades", beta=6.0).name
 
 def _tiny(config):
     config["datasets"]["digits"].update(train_size=256, image_size=16)
-    config["datasets"]["digits"]["attack"]["steps"] = 2
+    config["datasets"]["digits"]["attack"]["default"]["steps"] = 2
     config["train"].update(epochs=3, batch_size=64, lr_milestones=[2])
     config["teacher"] = config["substitute"] = config["student"] = {}  # no per-role epochs
     return config
@@ -107,7 +113,7 @@ def test_killed_run_resumes_to_identical_weights(tiny, tmp_path, reference):
     assert resumed.returncode == 0, out
     assert f"resuming after epoch {done}" in out
     _assert_same(reference, checkpoint.load(tmp_path / "resumed" / "model.pt"))
-    metrics = checkpoint.load_json(tmp_path / "resumed" / "metrics.json")
+    metrics = load_json(tmp_path / "resumed" / "metrics.json")
     assert metrics["epochs"] == 3 and 0 <= metrics["clean_accuracy"] <= 1
     assert not ckpt.exists()  # removed once the job is complete
 
@@ -147,13 +153,13 @@ def test_stale_checkpoint_from_other_settings_is_not_resumed(tiny, tmp_path):
     run = Run("teachers", "digits", "wrn-10-1", 0)
     out = tmp_path / "t"
     before = signal.getsignal(signal.SIGTERM)
-    jobs.train_run(config, run, out_dir=out, device=torch.device("cpu"))
+    train.train_run(config, run, out_dir=out, device=torch.device("cpu"))
     assert signal.getsignal(signal.SIGTERM) is before  # fit put the previous handler back
     first = checkpoint.load(out / "model.pt")
     # leave a checkpoint claiming a finished run with different settings
     fake = {"model": {k: torch.zeros_like(v) for k, v in first.items()}, "epoch": 1, "fingerprint": "other"}
     checkpoint.save(fake, out / "checkpoint.pt")
-    jobs.train_run(config, run, out_dir=out, device=torch.device("cpu"))
+    train.train_run(config, run, out_dir=out, device=torch.device("cpu"))
     again = checkpoint.load(out / "model.pt")
     assert all(torch.equal(first[k], again[k]) for k in first)
 
@@ -162,6 +168,6 @@ def test_non_finite_loss_stops_with_epoch_and_step(tiny, tmp_path):
     config, _ = tiny
     config["train"].update(lr=1e6, epochs=2)
     run = Run("teachers", "digits", "wrn-10-1", 0)
-    with pytest.raises(RuntimeError, match=r"loss is (nan|inf) at epoch \d+, step \d+"):
-        jobs.train_run(config, run, out_dir=tmp_path / "nan", device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"loss is (nan|inf) at epoch \d+, within steps \d+-\d+"):
+        train.train_run(config, run, out_dir=tmp_path / "nan", device=torch.device("cpu"))
     assert not (tmp_path / "nan" / "model.pt").exists()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ltd.checkpoint import load_json
+from ltd.files import load_json
 
 from . import debian
 from .conftest import ROOT
@@ -38,7 +38,8 @@ def job_counts(output):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("wf")
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "tests/workflow_small.yaml"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles",
+                 "tests/workflow_small.yaml"):
         src = ROOT / name
         dst = d / name
         dst.parent.mkdir(parents=True, exist_ok=True)

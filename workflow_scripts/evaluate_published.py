@@ -2,9 +2,11 @@
 state file beside the output lets a killed run resume."""
 from pathlib import Path
 
-from ltd import jobs, published, runtime
+from ltd import runtime
+from ltd.jobs import published
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
+log_to(snakemake.log[0])
 device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
                        job=snakemake.log[0])
 out = Path(snakemake.output.json)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from ltd import jobs
+from ltd.jobs import tables
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.render_evaluation_report(list(snakemake.input), stem=Path(snakemake.output.md).with_suffix(""))
+log_to(snakemake.log[0])
+tables.render_evaluation_report(list(snakemake.input), stem=Path(snakemake.output.md).with_suffix(""))

@@ -1,4 +1,5 @@
-from ltd import jobs
+from ltd.jobs import data
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.prepare_data(snakemake.config, snakemake.wildcards.dataset, snakemake.output[0])
+log_to(snakemake.log[0])
+data.prepare_data(snakemake.config, snakemake.wildcards.dataset, snakemake.output[0])

@@ -1,4 +1,5 @@
-from ltd import jobs
+from ltd.jobs import temperature
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.resolve_auto(snakemake.input.evaluation, snakemake.input.selection, snakemake.output[0])
+log_to(snakemake.log[0])
+temperature.resolve_auto(snakemake.input.evaluation, snakemake.input.selection, snakemake.output[0])

@@ -1,5 +1,6 @@
-from ltd import jobs
+from ltd.jobs import temperature
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.select_temperature(snakemake.config, snakemake.wildcards.group, snakemake.input.tmax,
+log_to(snakemake.log[0])
+temperature.select_temperature(snakemake.config, snakemake.wildcards.group, snakemake.input.tmax,
                         list(snakemake.input.validations), snakemake.output[0])

@@ -1,4 +1,5 @@
-from ltd import jobs
+from ltd.jobs import temperature
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.soft_labels(snakemake.input[0], float(snakemake.wildcards.T), snakemake.output[0])
+log_to(snakemake.log[0])
+temperature.soft_labels(snakemake.input[0], float(snakemake.wildcards.T), snakemake.output[0])

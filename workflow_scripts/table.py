@@ -1,7 +1,8 @@
 from pathlib import Path
 
-from ltd import jobs
+from ltd.jobs import tables
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.render_table(snakemake.config, snakemake.wildcards.table, list(snakemake.input.evals),
+log_to(snakemake.log[0])
+tables.render_table(snakemake.config, snakemake.wildcards.table, list(snakemake.input.evals),
                   snakemake.input.get("tmax"), snakemake.input.paper, stem=Path(snakemake.output.md).with_suffix(""))

@@ -1,4 +1,5 @@
-from ltd import jobs
+from ltd.jobs import temperature
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
-jobs.find_tmax(snakemake.config, snakemake.wildcards.dataset, list(snakemake.input), snakemake.output[0])
+log_to(snakemake.log[0])
+temperature.find_tmax(snakemake.config, snakemake.wildcards.dataset, list(snakemake.input), snakemake.output[0])

@@ -3,12 +3,14 @@ with `processes` > 1 (ImageNet) as that many torch.distributed processes."""
 import sys
 from pathlib import Path
 
-from ltd import jobs, runtime
+from ltd import runtime
 from ltd.experiments import Run
+from ltd.jobs import train
+from ltd.provenance import log_to
 
-jobs.log_to(snakemake.log[0])
+log_to(snakemake.log[0])
 device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
                        job=snakemake.log[0])
 run = Run.parse(snakemake.params.role, snakemake.wildcards.name)
-sys.exit(jobs.train_job(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
+sys.exit(train.train_job(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
                         soft_labels=snakemake.input.get("soft_labels"), device=device))

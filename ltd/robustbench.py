@@ -1,4 +1,4 @@
-"""Published RobustBench-format CIFAR checkpoints: load, export, evaluate.
+"""RobustBench-format CIFAR checkpoints: load (strictly), find in a model directory, export.
 
 A RobustBench CIFAR WideResNet (TRADES-style, ``fc`` with bias; LTD's CIFAR-100 model
 also carries the unused ``sub_block1``) has exactly our WRN's parameter names, so its
@@ -131,25 +131,36 @@ def load_checkpoint(path: str | Path, arch: str, num_classes: int) -> tuple[torc
     return from_state_dict(read(path), arch, num_classes, source=str(path))
 
 
-def fetch_robustbench(name: str, dataset: str, model_dir: str | Path, threat_model: str = "Linf") -> Path:
-    """The file of a RobustBench model-zoo entry (downloaded by the ``robustbench``
-    package, which this project does not install). Returns the local .pt path."""
+def model_path(model_dir: str | Path, name: str, dataset: str, threat_model: str = "Linf") -> Path:
+    """Where ``robustbench.utils.load_model(model_name=name, dataset=dataset,
+    threat_model=threat_model, model_dir=model_dir)`` keeps a model-zoo file:
+    ``<model_dir>/<dataset>/<threat_model>/<name>.pt``."""
+    return Path(model_dir) / dataset / threat_model / f"{name}.pt"
+
+
+def find(model_dir: str | Path, name: str, dataset: str, threat_model: str = "Linf") -> Path:
+    """The local file of a RobustBench model-zoo entry. Not there: fetched by the optional
+    ``robustbench`` package into the same place when it is installed, else an error that
+    says where to put the file."""
+    path = model_path(model_dir, name, dataset, threat_model)
+    if path.exists():
+        return path
     try:
         from robustbench.utils import load_model
     except ImportError:
-        raise RuntimeError(
-            f"published checkpoint {name!r}: no `path` was given and the `robustbench` package is not installed "
-            "(it is optional and not in requirements.txt). Download the checkpoint yourself and give its local "
-            f"file in the config (published: [{{name: {name}, path: /path/to/{name}.pt, ...}}]), or install "
-            "robustbench on a machine with internet access.") from None
+        raise FileNotFoundError(
+            f"RobustBench model {name!r} ({dataset}, {threat_model}) is not at {path}, and the optional `robustbench` "
+            "package (not in requirements.txt) is not installed to fetch it. Copy the file there (the layout "
+            "robustbench.load_model uses; e.g. from a machine with internet access: `python -c \"from "
+            f"robustbench.utils import load_model; load_model('{name}', model_dir='models', dataset='{dataset}', "
+            f"threat_model='{threat_model}')\"`), or give `path:` in the entry.") from None
     load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
-    path = Path(model_dir) / dataset / threat_model / f"{name}.pt"
     if not path.exists():
         raise FileNotFoundError(f"robustbench reported {name!r} loaded but {path} does not exist; give `path` instead")
     return path
 
 
-def export_robustbench(model_pt: str | Path, out: str | Path, arch: str | None = None,
+def export(model_pt: str | Path, out: str | Path, arch: str | None = None,
                        num_classes: int | None = None) -> Path:
     """Write ``model_pt`` (our plain state dict) as RobustBench loads a model-zoo file:
     ``{"state_dict": OrderedDict}`` of contiguous fp32/int64 CPU tensors with the
@@ -171,62 +182,3 @@ def export_robustbench(model_pt: str | Path, out: str | Path, arch: str | None =
     plain = OrderedDict((k, v.detach().cpu().contiguous().clone()) for k, v in sd.items())
     checkpoint.save({"state_dict": plain}, out)
     return Path(out)
-
-
-# ---- the workflow's `published` target ----
-
-def entry(config: dict, name: str) -> dict:
-    for e in config.get("published") or []:
-        if e["name"] == name:
-            return {"arch": "wrn-34-10", **e}
-    raise KeyError(f"published: no entry named {name!r}")
-
-
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
-
-
-def comparison_markdown(e: dict, result: dict) -> str:
-    """Our numbers on the published checkpoint beside the reported ones (in %)."""
-    rep = e.get("reported") or {}
-    rows = [("Clean", rep.get("clean"), 100 * result["clean_accuracy"]),
-            ("AutoAttack", rep.get("autoattack"), 100 * result["robust_accuracy"])]
-    aa, d = result["autoattack"], result["diagnostics"]
-    lines = [f"# {e['name']}: published checkpoint, evaluated here", "",
-             f"{e.get('path') or 'fetched with robustbench'}; {result['dataset']}, {e['arch']}. "
-             f"AutoAttack {aa['version']} ({', '.join(aa['attacks'])}), Linf eps={aa['eps']:.5f}, "
-             f"{aa['n_examples']} test images, seed {aa['seed']}, batch {aa['batch_size']}, {aa['precision']}, "
-             f"pyautoattack {aa['pyautoattack']}.", ""]
-    if aa["n_examples"] < 10000 and result["dataset"].startswith("cifar"):
-        lines += [f"Only the first {aa['n_examples']} test images: reported numbers use all 10,000.", ""]
-    lines += ["| Metric | Reported (%) | Ours (%) | Δ |", "| --- | ---: | ---: | ---: |"]
-    for label, r, o in rows:
-        lines.append(f"| {label} | {_fmt(r)} | {_fmt(o)} | {_fmt(None if r is None else o - r)} |")
-    for a in aa["attacks"]:
-        lines.append(f"| after {a.upper()} | – | {_fmt(100 * aa['robust_accuracy_after'][a])} | – |")
-    lines += ["", f"Gradient-masking diagnostics: {d['summary']}"
-              + (f" (flags: {', '.join(d['flags'])})" if d["flags"] else "") + ".", ""]
-    return "\n".join(lines)
-
-
-def evaluate_published(config: dict, name: str, out: str | Path, markdown: str | Path, *,
-                       state_path: str | Path, device: torch.device) -> dict:
-    """Load a `published:` entry (local file, or robustbench by name) and evaluate it
-    through the students' code path (jobs.evaluate_model)."""
-    from . import data, experiments, jobs
-
-    e = entry(config, name)
-    ds = experiments.dataset_cfg(config, e["dataset"])
-    n_cls = data.num_classes(ds, config["data_dir"])
-    path = e.get("path")
-    if not path:
-        if ds["source"] not in ("cifar10", "cifar100"):
-            raise ValueError(f"published {name!r}: fetching by name needs a CIFAR data set, got {ds['source']!r}")
-        path = fetch_robustbench(e.get("robustbench_name", name), ds["source"],
-                                 Path(config["data_dir"]) / "robustbench")
-    model, info = load_checkpoint(path, e["arch"], n_cls)
-    result = jobs.evaluate_model(config, e["dataset"], name, model, out, state_path=state_path, device=device,
-                                 model_path=path, extra={"published": {**info.as_dict(),
-                                                                       "reported": e.get("reported")}})
-    checkpoint.write_text(comparison_markdown(e, result), markdown)
-    return result

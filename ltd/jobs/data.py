@@ -1,0 +1,17 @@
+"""rules/data.smk: a data set, fetched or built, with its fixed splits recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import data, experiments
+from ..files import save_json
+
+
+def prepare_data(config: dict, dataset: str, out: str | Path) -> None:
+    """Fetch (CIFAR: download once, before any parallel job), build (the demo's ImageFolder
+    tree, from ``build_from``) or index a data set, and record its splits."""
+    cfg = experiments.dataset_cfg(config, dataset)
+    if cfg["source"] == "imagefolder" and cfg.get("build_from") and not Path(cfg["path"]).exists():
+        data.write_image_folder(cfg["build_from"], config["data_dir"], cfg["path"])
+    save_json({"name": dataset, **data.describe(cfg, config["data_dir"])}, out)

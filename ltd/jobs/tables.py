@@ -1,0 +1,125 @@
+"""rules/tables.smk: the tables beside the paper's numbers, their figures, the training
+curves, the T_max figure and the evaluation report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .. import diagnostics, experiments, figures, methods, tables
+from ..files import load_json, save_json
+from ..provenance import provenance
+
+
+def _fmt_attack(a: dict) -> str:
+    return f"eps={a['eps']:.5f}, {a['steps']} steps of {a['step_size']:.5f}"
+
+
+def training_attack_note(config: dict, entries: list) -> str | None:
+    """Which training attack the table's rows used, per method family."""
+    families: dict[str, list[str]] = {}
+    for e in entries:
+        run = experiments.entry_run(config, e, chosen_t=1.0)
+        a = _fmt_attack(experiments.attack(config, run.dataset, run.method))
+        label = methods.get(methods.get(e.method).base or e.method).label
+        families.setdefault(a, [])
+        if label not in families[a]:
+            families[a].append(label)
+    if not families:
+        return None
+    return "Training attack: " + "; ".join(f"{', '.join(labels)} rows {a}" for a, labels in families.items())
+
+
+def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: str | Path | None,
+                 paper_path: str | Path, stem: str | Path) -> None:
+    """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
+    spec = config["tables"][table]
+    # A table the paper does not have (a user's own): our columns only.
+    paper = yaml.safe_load(Path(paper_path).read_text()).get(table)
+    entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
+    if len(entries) * n_seeds != len(evals):
+        raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(evals)} evaluations were given")
+    loaded = [load_json(p) for p in evals]
+    results = [loaded[i * n_seeds:(i + 1) * n_seeds] for i in range(len(entries))]  # each row's seeds
+    tmax = load_json(tmax_path) if tmax_path else None
+    rows = tables.assemble(entries, results, paper["rows"] if paper else [],
+                           tmax if spec.get("tmax_row") else None, tolerance=config["tolerance"])
+    dataset = experiments.table_dataset(config, table)
+    notes = []
+    if tmax is not None:
+        subs = ", ".join(f"T={experiments.fmt_num(s['T'])}: {100 * s['clean_accuracy']:.2f} %"
+                         for s in tmax["substitutes"])
+        found = "none below it" if tmax["tmax"] is None else f"T_max = {experiments.fmt_num(tmax['tmax'])}"
+        notes.append(f"T_max search: substitutes {subs}; threshold {100 * tmax['threshold']:.1f} %, {found}")
+    aa = loaded[0]["autoattack"]
+    precision = "/".join(sorted({r["precision"] for r in loaded}))  # as each evaluation recorded it
+    notes.append(f"AutoAttack {aa['version']} ({', '.join(aa['attacks'])}), Linf eps={aa['eps']:.5f}, "
+                 f"{aa['n_examples']} test images, {precision}")
+    attack_note = training_attack_note(config, entries)
+    if attack_note:
+        notes.append(attack_note)
+    stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
+                 for old, new in (config.get("stand_ins") or {}).get(kind, {}).items()
+                 if old in {spec["dataset"], *(e.arch for e in entries)}]
+    if stand_ins:
+        notes.append("Stand-ins: " + ", ".join(stand_ins))
+    if any(r["beyond_tolerance"] for r in rows):
+        tol = config["tolerance"]
+        notes.append(f"{tables.MARK}: differs from the paper by more than {tol['clean']:g} (clean) or "
+                     f"{tol['autoattack']:g} (AutoAttack) percentage points")
+    if n_seeds > 1:
+        notes.append(f"Ours: mean over {n_seeds} seeds, ± the sample standard deviation")
+    if paper is None:
+        notes.append("Not a table of the paper: no paper columns")
+    paper_dataset = paper["dataset"] if paper else spec["dataset"]
+    caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"])
+    tables.render(tables.frame(rows, paper=paper is not None), caption, stem)
+    save_json({"provenance": provenance(config, settings={"table": spec, "tolerance": config["tolerance"]},
+                                        evaluations=[str(p) for p in evals]),
+               "table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper_dataset,
+               "tmax": None if tmax is None else tmax["tmax"], "rows": rows},
+              Path(stem).with_suffix(".json"))
+
+
+def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
+    """Accuracy against the teacher temperature or against beta, ours beside the paper's."""
+    t = load_json(table_json)
+    ours = [r for r in t["rows"] if r["source"] == "this run" and r.get("run_role") == "students"
+            and not r.get("auto")]
+    if kind == "temperature":
+        points = [r for r in ours if r["temperature"] is not None]
+        baseline = next((r for r in ours if r["temperature"] is None), None)
+    else:
+        points, baseline = ours, None
+
+    def pts(rows, clean, robust):
+        return sorted(({"x": r[kind], "clean": r[clean], "robust": r[robust]} for r in rows
+                       if r[clean] is not None), key=lambda p: p["x"])
+
+    paper = [r for r in points if r["paper_clean"] is not None and r["paper_robust"] is not None]
+    figures.accuracy_against(
+        kind, pts(points, "clean", "robust"), pts(paper, "paper_clean", "paper_robust"),
+        None if baseline is None else {"clean": baseline["clean"], "robust": baseline["robust"],
+                                       "label": baseline["label"]},
+        t["tmax"] if kind == "temperature" else None,
+        f"{t['table']}: accuracy against {'teacher temperature T' if kind == 'temperature' else 'β'} ({t['dataset']})",
+        stem, paper_dataset=t["paper_dataset"])
+
+
+def render_tmax_figure(tmax_path: str | Path, stem: str | Path) -> None:
+    t = load_json(tmax_path)
+    figures.substitutes_vs_temperature(t["substitutes"], t["threshold"], t["tmax"],
+                                       f"T_max search on {t['dataset']}: substitutes' clean accuracy", stem)
+
+
+def render_curves(table: str, metrics_paths: list[str | Path], stem: str | Path) -> None:
+    """Training curves of a table's students, from each run's own history."""
+    runs = [load_json(p) for p in metrics_paths]
+    figures.training_curves({m["run"]: m["history"] for m in runs}, f"{table}: training curves", stem)
+
+
+def render_evaluation_report(evaluations: list[str | Path], stem: str | Path) -> None:
+    """All evaluations side by side with their gradient-masking diagnostics (Markdown, CSV)."""
+    df = diagnostics.report_frame([load_json(p) for p in evaluations])
+    tables.render(df, "Evaluations and gradient-masking diagnostics (accuracies in %).", stem, formats=("md", "csv"))

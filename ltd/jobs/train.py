@@ -1,0 +1,122 @@
+"""rules/train.smk: train a teacher, a substitute or a student, in one process or as
+``processes`` torch.distributed processes under torchrun (``ltd.jobs.worker``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, data, distributed, evaluate, experiments, methods, runtime
+from ..experiments import Run
+from ..files import save_json
+from ..models import count_parameters
+from ..provenance import fingerprint, provenance
+from ..train import Preempted, fit
+from .common import dataset, new_model, tensors
+
+PREEMPTED_EXIT = Preempted.exit_code
+
+
+def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None = None,
+              device: torch.device) -> dict:
+    """Train a teacher, substitute or student; writes model.pt (a plain state dict, the
+    RobustBench layout), metrics.json and history.jsonl into ``out_dir``. Resumes from
+    ``out_dir/checkpoint.pt`` if a previous attempt with the same identity left one."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    method = methods.get(run.method)
+    sched = experiments.schedule(config, run.role, run.dataset)
+    ds, data_dir = dataset(config, run), config["data_dir"]
+    q = None
+    if method.soft_labels:
+        if soft_labels is None:
+            raise ValueError(f"{run.name} trains on soft labels but none were given")
+        q = checkpoint.load(soft_labels, map_location=device)
+    attack = experiments.attack(config, run.dataset, run.method) if method.attack else None
+    step = methods.build_step(run.method, beta=run.beta, attack=attack, awp=config["awp"] if method.awp else None)
+    loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed,
+                                    rank=distributed.rank(), world_size=distributed.world_size())
+    torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
+    model = new_model(config, run)
+    identity = experiments.training_identity(config, run)
+
+    # Per-epoch PGD accuracy of students on a few test images: the training curves show
+    # robust overfitting and (with soft labels at high T) masking as it develops.
+    ev = experiments.evaluation(config, run.dataset)
+    monitor_n = (ev.get("monitor") or {}).get("n_examples", 0) if run.role == "students" else 0
+    if monitor_n:
+        x_mon, y_mon = tensors(data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"], n=monitor_n))
+
+    def eval_clean(m: torch.nn.Module) -> dict:
+        record = {"test_accuracy": evaluate.clean_accuracy_batches(
+            m, data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"]))}
+        if monitor_n:
+            record["test_pgd_accuracy"] = evaluate.pgd_accuracy(
+                m, x_mon, y_mon, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["monitor"]["pgd_steps"],
+                batch_size=sched["eval_batch_size"])
+        return record
+
+    precision = runtime.effective_precision(device, sched["precision"])
+    t0 = time.time()
+    ckpt = out_dir / "checkpoint.pt"
+    history = fit(model, step, loader, sched, ckpt_path=ckpt, device=device, precision=precision,
+                  fingerprint=fingerprint(identity), evaluate=eval_clean, log_path=out_dir / "history.jsonl",
+                  desc=run.name)
+    if not distributed.is_main():
+        return {}  # rank 0 writes model.pt/metrics.json and removes the checkpoint
+    checkpoint.save(model.state_dict(), out_dir / "model.pt")
+    gpus = distributed.world_size() if device.type == "cuda" else 0
+    metrics = {
+        "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
+        "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
+        "clean_accuracy": history[-1]["test_accuracy"], "epochs": len(history),
+        "schedule": sched, "attack": attack, "awp": identity.get("awp"),
+        "precision": precision,
+        "processes": distributed.world_size(),
+        "train_seconds_this_attempt": time.time() - t0,
+        "history": history,
+        "provenance": provenance(config, device, gpus=gpus, wall_seconds=time.time() - t0, seed=run.seed,
+                                 precision=precision, settings=identity),
+    }
+    save_json(metrics, out_dir / "metrics.json")
+    ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
+    return metrics
+
+
+def launch_train(nprocs: int, config: dict, run: Run, out_dir: str | Path, soft_labels: str | Path | None = None,
+                 device: str = "auto", threads: int | None = None) -> None:
+    """``nprocs`` processes of ``ltd.jobs.worker`` under torchrun, each running
+    ``train_run`` on its slice of every global batch (the job is written to job.json)."""
+    out_dir = Path(out_dir)
+    job = out_dir / "job.json"
+    save_json({"config": config, "role": run.role, "run": run.name, "out_dir": str(out_dir),
+               "soft_labels": None if soft_labels is None else str(soft_labels),
+               "device": device, "threads": threads}, job)
+    distributed.launch(nprocs, "ltd.jobs.worker", [str(job)])
+
+
+def train_job(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None,
+              device: torch.device) -> int:
+    """A workflow training job: one process, or ``processes`` torch.distributed ones
+    (torchrun; gloo on the CPU). Returns the exit code: 0, or 143 when SIGTERM stopped it
+    after writing a checkpoint (rerun to continue)."""
+    n = experiments.processes(config, run.dataset)
+    try:
+        if n > 1:
+            threads = max(1, torch.get_num_threads() // n)
+            launch_train(n, config, run, out_dir, soft_labels, device=device.type, threads=threads)
+        else:
+            train_run(config, run, out_dir=out_dir, soft_labels=soft_labels, device=device)
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        return PREEMPTED_EXIT
+    except subprocess.CalledProcessError as e:
+        if e.returncode == PREEMPTED_EXIT:
+            print(f"{run.name}: preempted; rerun to continue from its checkpoint", file=sys.stderr)
+            return PREEMPTED_EXIT
+        raise
+    return 0

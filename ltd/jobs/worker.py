@@ -1,0 +1,36 @@
+"""One process of a multi-process training job: ``python -m ltd.jobs.worker job.json``,
+started by ``ltd.jobs.train.launch_train`` under torchrun. Nothing imports this module."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .. import distributed, runtime
+from ..experiments import Run
+from ..files import load_json
+from ..train import Preempted
+from .train import PREEMPTED_EXIT, train_run
+
+
+def main(argv: list[str]) -> int:
+    job = load_json(argv[0])
+    ctx = distributed.init(job["device"])
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    if ctx.device.type == "cuda":
+        runtime.setup("cuda")  # the precision flags; the GPU itself is LOCAL_RANK's (init)
+    try:
+        train_run(job["config"], Run.parse(job["role"], job["run"]), out_dir=job["out_dir"],
+                  soft_labels=job["soft_labels"], device=ctx.device)
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        return PREEMPTED_EXIT
+    finally:
+        distributed.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,197 @@
+"""One training step per method (registered in ``ltd.methods``).
+
+A step takes (model, x, y, q) — q the teacher's soft labels for x, or None — and
+returns (loss, clean logits, stats), stats being detached scalar tensors (no host
+synchronisation: the loop keeps running totals on the device). The training loop owns
+everything else: autocast, backward, the optimiser, checkpoints. The two hooks are
+called by the loop for every step (no-ops unless a step needs them).
+
+BatchNorm: each step leaves the running statistics as its official loop does
+(``ltd.batchnorm``: the official TRADES update runs f(x) twice, we once and replay its
+statistics update).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from . import awp as awp_lib
+from .attacks import trades_attack
+from .batchnorm import CleanForwardReplay
+from .losses import natural_loss, trades_kl, trades_loss
+from .methods import Method
+
+
+class Step(Protocol):
+    """The interface the loop drives. Subclass it to inherit the no-op hooks."""
+
+    supports_compile: bool = True  # False: the step copies the model, torch.compile would not see it
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Before each epoch (0-based), e.g. AWP switches on after its warm-up."""
+
+    def after_update(self, model: torch.nn.Module) -> None:
+        """Right after ``optimizer.step()``, e.g. AWP removes its weight perturbation."""
+
+
+def natural_target(method: Method, y: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
+    """Class indices, or the teacher's soft labels for a method that learns from them."""
+    if not method.soft_labels:
+        return y
+    if q is None:
+        raise ValueError(f"method {method.name!r} trains on the teacher's soft labels, but q is None")
+    return q
+
+
+class NaturalStep(Step):
+    """Teachers: cross-entropy on one-hot labels. Substitutes (Sec. 4.2): natural data,
+    the teacher's soft labels at T."""
+
+    def __init__(self, method: Method):
+        self.method = method
+
+    def __call__(self, model, x, y, q):
+        logits = model(x)
+        loss = natural_loss(logits.float(), natural_target(self.method, y, q))
+        return loss, logits, {"loss": loss.detach()}
+
+
+def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict) -> torch.Tensor:
+    """x' for the TRADES KL term. The clean logits the attack aims away from are
+    computed once per batch in eval mode (as the official attack runs), not re-computed
+    at each of its steps. The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits_clean = model(x).float()
+        x_adv = trades_attack(model, x, logits_clean, eps=attack["eps"], step_size=attack["step_size"],
+                              steps=attack["steps"])
+    finally:
+        model.train(was_training)
+    return x_adv
+
+
+class _Replay:
+    """A ``CleanForwardReplay`` per model the step is given (the loop's, or a compiled wrapper)."""
+
+    def __init__(self):
+        self._model, self._replay = None, None
+
+    def __call__(self, model: torch.nn.Module) -> CleanForwardReplay:
+        if self._model is not model:
+            self._model, self._replay = model, CleanForwardReplay(model)
+        return self._replay
+
+
+class TradesStep(Step):
+    """TRADES (one-hot natural term) or TRADES+LTD (Eq. 9: soft labels, student T = 1).
+
+    Forwards in train mode: x, x', then f(x)'s BN update replayed (the official x, x', x)."""
+
+    def __init__(self, method: Method, *, beta: float, attack: dict):
+        self.method, self.beta, self.attack = method, beta, attack
+        self.replay = _Replay()
+
+    def loss(self, model, x, x_adv, target):
+        """The TRADES(+LTD) loss at the model's current weights, BN updated as officially:
+        TRADES's x, x', x (AWPStep overrides the order)."""
+        replay = self.replay(model)
+        with replay.record():
+            logits_nat = model(x)
+        logits_adv = model(x_adv)
+        replay.apply()
+        return logits_nat, logits_adv
+
+    def __call__(self, model, x, y, q):
+        x_adv = trades_adversarial(model, x, self.attack)
+        target = natural_target(self.method, y, q)
+        logits_nat, logits_adv = self.loss(model, x, x_adv, target)
+        loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
+        return loss, logits_nat, {"loss": loss.detach(), **parts}
+
+
+class AWPStep(TradesStep):
+    """TRADES-AWP (one-hot natural term) or AWP+LTD (soft labels in the natural term,
+    student T = 1, in the weight-perturbation objective as well as in the update).
+
+    Per batch: x' from the unperturbed model (as the TRADES step); delta from a proxy
+    (ltd/awp.py) maximising the same TRADES(+LTD) loss on (x, x'); w += delta; the
+    loss is computed at the perturbed weights and returned; the loop's optimiser step
+    updates the perturbed weights; ``after_update`` subtracts delta. The model's own
+    forwards run in the official TRADES-AWP order, x', x, x (the last one replayed),
+    before and after the warm-up alike.
+
+    Warm-up: ``warmup_epochs`` means what the official ``--awp-warmup`` flag means.
+    The official loop counts epochs from 1 and perturbs when ``epoch >= awp_warmup``,
+    so AWP is on from 1-based epoch ``warmup_epochs``: here, for the 0-based epochs
+    ``e >= warmup_epochs - 1`` (official default 10: our epochs 0-8, nine of them,
+    are plain TRADES; AWP is on from our epoch 9, the loop's "epoch 10/N"). gamma = 0
+    switches AWP off (official).
+
+    State: the proxy is re-loaded from the model every batch, its SGD step has no
+    momentum, and delta is removed within the batch, so nothing needs checkpointing.
+    """
+
+    supports_compile = False  # the proxy is a deep copy of the model it is given
+
+    def __init__(self, method: Method, *, beta: float, attack: dict, awp: dict):
+        super().__init__(method, beta=beta, attack=attack)
+        gamma, proxy_lr = awp["gamma"], awp["proxy_lr"]
+        if gamma < 0 or proxy_lr <= 0:
+            raise ValueError(f"AWP needs gamma >= 0 and proxy_lr > 0, got gamma={gamma}, proxy_lr={proxy_lr}")
+        self.gamma, self.warmup_epochs, self.proxy_lr = gamma, awp["warmup_epochs"], proxy_lr
+        self.active = self._active(0)
+        self._proxy: torch.nn.Module | None = None
+        self._delta: awp_lib.Perturbation | None = None
+
+    def _active(self, epoch: int) -> bool:
+        return self.gamma > 0 and epoch + 1 >= self.warmup_epochs
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.active = self._active(epoch)
+
+    def _proxy_for(self, model: torch.nn.Module) -> torch.nn.Module:
+        ref = next(model.parameters())
+        if self._proxy is None or next(self._proxy.parameters()).device != ref.device:
+            self._proxy = awp_lib.make_proxy(model)
+        return self._proxy
+
+    def loss(self, model, x, x_adv, target):
+        replay = self.replay(model)
+        logits_adv = model(x_adv)
+        with replay.record():
+            logits_nat = model(x)
+        replay.apply()
+        return logits_nat, logits_adv
+
+    def __call__(self, model, x, y, q):
+        if not self.active:
+            return super().__call__(model, x, y, q)
+        if self._delta is not None:
+            raise RuntimeError("AWP step called again before after_update removed the previous weight perturbation")
+        x_adv = trades_adversarial(model, x, self.attack)
+        target = natural_target(self.method, y, q)
+
+        def objective(net):  # the TRADES(+LTD) loss the weights are perturbed to increase
+            logits_nat = net(x).float()
+            return natural_loss(logits_nat, target) + self.beta * trades_kl(net(x_adv).float(), logits_nat)
+
+        delta = awp_lib.compute_perturbation(model, self._proxy_for(model), objective, gamma=self.gamma,
+                                             proxy_lr=self.proxy_lr, n_local=len(x))
+        awp_lib.add_perturbation(model, delta)
+        self._delta = delta
+        logits_nat, logits_adv = self.loss(model, x, x_adv, target)
+        loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
+        return loss, logits_nat, {"loss": loss.detach(), **parts}
+
+    def after_update(self, model: torch.nn.Module) -> None:
+        if self._delta is not None:
+            awp_lib.remove_perturbation(model, self._delta)
+            self._delta = None
+

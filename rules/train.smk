@@ -1,0 +1,80 @@
+# Teachers, substitutes and students: one training script, the role from the rule.
+# params.identity is everything that defines the trained model (ltd.experiments):
+# editing any of it reruns the run and what depends on it.
+
+
+def training_identity(role):
+    return lambda w: ex.training_identity(config, ex.Run.parse(role, w.name))
+
+
+def soft_labels_of(role):
+    def f(w):
+        run = ex.Run.parse(role, w.name)
+        return f"{R}/soft_labels/{run.teacher.name}/T{ex.fmt_num(run.temperature)}.pt"
+
+    return f
+
+
+rule train_teacher:
+    """Natural training on one-hot labels (the teacher of LTD)."""
+    conda:
+        "../envs/torch.yaml"
+    input:
+        data=lambda w: data_json(dataset_of("teachers")(w)),
+    output:
+        model=f"{R}/teachers/{{name}}/model.pt",
+        metrics=f"{R}/teachers/{{name}}/metrics.json",
+    params:
+        role="teachers",
+        identity=training_identity("teachers"),
+    threads: train_threads("teachers")
+    resources:
+        gpu=gpus(dataset_of("teachers"), training=True),
+        **res("train", dataset_of("teachers")),
+    log:
+        f"{R}/logs/teachers/{{name}}.log",
+    script:
+        "../workflow_scripts/train.py"
+
+
+use rule train_teacher as train_substitute with:
+    input:
+        data=lambda w: data_json(dataset_of("substitutes")(w)),
+        soft_labels=soft_labels_of("substitutes"),
+    output:
+        model=f"{R}/substitutes/{{name}}/model.pt",
+        metrics=f"{R}/substitutes/{{name}}/metrics.json",
+    params:
+        role="substitutes",
+        identity=training_identity("substitutes"),
+    threads: train_threads("substitutes")
+    resources:
+        gpu=gpus(dataset_of("substitutes"), training=True),
+        **res("train", dataset_of("substitutes")),
+    log:
+        f"{R}/logs/substitutes/{{name}}.log",
+
+
+def student_inputs(w):
+    run = ex.Run.parse("students", w.name)
+    inputs = {"data": data_json(run.dataset)}
+    if run.uses_soft_labels:
+        inputs["soft_labels"] = soft_labels_of("students")(w)
+    return inputs
+
+
+use rule train_teacher as train_student with:
+    input:
+        unpack(student_inputs),
+    output:
+        model=f"{R}/students/{{name}}/model.pt",
+        metrics=f"{R}/students/{{name}}/metrics.json",
+    params:
+        role="students",
+        identity=training_identity("students"),
+    threads: train_threads("students")
+    resources:
+        gpu=gpus(dataset_of("students"), training=True),
+        **res("train", dataset_of("students")),
+    log:
+        f"{R}/logs/students/{{name}}.log",
