@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
 CORES ?= all
 
-.PHONY: venv demo demo-all test dry-run
+.PHONY: venv demo demo-all report test dry-run
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)" >&2; exit 1; }
@@ -27,6 +27,13 @@ demo: $(STAMP)
 demo-all: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all --cores $(CORES) --configfile config/demo.yaml
 	@echo "Tables: results/demo/tables/   Figures: results/demo/figures/"
+
+## The HTML report of the demo's run (Snakemake --report): after `make demo`; after
+## `make demo-all`: make report REPORT_TARGETS=all
+REPORT_TARGETS ?= table4
+report: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) $(REPORT_TARGETS) --report results/demo/report.html --configfile config/demo.yaml
+	@echo "Report: results/demo/report.html"
 
 ## The test suite (CI runs exactly this). Pytest's exit code 5 (no test collected) fails too.
 test: $(STAMP)

@@ -3,13 +3,18 @@
 # offline demo adds --configfile config/demo.yaml. Every output goes under results/<run>/.
 from snakemake.utils import min_version, validate
 
+from ltd import checks
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
+# Before any job: wrong units, the schema, then what the schema cannot see (ltd/checks.py).
+checks.units(config)
 validate(config, "config/schema.yaml")
+checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")))
 
 
 report: "report/workflow.rst"

@@ -11,7 +11,8 @@
 
 Forward-equivalents per step come from the method registry (ltd.methods: each method
 declares its cost; tests/test_methods.py checks every declaration against FLOPs counted
-on the step itself); AWP's proxy pass counts only for the epochs after its warm-up.
+on the step itself); AWP's proxy pass counts only for the epochs after its warm-up; a
+student whose soft labels are made on the fly adds its teacher's forward (1).
 Training runs under bf16 autocast on a GPU, so it is divided by ``peak_tflops`` (dense
 bf16); evaluation runs in full fp32 with TF32 off (ltd/runtime.py, ltd/evaluate.py), so
 it is divided by ``fp32_peak_tflops`` (as are the teacher-logit and validation jobs,
@@ -201,6 +202,9 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe_on = methods.forward_equivalents(run.method, steps, awp_on=True)
             notes.append(f"AWP on for {on} of {epochs} epochs ({fe_on:.2f} vs {fe:.2f} fwd-eq)")
             fe = (on * fe_on + (epochs - on) * fe) / epochs
+        if run.labels == "on_the_fly":  # the teacher (same architecture) labels every augmented image
+            fe += 1.0
+            notes.append("soft labels on the fly: +1 teacher forward per image")
         flop = fwd * (fe * n * epochs + test_images(config, run.dataset) * epochs)  # + per-epoch clean test
         peak = s["fp32_peak_tflops"] if sched["precision"] == "fp32" else s["peak_tflops"]
         procs = ex.processes(config, run.dataset)
@@ -213,10 +217,11 @@ def job_cost(config: dict, job: Job) -> Cost:
             n = min(int(ev["n_examples"]), test_images(config, run.dataset))
             fe = evaluation_forward_equivalents(ev, classes, acc)["total"]
             notes.append(f"AutoAttack {ev['autoattack']['version']}, assumed clean {acc[0]:.0%} / robust {acc[1]:.0%}")
-        else:  # validation: PGD accuracy and the Eq. 9 loss on the validation split
+        else:  # validation: clean, PGD, the search's AutoAttack, Eq. 9 on the validation split
             n = int(ex.dataset_cfg(config, run.dataset).get("val_size", 0))
             steps = int(ex.attack(config, run.dataset, run.method)["steps"])
-            fe = 2.0 * ev["pgd_steps"] + 1 + 1 + 2 * steps + 1
+            search_aa = {**ev, "autoattack": {"version": "custom", "attacks": ex.search(config, run.dataset)["attacks"]}}
+            fe = evaluation_forward_equivalents(search_aa, classes, acc)["total"] + 1 + 2 * steps + 1
         epochs, flop = 1, fwd * fe * n
         # evaluation.tf32 switches the AutoAttack jobs (only) from strict fp32 to TF32
         tf32 = job.kind == "evaluation" and ev.get("tf32")
@@ -253,7 +258,8 @@ def table_jobs(config: dict, table: str) -> list[Job]:
         add(Job("student", run))
         if run.uses_soft_labels:
             add(Job("teacher", run.teacher))
-            add(Job("logits", run.teacher))
+            if run.labels != "on_the_fly":  # precomputed soft labels come from the teacher's logits
+                add(Job("logits", run.teacher))
     if ex.search(config, dataset) is not None:  # the table reports its data set's T_max
         add(Job("teacher", ex.search_teacher(config, dataset)))
         add(Job("logits", ex.search_teacher(config, dataset)))

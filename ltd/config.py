@@ -24,12 +24,18 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load(*overlays: str | Path, validate: bool = True) -> dict[str, Any]:
+def load(*overlays: str | Path, validate: bool = True, gpus: int | None = None) -> dict[str, Any]:
+    """config.yaml with ``overlays`` layered on; ``validate``: the checks the Snakefile runs
+    before any job (ltd.checks: units, the schema, cross-field; ``gpus`` as --resources gpu)."""
     config = yaml.safe_load(DEFAULT.read_text())
     for path in overlays:
         config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
     if validate:
         from snakemake.utils import validate as snakemake_validate
 
+        from . import checks
+
+        checks.units(config)
         snakemake_validate(config, str(SCHEMA))
+        checks.check(config, gpus=gpus)
     return config

@@ -436,12 +436,33 @@ def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | st
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def describe(cfg: dict, data_dir: str) -> dict:
-    """Sizes and a fingerprint of every split: recorded so a result names its data.
+def describe_source(cfg: dict, data_dir: str) -> dict:
+    """What a data set's source holds, before any split: classes and images per folder
+    (CIFAR: downloaded here if missing; imagefolder: listed, with a fingerprint of the
+    file names)."""
+    src = _source(cfg)
+    out = {"source": src, "num_classes": num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
+    if src == "imagefolder":
+        root = str(_root(cfg, data_dir))
+        for sub in ("train", "val"):
+            files, _ = _scan(root, sub)
+            rel = "\n".join(os.path.relpath(f, os.path.join(root, sub)) for f in files)
+            out[sub] = {"images": len(files), "files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
+        out["path"] = root
+    elif src == "digits":
+        out["pool"] = {"images": len(_digits(8)[1])}
+    else:
+        out.update({split: {"images": len(_cifar(src, data_dir, train=split == "train")[1])}
+                    for split in ("train", "test")})
+    return out
+
+
+def describe(cfg: dict, data_dir: str, splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
+    """Sizes and a fingerprint of each split: recorded so a result names its data.
     For imagefolder from the file lists alone (no image is decoded)."""
     src = _source(cfg)
     out = {"source": src, "num_classes": num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
-    for split in ("train", "val", "test"):
+    for split in splits:
         if src == "imagefolder":
             fs = file_split(cfg, data_dir, split)
             rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free

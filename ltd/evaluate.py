@@ -51,14 +51,19 @@ def pgd_accuracy(model, x, y, *, eps, step_size, steps, batch_size) -> float:
     return correct / len(y)
 
 
-def eq9_loss(model, x, q, *, beta, eps, step_size, steps, batch_size) -> float:
-    """The LTD objective (Eq. 9) on held-out data, with its TRADES inner maximisation."""
+def eq9_kl(model, x, q, *, beta, eps, step_size, steps, batch_size) -> float:
+    """The LTD objective (Eq. 9) on held-out data, with its TRADES inner maximisation and
+    its natural term as KL(q_T || f) = CE(q_T, f) - H(q_T): comparable across the
+    temperatures of a search, where CE(q_T, f) alone is bounded below by H(q_T)."""
     total = 0.0
     for s in batches(x, batch_size):
         logits = predict(model, x[s], batch_size)
         x_adv = trades_attack(model, x[s], logits, eps=eps, step_size=step_size, steps=steps)
         logits_adv = predict(model, x_adv, batch_size)
-        total += (soft_cross_entropy(logits, q[s]) + beta * trades_kl(logits_adv, logits)).item() * len(x[s])
+        qs = q[s]
+        entropy = -(qs * torch.log(qs.clamp_min(1e-30))).sum(1).mean()
+        kl_natural = soft_cross_entropy(logits, qs) - entropy
+        total += (kl_natural + beta * trades_kl(logits_adv, logits)).item() * len(qs)
     return total / len(x)
 
 

@@ -24,9 +24,13 @@ _NAME_RE = {
     ),
     "students": re.compile(
         rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)"
-        rf"(?:_T(?P<temperature>{_NUM}))?_b(?P<beta>{_NUM})_s(?P<seed>\d+)$"
+        rf"(?:_T(?P<temperature>{_NUM}))?(?P<fly>_fly)?_b(?P<beta>{_NUM})_s(?P<seed>\d+)$"
     ),
 }
+# How a student's soft labels are made (`soft_labels:` of a data set or a table entry):
+# precomputed once from the teacher's logits on the un-augmented training images, or on
+# the fly by the teacher on the very augmented batch the student sees ("_fly" in names).
+SOFT_LABEL_MODES = ("precomputed", "on_the_fly")
 
 
 def fmt_num(x: float) -> str:
@@ -46,6 +50,7 @@ class Run:
     method: str = "natural"
     temperature: float | None = None
     beta: float | None = None
+    labels: str | None = None  # a student's soft-label mode (SOFT_LABEL_MODES); None without soft labels
 
     @property
     def name(self) -> str:
@@ -54,6 +59,8 @@ class Run:
             parts.append(self.method)
         if self.temperature is not None:
             parts.append(f"T{fmt_num(self.temperature)}")
+        if self.labels == "on_the_fly":
+            parts.append("fly")
         if self.role == "students":
             parts.append(f"b{fmt_num(self.beta)}")
         parts.append(f"s{self.seed}")
@@ -84,7 +91,8 @@ class Run:
         if method not in methods.ROLE_METHODS[role]:
             raise ValueError(f"unknown method {method!r} in run name {name!r}; {role} train with "
                              f"{', '.join(methods.ROLE_METHODS[role])}")
-        if methods.get(method).soft_labels != (d.get("temperature") is not None):
+        soft = methods.get(method).soft_labels
+        if soft != (d.get("temperature") is not None):
             raise ValueError(f"run name {name!r}: a temperature goes with LTD methods only")
         return cls(
             role=role,
@@ -94,6 +102,7 @@ class Run:
             method=method,
             temperature=float(d["temperature"]) if d.get("temperature") else None,
             beta=float(d["beta"]) if d.get("beta") else None,
+            labels=("on_the_fly" if d.get("fly") else "precomputed") if soft and role == "students" else None,
         )
 
 
@@ -140,6 +149,12 @@ _SPLIT_KEYS = {
 }
 
 
+def source_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """What defines a data set's source (what prepare_data fetches or builds)."""
+    cfg = dataset_cfg(config, dataset)
+    return {k: cfg[k] for k in ("source", "path", "build_from") if k in cfg}
+
+
 def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
     """What defines a split's images (and, for train, their augmentation)."""
     cfg = dataset_cfg(config, dataset)
@@ -170,13 +185,17 @@ def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
 
 
+# The evaluation settings a validation uses (not n_examples, tf32 or the test-set AutoAttack).
+_VALIDATION_KEYS = ("eps", "batch_size", "pgd_steps", "pgd_step_size", "seed", "diagnostics")
+
+
 def validation_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
     """What defines an `auto` candidate's validation numbers besides its model and teacher:
     the validation images, the evaluation settings, the method's training attack (the
-    Eq. 9 criterion runs it)."""
-    ev = {k: v for k, v in evaluation(config, run.dataset).items() if k != "monitor"}
+    Eq. 9 criterion runs it) and the search's AutoAttack attacks."""
+    ev = {k: v for k, v in evaluation(config, run.dataset).items() if k in _VALIDATION_KEYS}
     return {"data": data_identity(config, run.dataset, "val"), "evaluation": ev,
-            "attack": attack(config, run.dataset, run.method)}
+            "attack": attack(config, run.dataset, run.method), "search_attacks": search(config, run.dataset)["attacks"]}
 
 
 def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
@@ -247,14 +266,20 @@ def seeds(config: dict[str, Any]) -> list[int]:
     return list(config.get("seeds") or [config["seed"]])
 
 
+def soft_label_mode(config: dict[str, Any], dataset: str) -> str:
+    """A data set's soft-label mode (`datasets.<d>.soft_labels`, else `soft_labels`)."""
+    return dataset_cfg(config, dataset).get("soft_labels") or config["soft_labels"]
+
+
 def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
-            beta: float, seed: int | None = None) -> Run:
+            beta: float, seed: int | None = None, labels: str | None = None) -> Run:
     soft = methods.get(method).soft_labels
     if soft and temperature is None:
         raise ValueError(f"method {method!r} needs a temperature")
     t = float(temperature) if soft else None
     seed = config["seed"] if seed is None else seed
-    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta))
+    mode = (labels or soft_label_mode(config, dataset)) if soft else None
+    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta), labels=mode)
 
 
 def with_temperature(run: Run, t: float) -> Run:
@@ -274,6 +299,7 @@ class Entry:
     temperature: float | str | None
     beta: float
     label: str
+    labels: str | None = None  # the entry's own soft-label mode; None: its data set's
 
     @property
     def is_auto(self) -> bool:
@@ -312,14 +338,16 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             raise ValueError(f"{where}: method {e['method']!r} needs a temperature")
         if not soft and temps is not None:
             raise ValueError(f"{where}: method {e['method']!r} takes no temperature")
+        mode = e.get("soft_labels") if soft else None
         for beta in _as_list(e.get("beta", config["beta"])):
             for t in _as_list(temps):
                 t = t if t in (None, "auto") else float(t)
-                raw.append((arch, e["method"], t, float(beta)))
+                raw.append((arch, e["method"], t, float(beta), mode))
     show_arch = len({r[0] for r in raw}) > 1
     show_beta = len({r[3] for r in raw}) > 1
+    default_mode = soft_label_mode(config, stand_in(config, "datasets", spec["dataset"]))
     rows = []
-    for arch, method, t, beta in raw:
+    for arch, method, t, beta, mode in raw:
         label = methods.get(method).label
         if show_arch:
             label += f" {arch_label(arch)}"
@@ -327,7 +355,9 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             label += f" T={t if t == 'auto' else fmt_num(t)}"
         if show_beta:
             label += f" β={fmt_num(beta)}"
-        rows.append(Entry(spec["dataset"], arch, method, t, beta, label))
+        if mode not in (None, default_mode):  # a row made otherwise than its data set's default
+            label += f" ({mode.replace('_', ' ')})"
+        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, mode))
     return rows
 
 
@@ -340,7 +370,7 @@ def entry_run(config: dict[str, Any], entry: Entry, chosen_t: float | None = Non
             raise ValueError("an 'auto' entry needs the temperature chosen by the search")
         t = chosen_t
     return student(config, stand_in(config, "datasets", entry.dataset), stand_in(config, "archs", entry.arch),
-                   entry.method, t, entry.beta, seed)
+                   entry.method, t, entry.beta, seed, labels=entry.labels)
 
 
 def table_dataset(config: dict[str, Any], table: str) -> str:
@@ -351,11 +381,13 @@ def table_dataset(config: dict[str, Any], table: str) -> str:
 def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) -> str:
     """Name of the temperature search an ``auto`` row depends on (one per seed)."""
     probe = entry_run(config, entry, chosen_t=1.0, seed=seed)
-    return f"{probe.dataset}_{probe.arch}_{probe.method}_b{fmt_num(probe.beta)}_s{probe.seed}"
+    fly = "_fly" if probe.labels == "on_the_fly" else ""
+    return f"{probe.dataset}_{probe.arch}_{probe.method}{fly}_b{fmt_num(probe.beta)}_s{probe.seed}"
 
 
 _GROUP_RE = re.compile(
-    rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)_b(?P<beta>{_NUM})_s(?P<seed>\d+)$")
+    rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+?)(?P<fly>_fly)?_b(?P<beta>{_NUM})"
+    rf"_s(?P<seed>\d+)$")
 
 
 def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
@@ -367,7 +399,8 @@ def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
     ts = search(config, m["dataset"])
     if ts is None:
         raise ValueError(f"an 'auto' temperature on {m['dataset']!r} needs datasets.{m['dataset']}.temperature_search")
-    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]))
+    labels = "on_the_fly" if m["fly"] else "precomputed"
+    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]), labels)
             for t in ts["grid"]]
 
 

@@ -14,9 +14,8 @@ def run_path(run, filename):
 
 
 def data_json(dataset):
-    # ancient(): the splits' identity is in each job's params, so re-preparing a data set
-    # (e.g. another test_size) reruns only the jobs whose params changed, not every run.
-    return ancient(f"{R}/data/{dataset}.json")
+    """A data set's source, fetched; its splits are each job's params (ltd.experiments)."""
+    return f"{R}/data/{dataset}.json"
 
 
 def tmax_json(dataset):
@@ -57,6 +56,88 @@ def train_threads(role):
     if not ON_CPU:
         return config["threads"]
     return lambda w: config["threads"] * ex.processes(config, dataset_of(role)(w))
+
+
+# ---- input functions of the rules (kept here, as the Snakemake linter asks) ----
+
+def training_identity(role):
+    return lambda w: ex.training_identity(config, ex.Run.parse(role, w.name))
+
+
+def soft_labels_of(role):
+    def f(w):
+        run = ex.Run.parse(role, w.name)
+        return f"{R}/soft_labels/{run.teacher.name}/T{ex.fmt_num(run.temperature)}.pt"
+
+    return f
+
+
+def student_inputs(w):
+    """Its data; and its soft labels, or, made on the fly, its teacher."""
+    run = ex.Run.parse("students", w.name)
+    inputs = {"data": data_json(run.dataset)}
+    if run.labels == "on_the_fly":
+        inputs["teacher"] = run_path(run.teacher, "model.pt")
+    elif run.uses_soft_labels:
+        inputs["soft_labels"] = soft_labels_of("students")(w)
+    return inputs
+
+
+def search_dataset(w):
+    return ex.search_candidates(config, w.group)[0].dataset
+
+
+def selected_evaluation(w):
+    """The AutoAttack result of the student the search chose (known after the checkpoint)."""
+    sel = checkpoints.select_temperature.get(group=w.group).output[0]
+    group = ex.search_candidates(config, w.group)[0]
+    return run_path(ex.with_temperature(group, load_json(sel)["temperature"]), "autoattack.json")
+
+
+PUBLISHED = {e["name"]: e for e in (config.get("published") or [])}
+
+
+def published_model(w):
+    e = PUBLISHED[w.name]
+    if e.get("path"):
+        return e["path"]
+    ds = ex.dataset_cfg(config, e["dataset"])
+    # the layout robustbench.load_model uses: <model_dir>/<dataset>/Linf/<name>.pt
+    return f"{config['robustbench_model_dir']}/{ds['source']}/Linf/{e.get('robustbench_name', e['name'])}.pt"
+
+
+def table_evaluations(table):
+    """AutoAttack results behind a table's rows, in row order, each row's seeds together."""
+    paths = []
+    for entry in ex.table_entries(config, table):
+        for seed in ex.seeds(config):
+            if entry.is_auto:
+                paths.append(f"{R}/temperature/{ex.search_group(config, entry, seed)}/autoattack.json")
+            else:
+                paths.append(run_path(ex.entry_run(config, entry, seed=seed), "autoattack.json"))
+    return paths
+
+
+def table_inputs(w):
+    inputs = {"evals": table_evaluations(w.table), "paper": "config/paper_results.yaml"}
+    dataset = ex.table_dataset(config, w.table)
+    if ex.search(config, dataset) is not None:
+        inputs["tmax"] = tmax_json(dataset)  # a table of a searched data set reports its T_max
+    return inputs
+
+
+def all_students():
+    return sorted({r for t in TABLES for r in ex.table_students(config, t)}, key=lambda r: r.name)
+
+
+def table_targets(table):
+    stem = f"{R}/tables/{table}"
+    kinds = ex.table_figures(config, table) + ["curves"]
+    figs = [f"{R}/figures/{table}_{kind}.{ext}" for kind in kinds for ext in ("png", "pdf")]
+    dataset = ex.table_dataset(config, table)
+    if ex.search(config, dataset) is not None:
+        figs += [f"{R}/figures/tmax_{dataset}.{ext}" for ext in ("png", "pdf")]
+    return [f"{stem}.{ext}" for ext in ("md", "tex", "csv")] + figs
 
 
 # Run names are parsed back into runs by the scripts; keep wildcards within one path part.

@@ -1,12 +1,12 @@
 rule prepare_data:
-    """Download (CIFAR, once, before parallel jobs), build (digits; the demo's ImageFolder
-    tree) or index (ImageNet) a data set and record its fixed splits."""
+    """Download (CIFAR, once, before parallel jobs), build (the demo's ImageFolder tree)
+    or index (ImageNet) a data set's source. Its splits are each job's own params."""
     conda:
         "../envs/torch.yaml"
     output:
         f"{R}/data/{{dataset}}.json",
     params:
-        identity=lambda w: {s: ex.data_identity(config, w.dataset, s) for s in ("train", "val", "test")},
+        identity=lambda w: ex.source_identity(config, w.dataset),
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     resources:

@@ -3,18 +3,6 @@
 # or a RobustBench name found in `robustbench_model_dir`, reported: {clean, autoattack}}.
 # Target: `snakemake published`. And the other way: `snakemake exported` writes every
 # student in RobustBench's model-zoo layout.
-PUBLISHED = {e["name"]: e for e in (config.get("published") or [])}
-
-
-def published_model(w):
-    e = PUBLISHED[w.name]
-    if e.get("path"):
-        return e["path"]
-    ds = ex.dataset_cfg(config, e["dataset"])
-    # the layout robustbench.load_model uses: <model_dir>/<dataset>/Linf/<name>.pt
-    return f"{config['robustbench_model_dir']}/{ds['source']}/Linf/{e.get('robustbench_name', e['name'])}.pt"
-
-
 rule evaluate_published:
     """Clean, PGD, AutoAttack and masking diagnostics of a published checkpoint (fp32),
     beside the numbers its authors reported."""

@@ -1,23 +1,3 @@
-def table_evaluations(table):
-    """AutoAttack results behind a table's rows, in row order, each row's seeds together."""
-    paths = []
-    for entry in ex.table_entries(config, table):
-        for seed in ex.seeds(config):
-            if entry.is_auto:
-                paths.append(f"{R}/temperature/{ex.search_group(config, entry, seed)}/autoattack.json")
-            else:
-                paths.append(run_path(ex.entry_run(config, entry, seed=seed), "autoattack.json"))
-    return paths
-
-
-def table_inputs(w):
-    inputs = {"evals": table_evaluations(w.table), "paper": "config/paper_results.yaml"}
-    dataset = ex.table_dataset(config, w.table)
-    if ex.search(config, dataset) is not None:
-        inputs["tmax"] = tmax_json(dataset)  # a table of a searched data set reports its T_max
-    return inputs
-
-
 rule render_table:
     """A table (Markdown, LaTeX, CSV; JSON for the figures): our rows beside the paper's."""
     conda:
@@ -88,10 +68,6 @@ rule curves:
         "../workflow_scripts/curves.py"
 
 
-def all_students():
-    return sorted({r for t in TABLES for r in ex.table_students(config, t)}, key=lambda r: r.name)
-
-
 rule evaluation_report:
     """Every student's evaluation with its gradient-masking diagnostics, one row each."""
     conda:
@@ -106,16 +82,6 @@ rule evaluation_report:
         f"{R}/logs/tables/evaluation_report.log",
     script:
         "../workflow_scripts/evaluation_report.py"
-
-
-def table_targets(table):
-    stem = f"{R}/tables/{table}"
-    kinds = ex.table_figures(config, table) + ["curves"]
-    figs = [f"{R}/figures/{table}_{kind}.{ext}" for kind in kinds for ext in ("png", "pdf")]
-    dataset = ex.table_dataset(config, table)
-    if ex.search(config, dataset) is not None:
-        figs += [f"{R}/figures/tmax_{dataset}.{ext}" for ext in ("png", "pdf")]
-    return [f"{stem}.{ext}" for ext in ("md", "tex", "csv")] + figs
 
 
 # One target rule per configured table: `snakemake table4`.

@@ -76,10 +76,6 @@ rule validate:
         "../workflow_scripts/validate.py"
 
 
-def search_dataset(w):
-    return ex.search_candidates(config, w.group)[0].dataset
-
-
 checkpoint select_temperature:
     """Step 2: the best grid T below T_max on the validation split. A checkpoint: which
     student an `auto` table row evaluates is known only after it ran."""
@@ -96,13 +92,6 @@ checkpoint select_temperature:
         f"{R}/logs/temperature/{{group}}.selection.log",
     script:
         "../workflow_scripts/select_temperature.py"
-
-
-def selected_evaluation(w):
-    """The AutoAttack result of the student the search chose (known after the checkpoint)."""
-    sel = checkpoints.select_temperature.get(group=w.group).output[0]
-    group = ex.search_candidates(config, w.group)[0]
-    return run_path(ex.with_temperature(group, load_json(sel)["temperature"]), "autoattack.json")
 
 
 rule resolve_auto:

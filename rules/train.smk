@@ -3,18 +3,6 @@
 # editing any of it reruns the run and what depends on it.
 
 
-def training_identity(role):
-    return lambda w: ex.training_identity(config, ex.Run.parse(role, w.name))
-
-
-def soft_labels_of(role):
-    def f(w):
-        run = ex.Run.parse(role, w.name)
-        return f"{R}/soft_labels/{run.teacher.name}/T{ex.fmt_num(run.temperature)}.pt"
-
-    return f
-
-
 rule train_teacher:
     """Natural training on one-hot labels (the teacher of LTD)."""
     conda:
@@ -53,14 +41,6 @@ use rule train_teacher as train_substitute with:
         **res("train", dataset_of("substitutes")),
     log:
         f"{R}/logs/substitutes/{{name}}.log",
-
-
-def student_inputs(w):
-    run = ex.Run.parse("students", w.name)
-    inputs = {"data": data_json(run.dataset)}
-    if run.uses_soft_labels:
-        inputs["soft_labels"] = soft_labels_of("students")(w)
-    return inputs
 
 
 use rule train_teacher as train_student with:

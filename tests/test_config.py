@@ -54,3 +54,95 @@ def test_table_naming_an_undefined_data_set_is_named(tmp_path, paper_config):
     config = ltd_config.merge(paper_config, {"tables": {"table2": {"dataset": "svhn"}}})
     with pytest.raises(KeyError, match="datasets.svhn"):
         ex.dataset_cfg(config, ex.table_dataset(config, "table2"))
+
+
+# ---- checks the schema cannot express (ltd/checks.py): each stops the plan, naming the key ----
+
+def _set(config, dotted, value):
+    node = config
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+BAD = [  # (base config, edits, named key, a fragment of the fix)
+    ("demo", {"datasets.digits.val_size": 0}, "tables.table4.entries[1]", "val_size: 5000"),
+    ("demo", {"datasets.digits.temperature_search": None}, "tables.table4.entries[1]",
+     "needs datasets.digits.temperature_search"),
+    ("demo", {"datasets.digits.attack.default.eps": 8}, "datasets.digits.attack.default.eps", "0.0313725"),
+    ("demo", {"datasets.digits.evaluation.eps": 8}, "datasets.digits.evaluation.eps", "for 8/255 write"),
+    ("demo", {"datasets.digits.evaluation.pgd_step_size": 2}, "datasets.digits.evaluation.pgd_step_size",
+     "0.00784313"),
+    ("paper", {"datasets.cifar10.temperature_search.threshold": 90}, "datasets.cifar10.temperature_search.threshold",
+     "write 0.9"),
+    ("paper", {"evaluation.diagnostics.pgd_gap": 10}, "evaluation.diagnostics.pgd_gap", "write 0.1"),
+    ("paper", {"gpus_per_node": 2}, "datasets.imagenet.processes", "processes <= 2"),
+    ("paper", {"tables.table4.entries": [{"method": "trades_ltd", "temperature": 5}]},
+     "tables.table4.entries[0].method", "trades-ltd"),
+    ("paper", {"tables.table4.entries": [{"method": "trades", "temperature": 5}]}, "tables.table4.entries[0]",
+     "its LTD variant: trades-ltd"),
+    ("paper", {"tables.table9": {"caption": "mine", "dataset": "svhn", "entries": [{"method": "trades"}]}},
+     "tables.table9.dataset", "defined: cifar10, cifar100, imagenet"),
+    ("demo", {"stand_ins.datasets.cifar100": "digits100"}, "stand_ins.datasets.cifar100", "no such data set"),
+    ("demo", {"stand_ins.archs.wrn-34-10": "wrn-12-2"}, "stand_ins.archs.wrn-34-10", "neither 6n+4"),
+    ("demo", {"awp.warmup_epochs": 50}, "awp.warmup_epochs", "write at most 7"),
+    ("demo", {"evaluation.autoattack.attacks": []}, "evaluation.autoattack", "list some"),
+    ("demo", {"datasets.digits.val_size": 1400}, "datasets.digits.val_size", "leaves no training images"),
+    ("demo", {"evaluation.autoattack.version": "standard"}, "evaluation.autoattack", "write version: custom"),
+]
+
+
+@pytest.mark.parametrize("base,edits,key,fix", BAD, ids=[next(iter(b[1])) for b in BAD])
+def test_bad_config_is_stopped_with_the_key_and_the_fix(paper_config, demo_config, base, edits, key, fix):
+    import copy
+
+    from ltd import checks
+
+    config = copy.deepcopy(paper_config if base == "paper" else demo_config)
+    for k, v in edits.items():
+        _set(config, k, v)
+    with pytest.raises(checks.ConfigError) as err:
+        checks.units(config)
+        checks.check(config)
+    assert key in str(err.value) and fix in str(err.value), str(err.value)
+
+
+def test_missing_attack_family_is_named(paper_config):
+    import copy
+
+    from ltd import checks
+
+    config = copy.deepcopy(paper_config)
+    del config["datasets"]["cifar10"]["attack"]["awp"]
+    with pytest.raises(checks.ConfigError, match=r"datasets.cifar10.attack: no `awp` \(the training attack of "
+                                                 r"awp-ltd, tables.table1.entries\[0\]\)"):
+        checks.check(config)
+
+
+def test_paper_and_demo_configs_pass_the_checks(paper_config, demo_config):
+    from ltd import checks
+
+    for c in (paper_config, demo_config):
+        checks.units(c)
+        checks.check(c)
+    checks.check(paper_config, gpus=4)  # ImageNet's 4 processes fit 4 GPUs
+
+
+@pytest.mark.parametrize("edits,key", [
+    ({"datasets": {"digits": {"val_size": 0}}}, "val_size is 0"),
+    ({"datasets": {"digits": {"attack": {"default": {"eps": 8}}}}}, "datasets.digits.attack.default.eps = 8"),
+    ({"datasets": {"digits": {"temperature_search": {"threshold": 90}}}},
+     "datasets.digits.temperature_search.threshold = 90"),
+])
+def test_snakemake_stops_before_any_job(tmp_path, edits, key):
+    """The same checks in a real plan and in a real run: nothing starts, nothing is written."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"run": "checks", **edits}))
+    for dry in (["-n"], []):
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "table4", *dry, "--cores", "1", "--configfile",
+                               "config/demo.yaml", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and key in out, out[-2000:]
+        assert "rule prepare_data" not in out and "rule train_" not in out
+    assert not (ROOT / "results" / "checks").exists()

@@ -205,3 +205,11 @@ def test_stream_loader_is_deterministic_sharded_and_carries_soft_labels(folder):
     before = torch.get_rng_state()
     list(make(0, 1).epoch(2))
     assert torch.equal(before, torch.get_rng_state())  # the run's own RNG stream is untouched
+
+
+def test_describe_source_counts_what_the_source_holds(folder):
+    d = data.describe_source(DIGITS, "unused")
+    assert d["source"] == "digits" and d["num_classes"] == 10 and d["pool"]["images"] == 1797
+    root, _ = folder
+    f = data.describe_source(_cfg(root), "")
+    assert (f["train"]["images"], f["val"]["images"]) == (1400, 397) and len(f["train"]["files_sha256"]) == 64

@@ -100,5 +100,5 @@ def test_run_names_follow_the_registry():
         if m.role != "students":
             continue
         run = Run("students", "cifar10", "wrn-34-10", 0, method=name, temperature=5.0 if m.soft_labels else None,
-                  beta=6.0)
+                  beta=6.0, labels="precomputed" if m.soft_labels else None)
         assert Run.parse("students", run.name) == run and run.uses_soft_labels == m.soft_labels

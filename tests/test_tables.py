@@ -40,8 +40,7 @@ def test_rows_follow_the_paper_with_reported_rows_and_differences(paper_config, 
 
 def test_auto_rows_follow_and_unrun_paper_rows_say_so(demo_config):
     entries = ex.table_entries(demo_config, "table4")
-    auto = entries[-1]
-    assert auto.is_auto
+    auto = next(e for e in entries if e.is_auto)
     chosen = ex.entry_run(demo_config, auto, chosen_t=3.0)
     keep = [entries[0], auto]  # only TRADES and the auto row ran
     results = [result(ex.entry_run(demo_config, entries[0]), 0.9, 0.4), result(chosen, 0.95, 0.5)]

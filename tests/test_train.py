@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from ltd import checkpoint
+from ltd.experiments import Run
 from ltd.files import load_json
 from ltd.jobs import train
-from ltd.experiments import Run
 
 from .conftest import ROOT
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from ltd.files import load_json
 
@@ -15,10 +16,10 @@ from .conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def snakemake(cwd, *args, timeout=1200):
+def snakemake(cwd, *args, timeout=1200, overlays=()):
     # targets first: --configfile takes every word after it
     cmd = [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", "config/demo.yaml",
-           "tests/workflow_small.yaml"]
+           "tests/workflow_small.yaml", *overlays]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -110,9 +111,88 @@ def test_second_run_has_nothing_to_do(finished, workdir):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_student_exports_for_robustbench_and_loads_back(finished, workdir):
+    """`snakemake results/<run>/robustbench/<student>.pt`: the model-zoo layout, loaded as
+    robustbench.utils.load_model does, gives the student's own outputs."""
+    import torch
+
+    from ltd.data import load_split
+    from ltd.models import build_model
+
+    name = "digits_wrn-10-1_trades-ltd_T5_b6_s0"
+    proc = snakemake(workdir, f"results/test/robustbench/{name}.pt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = torch.load(finished / "robustbench" / f"{name}.pt", map_location="cpu", weights_only=True)
+    ours = torch.load(finished / "students" / name / "model.pt", map_location="cpu", weights_only=True)
+    assert list(raw) == ["state_dict"] and list(raw["state_dict"]) == list(ours)
+    rb, model = build_model("wrn-10-1", 10), build_model("wrn-10-1", 10)
+    rb.load_state_dict(raw["state_dict"], strict=True)
+    model.load_state_dict(ours)
+    x = load_split({"source": "digits", "image_size": 16, "test_size": 397}, "unused", "test").x[:16]
+    with torch.no_grad():
+        assert torch.equal(rb.eval()(x), model.eval()(x))
+
+
+# Results follow the config: after a finished run, editing one setting plans exactly the
+# jobs whose output it defines (ltd.experiments' identities in each rule's params, or the
+# run names), and what depends on them; speed and resource settings plan nothing.
+DOWNSTREAM = {"render_table": 1, "figure": 1, "table4": 1}  # the table itself, always
+STUDENTS = {"train_student": 4, "evaluate": 4, "validate": 3, "select_temperature": 1, "resolve_auto": 1,
+            "curves": 1, **DOWNSTREAM}  # every student of the reduced Table IV and the `auto` search
+TEACHER = {"train_teacher": 1, "teacher_logits": 1, "soft_labels": 4, "train_substitute": 2, "tmax": 1,
+           "figure_tmax": 1}
+EDITS = {
+    "student schedule": ({"student": {"epochs": 3}}, STUDENTS),
+    "teacher schedule": ({"teacher": {"epochs": 3}}, {**TEACHER, **STUDENTS, "train_student": 3, "evaluate": 3}),
+    "training attack": ({"datasets": {"digits": {"attack": {"default": {"eps": 0.02}}}}}, STUDENTS),
+    "beta": ({"beta": 5.0}, STUDENTS),
+    "temperature": ({"tables": {"table4": {"entries": [{"method": "trades"},
+                                                      {"method": "trades-ltd", "temperature": [1, 2, 20, "auto"]}]}}},
+                    {"soft_labels": 1, "train_student": 1, "evaluate": 1, "curves": 1, **DOWNSTREAM}),
+    "soft-label mode": ({"datasets": {"digits": {"soft_labels": "on_the_fly"}}},
+                        {**STUDENTS, "train_student": 3, "evaluate": 3}),
+    # the split is every job's setting; the source itself (prepare_data) is unchanged
+    "data set size": ({"datasets": {"digits": {"train_size": 250}}}, {**TEACHER, **STUDENTS}),
+    "image size": ({"datasets": {"digits": {"image_size": 12}}}, {**TEACHER, **STUDENTS}),
+    "data set source": ({"datasets": {"digits": {"source": "cifar10"}}}, None),  # planned, not counted here
+    "evaluation eps": ({"datasets": {"digits": {"evaluation": {"eps": 0.02}}}},
+                       {"evaluate": 4, "validate": 3, "select_temperature": 1, "resolve_auto": 1, **DOWNSTREAM}),
+    "evaluation images": ({"datasets": {"digits": {"evaluation": {"n_examples": 50}}}},
+                          {"evaluate": 4, "resolve_auto": 1, **DOWNSTREAM}),
+    "evaluation attacks": ({"evaluation": {"autoattack": {"attacks": ["apgd-ce"]}}},
+                           {"evaluate": 4, "resolve_auto": 1, **DOWNSTREAM}),
+    "evaluation precision": ({"evaluation": {"tf32": True}}, {"evaluate": 4, "resolve_auto": 1, **DOWNSTREAM}),
+    "architecture": ({"stand_ins": {"archs": {"wrn-34-10": "wrn-10-2"}}},
+                     {"train_teacher": 1, "teacher_logits": 1, "soft_labels": 3, **STUDENTS}),
+    "seed": ({"seed": 1}, {**TEACHER, **STUDENTS}),
+    "caption": ({"tables": {"table4": {"caption": "My Table IV"}}}, DOWNSTREAM),
+    "resources": ({"resources": {"train": {"mem_mb": 3000, "runtime": 60}}}, {}),
+    "threads": ({"threads": 2}, {}),
+    "speed switches": ({"train": {"channels_last": False, "compile": True, "eval_batch_size": 100}}, {}),
+    "training curves' monitor": ({"evaluation": {"monitor": {"n_examples": 10}}}, {}),
+    "AWP (not in Table IV)": ({"awp": {"gamma": 0.01}}, {}),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_editing_a_setting_reruns_exactly_what_it_defines(finished, workdir, tmp_path, edit):
+    overlay, expected = EDITS[edit]
+    path = tmp_path / "edit.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    proc = snakemake(workdir, "-n", "table4", overlays=[str(path)], timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    if expected is None:  # a new source (here: a download) re-prepares the data set and reruns everything
+        assert job_counts(out)["prepare_data"] == 1 and job_counts(out)["total"] == 28
+    elif not expected:
+        assert "Nothing to be done" in out, out[-3000:]
+    else:
+        assert job_counts(out) == {**expected, "total": sum(expected.values())}, edit
+
+
 @pytest.fixture(scope="module")
 def finished_more(workdir):
-    proc = snakemake(workdir, "table3", "table5", "simulation")
+    proc = snakemake(workdir, "table3", "table5", "table9", "simulation")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return workdir / "results" / "test"
 
@@ -125,12 +205,12 @@ def test_imagefolder_table_trains_two_processes_from_png_files(finished_more, wo
                                            "reported [29]", "reported [49]"]
     assert rows[1]["Row"] == "WRN-50-2" and rows[1]["AA (paper)"] == "38.14" and rows[1]["Clean (ours)"] == ""
     ours = rows[2]
-    run = finished_more / "students" / "digitsfolder_resnet-14_trades-ltd_T1_b6_s0"
+    run = finished_more / "students" / "digitsfolder_resnet-14_trades-ltd_T1_fly_b6_s0"  # labels on the fly
     ev, metrics = load_json(run / "autoattack.json"), load_json(run / "metrics.json")
     assert float(ours["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
     assert float(ours["AA (ours)"]) == pytest.approx(100 * ev["robust_accuracy"], abs=0.006)
     assert ev["eps"] == pytest.approx(4 / 255) and ev["n_examples"] == 40
-    assert metrics["processes"] == 2 and metrics["epochs"] == 2
+    assert metrics["processes"] == 2 and metrics["epochs"] == 2 and metrics["soft_labels"] == "on_the_fly"
     assert "resnet-14 for resnet-50" in (finished_more / "tables" / "table3.md").read_text()
 
 
@@ -145,6 +225,24 @@ def test_awp_beta_table_and_figure(finished_more):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert (finished_more / "simulation" / "binary.csv").exists()
     assert (finished_more / "figures" / "simulation_discrepancy.pdf").exists()
+
+
+def test_a_table_of_ones_own_renders_with_our_columns_only(finished_more):
+    rows = list(csv.DictReader(open(finished_more / "tables" / "table9.csv")))
+    assert list(rows[0]) == ["Row", "Source", "Clean (ours)", "AA (ours)"]
+    assert [r["Row"] for r in rows] == ["TRADES", "TRADES+LTD T=1"] and {r["Source"] for r in rows} == {"this run"}
+    ev = load_json(finished_more / "students" / "digits_wrn-10-1_trades-ltd_T1_b6_s0" / "autoattack.json")
+    assert float(rows[1]["AA (ours)"]) == pytest.approx(100 * ev["robust_accuracy"], abs=0.006)
+    assert "Not a table of the paper" in (finished_more / "tables" / "table9.md").read_text()
+
+
+def test_editing_awp_reruns_the_awp_students(finished_more, workdir, tmp_path):
+    path = tmp_path / "edit.yaml"
+    path.write_text(yaml.safe_dump({"awp": {"gamma": 0.01}}))
+    proc = snakemake(workdir, "-n", "table5", overlays=[str(path)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_counts(proc.stdout + proc.stderr) == {"train_student": 2, "evaluate": 2, "render_table": 1,
+                                                     "figure": 1, "curves": 1, "table5": 1, "total": 8}
 
 
 @pytest.fixture(scope="module")
@@ -203,15 +301,33 @@ def test_paper_config_plans_all_six_tables_sharing_runs(workdir):
     assert paper_plan(workdir, "all") == {
         "prepare_data": 3,        # CIFAR-10, CIFAR-100, ImageNet
         # CIFAR-10 WRN-34-10 (tables I, IV, V), WRN-34-20 (I), CIFAR-100 WRN-34-10 (II, VI),
-        # ImageNet WRN-50-2 and ResNet-50 (III)
-        "train_teacher": 5, "teacher_logits": 5,
-        # CIFAR-10 WRN-34-10: grid 1 ... 20 + search 50; WRN-34-20: 5; CIFAR-100: 2 + search 5, 20;
-        # ImageNet: 1 for each of the two teachers
-        "soft_labels": 16,
+        # ImageNet WRN-50-2 and ResNet-50 (III); ImageNet's students label on the fly: no logits
+        "train_teacher": 5, "teacher_logits": 3,
+        # CIFAR-10 WRN-34-10: grid 1 ... 20 + search 50; WRN-34-20: 5; CIFAR-100: 2 + search 5, 20
+        "soft_labels": 14,
         "train_substitute": 4, "tmax": 2,   # CIFAR-10 and CIFAR-100 searches (ImageNet: T = 1)
         # I: 5 (its TRADES and TRADES+LTD T=5 rows are Table IV's, AWP+LTD beta 6 is Table V's)
         # + IV: 8 more + V: 4 more + II: 1 + VI: 4 more + III: 2
         "train_student": 24, "evaluate": 24,
         "render_table": 6, "figure": 3, "figure_tmax": 2, "curves": 6, "simulation": 1, "evaluation_report": 1,
-        "all": 1, "total": 103,
+        "all": 1, "total": 99,
     }
+
+
+@pytest.mark.parametrize("overlay", [[], ["--configfile", "config/demo.yaml"]], ids=["paper", "demo"])
+def test_budget_counts_the_jobs_snakemake_plans(workdir, overlay):
+    """ltd/budget.py's job counts come from the same run records as the DAG: equal to
+    Snakemake's own dry run of `all` (the `auto` row's evaluation is planned after the
+    search, by resolve_auto; the budget counts it ahead as an evaluation)."""
+    from ltd import budget
+    from ltd import config as ltd_config
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "--cores", "4", *overlay],
+                          cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plan = job_counts(proc.stdout + proc.stderr)
+    total = budget.estimate(ltd_config.load(*[workdir / o for o in overlay[1:]])).set_index("table").loc["total"]
+    assert (total.students, total.teachers, total.substitutes, total["teacher logits"], total.validations) == (
+        plan["train_student"], plan["train_teacher"], plan["train_substitute"], plan["teacher_logits"],
+        plan.get("validate", 0))
+    assert total.evaluations == plan["evaluate"] + plan.get("resolve_auto", 0)

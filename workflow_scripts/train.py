@@ -13,4 +13,5 @@ device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snake
                        job=snakemake.log[0])
 run = Run.parse(snakemake.params.role, snakemake.wildcards.name)
 sys.exit(train.train_job(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
-                        soft_labels=snakemake.input.get("soft_labels"), device=device))
+                         soft_labels=snakemake.input.get("soft_labels"), teacher=snakemake.input.get("teacher"),
+                         device=device))

@@ -6,12 +6,16 @@ from pathlib import Path
 
 from .. import data, experiments
 from ..files import save_json
+from ..provenance import provenance
 
 
 def prepare_data(config: dict, dataset: str, out: str | Path) -> None:
     """Fetch (CIFAR: download once, before any parallel job), build (the demo's ImageFolder
-    tree, from ``build_from``) or index a data set, and record its splits."""
+    tree, from ``build_from``) or index a data set's source, and record what it holds.
+    The splits drawn from it (val_size, train_size, test_size, image size) are each job's
+    own settings, recorded in its result; changing them does not fetch anything again."""
     cfg = experiments.dataset_cfg(config, dataset)
     if cfg["source"] == "imagefolder" and cfg.get("build_from") and not Path(cfg["path"]).exists():
         data.write_image_folder(cfg["build_from"], config["data_dir"], cfg["path"])
-    save_json({"name": dataset, **data.describe(cfg, config["data_dir"])}, out)
+    save_json({"name": dataset, **data.describe_source(cfg, config["data_dir"]),
+               "provenance": provenance(config, settings=experiments.source_identity(config, dataset))}, out)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import diagnostics, evaluate, experiments, runtime, tables
+from .. import data, diagnostics, evaluate, experiments, runtime, tables
 from ..autoattack import run_autoattack
 from ..experiments import Run
 from ..files import save_json
@@ -70,7 +70,9 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
     result["provenance"] = provenance(config, device, gpus=int(device.type == "cuda"),
                                       wall_seconds=time.time() - t_start, seed=ev["seed"],
                                       precision=record["precision"],
-                                      settings=experiments.evaluation_identity(config, dataset))
+                                      settings=experiments.evaluation_identity(config, dataset),
+                                      splits=data.describe(experiments.dataset_cfg(config, dataset),
+                                                           config["data_dir"], ("test",)))
     save_json(result, out)
     tables.render(diagnostics.report_frame([result]), "", Path(out).with_name("evaluation_report"), formats=("csv",))
     for f in stale:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, evaluate, experiments, temperature
+from .. import checkpoint, data, diagnostics, evaluate, experiments, temperature
+from ..autoattack import run_autoattack
 from ..experiments import Run
 from ..files import load_json, save_json
 from ..losses import soft_labels as softmax_t
@@ -31,27 +32,50 @@ def soft_labels(logits_path: str | Path, temperature_: float, out: str | Path) -
     checkpoint.save(softmax_t(checkpoint.load(logits_path), temperature_), out)
 
 
-def validate_run(config: dict, run: Run, model_path: str | Path, teacher_path: str | Path, out: str | Path,
-                 device: torch.device) -> dict:
-    """The search criteria on the validation split: PGD accuracy and the Eq. 9 loss
-    (soft labels at the run's own T)."""
+def validate_model(config: dict, run: Run, model: torch.nn.Module, teacher: torch.nn.Module, device: torch.device,
+                   state_stem: str | Path | None = None) -> dict:
+    """An `auto` candidate on the validation split: clean, PGD and AutoAttack accuracy
+    (``temperature_search.attacks``), the Eq. 9 objective with its KL natural term (soft
+    labels at the run's own T), and the gradient-masking diagnostics whose flags drop a
+    candidate from the search (ltd.temperature)."""
     ev, tr = experiments.evaluation(config, run.dataset), experiments.attack(config, run.dataset, run.method)
-    x, y = split_tensors(config, run.dataset, "val", device, ev["batch_size"])
+    ts, bs = experiments.search(config, run.dataset), ev["batch_size"]
+    x, y = split_tensors(config, run.dataset, "val", device, bs)
     if len(y) == 0:
         raise ValueError(f"temperature 'auto' needs a validation split: set datasets.{run.dataset}.val_size > 0")
-    model = load_model(config, run, model_path, device)
-    teacher = load_model(config, run.teacher, teacher_path, device)
-    q = softmax_t(evaluate.predict(teacher, x, ev["batch_size"]), run.temperature)
-    result = {
-        "run": run.name, "temperature": run.temperature, "n_val": len(y),
-        "pgd_accuracy": evaluate.pgd_accuracy(model, x, y, eps=ev["eps"], step_size=ev["pgd_step_size"],
-                                              steps=ev["pgd_steps"], batch_size=ev["batch_size"]),
-        "eq9_loss": evaluate.eq9_loss(model, x, q, beta=run.beta, eps=tr["eps"], step_size=tr["step_size"],
-                                      steps=tr["steps"], batch_size=ev["batch_size"]),
-        "provenance": provenance(config, device, seed=run.seed, precision="fp32",
-                                 settings={"evaluation": ev, "attack": tr}),
+    model, teacher = model.to(device).eval(), teacher.to(device).eval()
+    q = softmax_t(evaluate.predict(teacher, x, bs), run.temperature)
+    clean = evaluate.clean_accuracy(model, x, y, bs)
+    pgd = evaluate.pgd_accuracy(model, x, y, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
+                                batch_size=bs)
+    state = None if state_stem is None else Path(f"{state_stem}_autoattack.json")
+    record, flags = run_autoattack(model, x, y, eps=ev["eps"], version="custom", attacks=ts["attacks"], batch_size=bs,
+                                   seed=ev["seed"], state_path=state, device=device)
+    masking = diagnostics.run(model, x, y, clean=clean, robust=record["robust_accuracy"], pgd=pgd, eps=ev["eps"],
+                              seed=ev["seed"], batch_size=bs, device=device, cfg=ev["diagnostics"],
+                              state_stem=state_stem, apgd_ce_flags=flags.get("apgd-ce"))
+    return {
+        "run": run.name, "temperature": run.temperature, "n_val": len(y), "clean_accuracy": clean,
+        "pgd_accuracy": pgd, "robust_accuracy": record["robust_accuracy"], "autoattack": record,
+        "eq9_kl": evaluate.eq9_kl(model, x, q, beta=run.beta, eps=tr["eps"], step_size=tr["step_size"],
+                                  steps=tr["steps"], batch_size=bs),
+        "diagnostics": masking, "flags": masking["flags"],
     }
+
+
+def validate_run(config: dict, run: Run, model_path: str | Path, teacher_path: str | Path, out: str | Path,
+                 device: torch.device) -> dict:
+    """``validate_model`` on a trained candidate; its AutoAttack runs resume from state
+    files beside ``out``."""
+    stem = Path(out).with_suffix("")
+    result = validate_model(config, run, load_model(config, run, model_path, device),
+                            load_model(config, run.teacher, teacher_path, device), device, state_stem=stem)
+    result["provenance"] = provenance(config, device, seed=run.seed, precision=result["autoattack"]["precision"],
+                                      settings=experiments.validation_identity(config, run),
+                                      splits=data.describe(dataset(config, run), config["data_dir"], ("val",)))
     save_json(result, out)
+    for f in Path(out).parent.glob(f"{stem.name}_*.json"):
+        f.unlink()  # the state files, once the result is written
     return result
 
 
@@ -68,14 +92,17 @@ def find_tmax(config: dict, dataset_name: str, substitute_metrics: list[str | Pa
 
 def select_temperature(config: dict, group: str, tmax_path: str | Path, validations: list[str | Path],
                        out: str | Path) -> dict:
+    """Step 2: the chosen T and every candidate's verdict (kept, or dropped and why)."""
     dataset_name = experiments.search_candidates(config, group)[0].dataset
-    criterion = experiments.search(config, dataset_name)["criterion"]
+    ts = experiments.search(config, dataset_name)
     tmax = load_json(tmax_path)["tmax"]
     vals = [load_json(p) for p in validations]
-    chosen = temperature.choose([(v["temperature"], v[criterion]) for v in vals], tmax, criterion)
-    result = {"temperature": chosen, "tmax": tmax, "criterion": criterion,
-              "candidates": [{"T": v["temperature"], criterion: v[criterion]} for v in vals],
-              "provenance": provenance(config, settings={"criterion": criterion})}
+    chosen, decisions = temperature.choose(vals, tmax, ts["criterion"])
+    for d, v in zip(decisions, sorted(vals, key=lambda v: v["temperature"])):
+        d.update({k: v[k] for k in ("clean_accuracy", "pgd_accuracy", "robust_accuracy", "eq9_kl")})
+    result = {"temperature": chosen, "tmax": tmax, "criterion": ts["criterion"], "attacks": ts["attacks"],
+              "candidates": decisions,
+              "provenance": provenance(config, settings={"temperature_search": ts})}
     save_json(result, out)
     return result
 

@@ -15,31 +15,41 @@ from ..experiments import Run
 from ..files import save_json
 from ..models import count_parameters
 from ..provenance import fingerprint, provenance
+from ..soft_labels import TeacherLabels
 from ..train import Preempted, fit
-from .common import dataset, new_model, tensors
+from .common import dataset, load_model, new_model, tensors
 
 PREEMPTED_EXIT = Preempted.exit_code
 
 
 def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None = None,
-              device: torch.device) -> dict:
+              teacher: str | Path | None = None, device: torch.device) -> dict:
     """Train a teacher, substitute or student; writes model.pt (a plain state dict, the
     RobustBench layout), metrics.json and history.jsonl into ``out_dir``. Resumes from
-    ``out_dir/checkpoint.pt`` if a previous attempt with the same identity left one."""
+    ``out_dir/checkpoint.pt`` if a previous attempt with the same identity left one.
+    A soft-label run takes precomputed ``soft_labels`` (a file of q_T), or, when its
+    labels are made on the fly, the ``teacher``'s model.pt."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     method = methods.get(run.method)
     sched = experiments.schedule(config, run.role, run.dataset)
     ds, data_dir = dataset(config, run), config["data_dir"]
+    precision = runtime.effective_precision(device, sched["precision"])
+    on_the_fly = run.labels == "on_the_fly"
     q = None
-    if method.soft_labels:
+    if method.soft_labels and not on_the_fly:
         if soft_labels is None:
-            raise ValueError(f"{run.name} trains on soft labels but none were given")
+            raise ValueError(f"{run.name} trains on precomputed soft labels but none were given")
         q = checkpoint.load(soft_labels, map_location=device)
     attack = experiments.attack(config, run.dataset, run.method) if method.attack else None
     step = methods.build_step(run.method, beta=run.beta, attack=attack, awp=config["awp"] if method.awp else None)
     loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed,
                                     rank=distributed.rank(), world_size=distributed.world_size())
+    if on_the_fly:
+        if teacher is None:
+            raise ValueError(f"{run.name} labels its batches on the fly but no teacher was given")
+        loader = TeacherLabels(loader, load_model(config, run.teacher, teacher, device), run.temperature, device,
+                               precision)
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
     model = new_model(config, run)
     identity = experiments.training_identity(config, run)
@@ -60,7 +70,6 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
                 batch_size=sched["eval_batch_size"])
         return record
 
-    precision = runtime.effective_precision(device, sched["precision"])
     t0 = time.time()
     ckpt = out_dir / "checkpoint.pt"
     history = fit(model, step, loader, sched, ckpt_path=ckpt, device=device, precision=precision,
@@ -74,13 +83,14 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
         "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
         "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
         "clean_accuracy": history[-1]["test_accuracy"], "epochs": len(history),
-        "schedule": sched, "attack": attack, "awp": identity.get("awp"),
+        "schedule": sched, "attack": attack, "awp": identity.get("awp"), "soft_labels": run.labels,
         "precision": precision,
         "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
         "history": history,
         "provenance": provenance(config, device, gpus=gpus, wall_seconds=time.time() - t0, seed=run.seed,
-                                 precision=precision, settings=identity),
+                                 precision=precision, settings=identity,
+                                 splits=data.describe(ds, data_dir, ("train",))),
     }
     save_json(metrics, out_dir / "metrics.json")
     ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
@@ -88,19 +98,20 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
 
 
 def launch_train(nprocs: int, config: dict, run: Run, out_dir: str | Path, soft_labels: str | Path | None = None,
-                 device: str = "auto", threads: int | None = None) -> None:
+                 teacher: str | Path | None = None, device: str = "auto", threads: int | None = None) -> None:
     """``nprocs`` processes of ``ltd.jobs.worker`` under torchrun, each running
     ``train_run`` on its slice of every global batch (the job is written to job.json)."""
     out_dir = Path(out_dir)
     job = out_dir / "job.json"
     save_json({"config": config, "role": run.role, "run": run.name, "out_dir": str(out_dir),
                "soft_labels": None if soft_labels is None else str(soft_labels),
+               "teacher": None if teacher is None else str(teacher),
                "device": device, "threads": threads}, job)
     distributed.launch(nprocs, "ltd.jobs.worker", [str(job)])
 
 
-def train_job(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None,
-              device: torch.device) -> int:
+def train_job(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None = None,
+              teacher: str | Path | None = None, device: torch.device) -> int:
     """A workflow training job: one process, or ``processes`` torch.distributed ones
     (torchrun; gloo on the CPU). Returns the exit code: 0, or 143 when SIGTERM stopped it
     after writing a checkpoint (rerun to continue)."""
@@ -108,9 +119,9 @@ def train_job(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     try:
         if n > 1:
             threads = max(1, torch.get_num_threads() // n)
-            launch_train(n, config, run, out_dir, soft_labels, device=device.type, threads=threads)
+            launch_train(n, config, run, out_dir, soft_labels, teacher, device=device.type, threads=threads)
         else:
-            train_run(config, run, out_dir=out_dir, soft_labels=soft_labels, device=device)
+            train_run(config, run, out_dir=out_dir, soft_labels=soft_labels, teacher=teacher, device=device)
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT

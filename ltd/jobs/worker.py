@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         runtime.setup("cuda")  # the precision flags; the GPU itself is LOCAL_RANK's (init)
     try:
         train_run(job["config"], Run.parse(job["role"], job["run"]), out_dir=job["out_dir"],
-                  soft_labels=job["soft_labels"], device=ctx.device)
+                  soft_labels=job["soft_labels"], teacher=job["teacher"], device=ctx.device)
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT

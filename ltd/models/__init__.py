@@ -15,11 +15,10 @@ torchvision models are built with weights=None (trained here, never downloaded).
 
 from __future__ import annotations
 
-import re
-
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..archs import ARCH_PATTERN, check_arch  # noqa: F401 - ARCH_PATTERN: the schema's, for tests
 from .preact_resnet import PreActResNet18
 from .wideresnet import WideResNet
 
@@ -30,36 +29,22 @@ TORCHVISION_RESNETS = {
     "resnet-50": (Bottleneck, [3, 4, 6, 3]),
     "resnet-101": (Bottleneck, [3, 4, 23, 3]),
 }
-# Depths of wrn-<depth>-<width> that mean torchvision's wide (Bottleneck) ResNet, not ours.
-TORCHVISION_WRN_DEPTHS = {14: [1, 1, 1, 1], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
-
-# Must match config/schema.yaml's `arch` pattern.
-ARCH_PATTERN = r"^(wrn-[0-9]+-[0-9]+|resnet-(14|18|50|101)|preact-resnet18)$"
-
-VALID_FORMS = ("'wrn-<depth>-<width>' with depth 6n+4 (10, 16, 22, 28, 34, 40, ...; CIFAR WideResNet, "
-               "e.g. wrn-34-10) or depth 14, 50, 101 (torchvision wide ResNet, e.g. wrn-50-2); "
-               f"{', '.join(repr(a) for a in TORCHVISION_RESNETS)}; or 'preact-resnet18'")
+# Blocks per stage of torchvision's wide (Bottleneck) ResNets, by the depth in wrn-<depth>-<width>.
+TORCHVISION_WRN_LAYERS = {14: [1, 1, 1, 1], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 
 
 def build_model(arch: str, num_classes: int, sub_block1: bool = False) -> nn.Module:
-    m = re.fullmatch(r"wrn-(\d+)-(\d+)", arch)
-    if m:
-        depth, width = int(m[1]), int(m[2])
-        if width < 1:
-            raise ValueError(f"arch {arch!r}: width must be >= 1; expected {VALID_FORMS}")
-        if depth in TORCHVISION_WRN_DEPTHS:
-            layers = TORCHVISION_WRN_DEPTHS[depth]
-            return ResNet(Bottleneck, layers, num_classes=num_classes, width_per_group=64 * width)
-        if (depth - 4) % 6 or depth < 10:
-            raise ValueError(f"arch {arch!r}: depth {depth} is neither 6n+4 nor one of "
-                             f"{sorted(TORCHVISION_WRN_DEPTHS)}; expected {VALID_FORMS}")
+    family = check_arch(arch)
+    if family in ("wrn", "torchvision-wrn"):
+        depth, width = (int(v) for v in arch.split("-")[1:])
+        if family == "torchvision-wrn":
+            return ResNet(Bottleneck, TORCHVISION_WRN_LAYERS[depth], num_classes=num_classes,
+                          width_per_group=64 * width)
         return WideResNet(depth, width, num_classes, sub_block1=sub_block1)
-    if arch in TORCHVISION_RESNETS:
+    if family == "torchvision-resnet":
         block, layers = TORCHVISION_RESNETS[arch]
         return ResNet(block, layers, num_classes=num_classes)
-    if arch == "preact-resnet18":
-        return PreActResNet18(num_classes)
-    raise ValueError(f"unknown arch {arch!r}; expected {VALID_FORMS}")
+    return PreActResNet18(num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,40 @@
+"""Lint is part of the test command: Snakemake's own linter and ruff (pyflakes, import
+order; pyproject.toml) must be clean."""
+import shutil
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def test_snakemake_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(ROOT / ".venv" / "bin" / "ruff")
+    proc = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_planning_imports_no_torch():
+    """What the Snakefile and rules/common.smk import must not pull torch in: planning
+    `snakemake -n all` on a login node stays a matter of seconds."""
+    code = ("import sys; import ltd.checks, ltd.experiments, ltd.files, ltd.methods, ltd.budget; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_the_library_never_imports_the_jobs_layer():
+    """Data flows one way: ltd/jobs/ (what the rules call) imports the library, never the reverse."""
+    import re
+
+    for path in (ROOT / "ltd").rglob("*.py"):
+        if "jobs" in path.relative_to(ROOT / "ltd").parts:
+            continue
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import)\s+(\.+jobs|ltd\.jobs)\b", text, re.M), path
