@@ -49,8 +49,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from ltd import flops, runtime  # noqa: E402
 from ltd.losses import natural_loss  # noqa: E402
 from ltd.methods import build_step  # noqa: E402
-from ltd.steps import Step  # noqa: E402
 from ltd.models import build_model  # noqa: E402
+from ltd.steps import Step  # noqa: E402
 
 # Dense (no sparsity) peak TFLOP/s per GPU from the vendors' data sheets:
 # (pattern on torch.cuda.get_device_name, label, bf16/fp16 tensor core, fp32 without TF32).
