@@ -85,6 +85,10 @@ def _step(method, base, batch, device, precision, memory_format=torch.contiguous
     return loss.item(), logits.dtype, grad
 
 
+def _cos(a, b) -> float:
+    return F.cosine_similarity(a.double(), b.double(), dim=0).item()  # float64: 1 - cos resolves 1e-6
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["trades-ltd", "awp-ltd"])
 def test_bf16_step_is_close_to_fp32(device, method):
@@ -96,7 +100,7 @@ def test_bf16_step_is_close_to_fp32(device, method):
     loss16, dtype16, grad16 = _step(method, base, batch, device, "bf16")
     assert dtype32 == torch.float32 and dtype16 == torch.bfloat16  # autocast really ran (or not)
     assert abs(loss16 - loss32) <= BF16_RTOL * abs(loss32), (loss16, loss32)
-    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.95
+    assert _cos(grad16, grad32) > 0.95  # measured 0.98-0.99
     if method == "awp-ltd":
         # The weight perturbation must act under autocast as in fp32: autocast's cache of
         # bf16 weight copies once made the bf16 loss ignore it (AWP silently = TRADES).
@@ -150,7 +154,7 @@ def test_channels_last_equals_contiguous(device):
         # an input gradient that is ~0, moving that pixel by 2 steps: still within 1e-4.
         rtol = 1e-5 if method == "natural" else 1e-4
         assert abs(loss_l - loss_c) <= rtol * abs(loss_c), (method, loss_l, loss_c)
-        assert F.cosine_similarity(grad_l, grad_c, dim=0) > 1 - (1e-6 if method == "natural" else 1e-3)
+        assert _cos(grad_l, grad_c) > 1 - (1e-5 if method == "natural" else 1e-3)  # measured: 1e-11-1e-7 / 2e-5
 
 
 def test_known_answer_model_and_data():
@@ -277,7 +281,8 @@ print(json.dumps({"reproducible": same(ref, ref2), "resumed_equal": same(ref, re
 
 
 def _python(code, *args, env=None, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     env.pop("LTD_GPU_SLOTS_HELD", None)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
