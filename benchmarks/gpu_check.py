@@ -10,7 +10,7 @@ package is imported from this checkout.
 
 Parts, in the order they run. Each one prints its result as soon as it has it and writes
 ``<out>/<part>.json``; a part whose JSON says "ok" is skipped on a rerun unless
-``--force`` (errors, time-outs and skips are retried), so a machine that stops early
+``--force`` (errors, time-outs, skips and --dry results are redone), so a machine that stops early
 still returns the finished parts. ``<out>/summary.json`` and a table come last.
 
 1. ``tests``: ``pytest -m cuda tests/test_cuda.py`` in a subprocess: passed, failed, skipped.
@@ -408,13 +408,13 @@ def part_autoattack(ctx: Context) -> dict:
                                    "flags_equal_the_known_answer": known, "seconds": record["seconds"],
                                    "square_queries": record["square_queries"], "per_attack": per_attack,
                                    "peak_memory_gib": aa_memory},
-            f"{ctx.arch}_rates": rates, "projection": projection}
+            "model_rates": {"arch": ctx.arch, **rates}, "projection": projection}
         report(f"  {precision}: known-answer model robust {record['robust_accuracy']:.3f} (expected "
                f"{robust.sum().item() / len(y):.3f}, flags equal: {known}), {record['seconds']:.1f} s for "
                f"{ctx.aa_n} images; {ctx.arch} projected {projection['projected_hours']:.2f} h for 10,000 images "
                f"({projection['projected_hours_with_small_model_time']:.2f} h counting the small model's time as "
                "overhead)")
-    out["peak_memory_gib"] = max(max(_mem(r["known_answer_model"]), _mem(r[f"{ctx.arch}_rates"]))
+    out["peak_memory_gib"] = max(max(_mem(r["known_answer_model"]), _mem(r["model_rates"]))
                                  for r in out["runs"].values())
     return out
 
@@ -526,7 +526,7 @@ def run_part(ctx: Context, name: str) -> dict:
     path = ctx.out / f"{name}.json"
     if path.exists() and not ctx.args.force:
         done = load_json(path)
-        if done.get("status") == "ok":
+        if done.get("status") == "ok" and done.get("dry") == ctx.dry:  # a --dry result never stands for a GPU's
             report(f"[{name}] done before ({path}); skipped (--force reruns it)")
             return done
     report(f"[{name}]{' (child process)' if ctx.args.child else ''} starting at {ctx.elapsed():.0f} s")
@@ -591,7 +591,7 @@ def summarise(ctx: Context, records: dict) -> dict:
     aa = records.get("autoattack", {}).get("result") or {}
     for precision, r in (aa.get("runs") or {}).items():
         p, k = r["projection"], r["known_answer_model"]
-        fg = r[f"{ctx.arch}_rates"]["forward_input_gradient"]
+        fg = r["model_rates"]["forward_input_gradient"]
         key[f"autoattack {precision}"] = {"projected_hours": p["projected_hours"],
                                           "projected_hours_with_small_model_time": p["projected_hours_with_small_model_time"],
                                           "known_answer_ok": k["flags_equal_the_known_answer"],
@@ -635,8 +635,10 @@ def main(argv=None) -> dict:
     for name in PARTS:
         if name in args.parts:
             records[name] = run_part(ctx, name)
-        elif (ctx.out / f"{name}.json").exists():
-            records[name] = load_json(ctx.out / f"{name}.json")
+        elif (ctx.out / f"{name}.json").exists():  # the summary covers earlier runs' parts of the same kind
+            earlier = load_json(ctx.out / f"{name}.json")
+            if earlier.get("dry") == ctx.dry:
+                records[name] = earlier
     return summarise(ctx, records)
 
 

@@ -80,6 +80,9 @@ def test_finished_parts_are_skipped_unless_forced(dry):
     stdout = _run("--dry", "--out", out, "--parts", "train")
     assert "[train] done before" in stdout and (out / "train.json").stat().st_mtime_ns == before
     assert load_json(out / "summary.json")["status"] == {p: "ok" for p in PARTS}  # the others read back
+    if not __import__("torch").cuda.is_available():  # a real run never takes a --dry result for its own
+        stdout = _run("--out", out, "--parts", "train")
+        assert "done before" not in stdout and load_json(out / "train.json")["status"].startswith("skipped: no CUDA")
 
 
 def test_without_cuda_the_parts_say_so(tmp_path):
