@@ -628,7 +628,8 @@ def main(argv=None) -> dict:
     ctx = Context(args)
     ctx.out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        return run_part(ctx, "compile")
+        record = run_part(ctx, "compile")
+        return {"status": {"compile": record["status"]}}
     report(f"gpu_check: {ctx.arch} on {ctx.device} ({ctx.peak_label}), torch {torch.__version__}, out {ctx.out}"
            + (" [--dry]" if ctx.dry else ""))
     records = {}
@@ -643,4 +644,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    summary = main()
+    sys.exit(0 if all(v == "ok" for v in summary.get("status", {}).values()) else 1)  # any part not ok: 1
