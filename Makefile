@@ -43,3 +43,13 @@ test: $(STAMP)
 ## What the paper config would run (no GPU needed to plan).
 dry-run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) -n --cores all --resources gpu=4 all
+
+## One prepared check of a GPU machine (docs/performance.md, "Checking a GPU machine"): the
+## CUDA tests, what a training step and AutoAttack cost, projected GPU-hours; about 6
+## minutes on one H100. Needs no virtualenv or Snakemake: on a bare machine it runs with
+## python3 (pyautoattack installed from a carried wheel). Outputs: $(GPU_CHECK_OUT)/.
+.PHONY: gpu-check
+GPU_CHECK_OUT ?= results/gpu_check
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)

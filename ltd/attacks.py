@@ -34,7 +34,8 @@ def trades_attack(model: torch.nn.Module, x: torch.Tensor, logits_nat: torch.Ten
     at every step, which costs one forward per step and changes nothing.
     """
     log_p_nat = F.log_softmax(logits_nat.detach().float(), dim=1)
-    x_adv = (x + init_std * torch.randn_like(x)).detach()
+    # randn, not randn_like: the same noise whatever x's memory format (channels_last on the GPU)
+    x_adv = (x + init_std * torch.randn(x.shape, dtype=x.dtype, device=x.device)).detach()
     with _eval_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
@@ -49,7 +50,7 @@ def pgd_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     """Madry et al.'s L_inf PGD on cross-entropy, from a uniform random start."""
     x_adv = x.detach().clone()
     if random_start:
-        x_adv = (x_adv + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0.0, 1.0)
+        x_adv = (x_adv + torch.empty(x.shape, dtype=x.dtype, device=x.device).uniform_(-eps, eps)).clamp_(0.0, 1.0)
     with _eval_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)

@@ -170,6 +170,7 @@ def run_autoattack(
                                       "batches_done": 0}
             save()
         pending = cur["pending"]
+        t_attack = time.time()
         adversary.attacks_to_run = [attack]
         n_batches = -(-len(pending) // batch_size)
         # these jobs run for hours: a bar per attack (in the log, refreshed every 30 s)
@@ -193,7 +194,8 @@ def run_autoattack(
             bar.set_postfix(robust=f"{100 * fraction(robust):.2f}%", refresh=False)
         bar.close()
         state["done"][attack] = {"robust_accuracy": fraction(robust), "flags": _bits(robust),
-                                 "skipped": n_batches == 0}
+                                 "skipped": n_batches == 0, "attacked": len(pending),
+                                 "seconds": time.time() - t_attack}  # this attempt's share, if resumed
         state["current"] = None
         save()
         print(f"AutoAttack: robust accuracy after {attack}: {100 * fraction(robust):.2f} % "
@@ -203,6 +205,9 @@ def run_autoattack(
         "robust_accuracy": fraction(robust),
         "clean_accuracy": fraction(clean),
         "robust_accuracy_after": {a: state["done"][a]["robust_accuracy"] for a in order},
+        # images each attack ran on (the still-robust ones) and its seconds (benchmarks/gpu_check.py)
+        "attacked": {a: state["done"][a].get("attacked") for a in order},
+        "seconds_per_attack": {a: state["done"][a].get("seconds") for a in order},
         # attacks that had no robust example left to attack (pyautoattack stops there too)
         "skipped": [a for a in order if state["done"][a]["skipped"]],
         "attacks": order,

@@ -99,6 +99,10 @@ def add_perturbation(model: torch.nn.Module, delta: Perturbation, sign: float = 
     with torch.no_grad():
         for name, d in delta.items():
             params[name].add_(d, alpha=sign)
+    # Autocast keeps the bf16/fp16 copy of each weight it cast earlier in the same autocast
+    # region (here: the attack's forwards) and would reuse it, ignoring the in-place change:
+    # the loss would be computed at the unperturbed weights, AWP silently a no-op.
+    torch.clear_autocast_cache()
 
 
 def remove_perturbation(model: torch.nn.Module, delta: Perturbation) -> None:

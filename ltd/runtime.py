@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 
 import torch
@@ -18,12 +21,21 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # workflow's working directory, shared by every run of the checkout. LTD_GPU_SLOTS moves
 # it, e.g. to a local disk where results/ sits on a file system without flock.
 DEFAULT_SLOTS_DIR = "results/.gpu_slots"
+README_TORCH_SECTION = 'README.md, section "Installing torch for your CUDA version"'
+
+
+class NoCudaError(RuntimeError):
+    """A job that holds a GPU (or asked for device: cuda) but torch sees no CUDA device."""
 
 
 def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
           slots_dir: str | os.PathLike | None = None, job: str = "") -> torch.device:
     """The job's device. With gpus > 0 it first takes that many GPUs no other job holds
-    (ltd.gpu_slots) for the rest of the process: call it before anything touches CUDA."""
+    (ltd.gpu_slots) for the rest of the process: call it before anything touches CUDA.
+
+    ``device: auto`` is the GPU when torch sees one, else the CPU, except for a job that
+    holds GPUs (gpus > 0): finding no CUDA there raises ``NoCudaError`` at once, naming
+    torch's CUDA build, the driver and the fix (``no_cuda_message``); so does ``cuda``."""
     # A process this job started (e.g. a torch.distributed worker) already has the job's
     # GPUs in CUDA_VISIBLE_DEVICES; locking again would wait forever on its own parent.
     if gpus and device != "cpu" and not os.environ.get("LTD_GPU_SLOTS_HELD"):
@@ -36,15 +48,70 @@ def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # A job that holds a GPU never falls back to the CPU: a 120-epoch WRN-34-10 would
+        # take months there and look like a hang.
+        device = "cuda" if torch.cuda.is_available() or gpus else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+        raise NoCudaError(no_cuda_message(gpus))
     if device == "cuda":
         # Reported numbers are computed in full fp32 (see evaluate.py); training uses autocast.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
     return torch.device(device)
+
+
+def nvidia_smi() -> dict:
+    """What the NVIDIA driver says: {"driver": "535.104.05", "cuda": "12.2"} from
+    ``nvidia-smi``'s header, or {"error": why it gave nothing}."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {"error": "nvidia-smi is not on PATH: no NVIDIA driver is installed or loaded on this node"}
+    try:
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": f"nvidia-smi did not run: {e}"}
+    text = out.stdout + out.stderr
+    driver = re.search(r"Driver Version:\s*([0-9.]+)", text)
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", text)
+    if out.returncode != 0 or driver is None:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "no output")
+        return {"error": f"nvidia-smi failed (exit code {out.returncode}): {first}"}
+    return {"driver": driver[1], "cuda": cuda[1] if cuda else None}
+
+
+def _version(v: str | None) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", v or ""))
+
+
+def no_cuda_message(gpus: int = 0) -> str:
+    """Why torch sees no CUDA device, and what to do about it."""
+    held = f"This job holds {gpus} GPU(s)" if gpus else "device: cuda was asked for"
+    lines = [f"{held}, but torch sees no CUDA device (torch.cuda.is_available() is False); stopping "
+             "rather than training on the CPU."]
+    built = torch.version.cuda
+    lines.append(f"  torch {torch.__version__}: " + (f"built for CUDA {built}" if built else
+                                                     "a CPU-only build (torch.version.cuda is None)"))
+    smi = nvidia_smi()
+    if "error" in smi:
+        lines.append(f"  driver: {smi['error']}")
+        lines.append("  -> no torch build can use a GPU without a working driver: run on a GPU node, or load "
+                     "the driver's module there")
+    else:
+        lines.append(f"  driver: {smi['driver']} (nvidia-smi), supports CUDA up to {smi['cuda'] or '?'}")
+        if built and smi["cuda"] and _version(smi["cuda"])[:2] < _version(built)[:2]:
+            lines.append(f"  -> the driver's CUDA {smi['cuda']} is older than the CUDA {built} this torch was "
+                         "built for: install the torch build for CUDA " + smi["cuda"])
+    cvd = os.environ.get(gpu_slots.CVD)
+    if cvd is not None:
+        lines.append(f"  CUDA_VISIBLE_DEVICES={cvd!r}")
+    tag = "cu" + "".join(map(str, _version(smi.get("cuda"))[:2])) if smi.get("cuda") else "cu126"
+    lines.append(f"Fix: install the torch build for your driver's CUDA version ({README_TORCH_SECTION}), e.g. "
+                 f"pip install torch torchvision --index-url https://download.pytorch.org/whl/{tag} (or the "
+                 "nearest lower cuXYZ that PyTorch publishes), then check with "
+                 "python -c 'import torch; print(torch.cuda.is_available(), torch.version.cuda)'. "
+                 "Or run on the CPU on purpose: the offline demo (--configfile config/demo.yaml) or device: cpu.")
+    return "\n".join(lines)
 
 
 def allow_tf32(device: torch.device, allowed: bool) -> None:
@@ -56,13 +123,16 @@ def allow_tf32(device: torch.device, allowed: bool) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast on GPU; the CPU always trains in fp32 (bf16 there is slow)."""
-    if device.type != "cuda" or precision == "fp32":
+    """Autocast to ``precision`` ("bf16", "fp16"; "fp32": none) on the device's type, CPU
+    included: the caller decides (the workflow's jobs ask ``effective_precision``)."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=AMP_DTYPES[precision])
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[precision])
 
 
 def effective_precision(device: torch.device, precision: str) -> str:
+    """What a workflow job trains in: its schedule's precision on a GPU, fp32 on the CPU
+    (bf16 there is slow, and the demo's numbers are fp32)."""
     return precision if device.type == "cuda" else "fp32"
 
 

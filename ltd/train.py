@@ -248,6 +248,7 @@ def fit(
             record = {
                 "epoch": epoch + 1,
                 "lr": lr,
+                "precision": precision,  # what this epoch ran in (a resumed run may change device)
                 "train_loss": summed["loss"] / n,
                 "train_accuracy": summed["correct"] / n,
                 **{f"train_{k}": summed[k] / n for k in totals.keys},

@@ -23,3 +23,18 @@ def _demo_config():
 @pytest.fixture
 def demo_config(_demo_config):
     return copy.deepcopy(_demo_config)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run last, and are skipped with the reason when torch sees no
+    CUDA device. Last: once a test starts CUDA in this process it stays started, and the
+    GPU-slot tests need a process where it has not (CUDA reads CUDA_VISIBLE_DEVICES once)."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("cuda")] + cuda_items
+    if not torch.cuda.is_available():
+        why = (f"needs CUDA: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no CUDA device; "
+               "run `pytest -m cuda` (or `make gpu-check`) on a GPU machine")
+        for item in cuda_items:
+            item.add_marker(pytest.mark.skip(reason=why))
