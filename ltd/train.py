@@ -83,9 +83,11 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    # The checkpoint is loaded onto the training device; RNG states must be CPU ByteTensors
+    # (on a GPU, resuming failed with "RNG state must be a torch.ByteTensor").
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @contextlib.contextmanager

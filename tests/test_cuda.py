@@ -271,7 +271,7 @@ ref = run(f"{out}/ref.pt", [3])
 ref2 = run(f"{out}/ref2.pt", [3])
 resumed = run(f"{out}/resumed.pt", [1, 3], reseed=12345)
 restore = train._set_rng_state
-train._set_rng_state = lambda state: torch.set_rng_state(state["torch"])  # forget the CUDA RNG state
+train._set_rng_state = lambda state: torch.set_rng_state(state["torch"].cpu())  # forget the CUDA RNG state
 no_cuda_rng = run(f"{out}/no_cuda_rng.pt", [1, 3], reseed=12345)
 train._set_rng_state = restore
 print(json.dumps({"reproducible": same(ref, ref2), "resumed_equal": same(ref, resumed),
