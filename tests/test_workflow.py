@@ -112,7 +112,7 @@ def test_second_run_has_nothing_to_do(finished, workdir):
 
 @pytest.fixture(scope="module")
 def finished_more(workdir):
-    proc = snakemake(workdir, "table3", "table5", "simulation")
+    proc = snakemake(workdir, "table3", "table5", "table7", "simulation")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return workdir / "results" / "test"
 
@@ -145,6 +145,26 @@ def test_awp_beta_table_and_figure(finished_more):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert (finished_more / "simulation" / "binary.csv").exists()
     assert (finished_more / "figures" / "simulation_discrepancy.pdf").exists()
+
+
+def test_ltd_across_methods_table_trains_pgd_at_and_mart_students(finished_more):
+    """table7 (not in the paper): a PGD-AT+LTD and a MART+LTD student, trained and
+    evaluated by the workflow; our columns only."""
+    rows = list(csv.DictReader(open(finished_more / "tables" / "table7.csv")))
+    assert [r["Row"] for r in rows] == ["PGD-AT+LTD T=5", "MART+LTD T=5"]
+    assert "Clean (paper)" not in rows[0] and {r["Source"] for r in rows} == {"this run"}
+    md = (finished_more / "tables" / "table7.md").read_text()
+    assert "NOT part of the paper" in md and "Not a table of the paper" in md and "paper columns are" not in md
+    for row, method in zip(rows, ["pgd-at-ltd", "mart-ltd"]):
+        run = finished_more / "students" / f"digits_wrn-10-1_{method}_T5_b6_s0"
+        ev, metrics = load_json(run / "autoattack.json"), load_json(run / "metrics.json")
+        assert float(row["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
+        assert float(row["AA (ours)"]) == pytest.approx(100 * ev["robust_accuracy"], abs=0.006)
+        assert ev["robust_accuracy"] <= ev["clean_accuracy"]
+        assert metrics["method"] == method and metrics["temperature"] == 5 and metrics["attack"]["steps"] == 2
+        assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    mart = load_json(finished_more / "students" / "digits_wrn-10-1_mart-ltd_T5_b6_s0" / "metrics.json")
+    assert {"train_adversarial", "train_robust"} <= set(mart["history"][-1])  # MART's two terms, logged
 
 
 @pytest.fixture(scope="module")
