@@ -12,7 +12,8 @@ image. A backward costs about two forwards (input gradients + weight gradients),
 when only input gradients are needed (an attack step). So: natural training 3; a
 TRADES(+LTD) step with a k-step attack computed leanly 1 + 2k + 2 x 3 = 2k + 7
 (27 for k = 10), and 3k + 9 (39) as the official loop structures it, which recomputes
-f(x) at every attack step and once more in the loss.
+f(x) at every attack step and once more in the loss. PGD-AT 2k + 4, MART 2k + 6
+(ltd/methods.py).
 """
 
 from __future__ import annotations
@@ -83,20 +84,27 @@ def model_forward_flops(arch: str, image_size: int, num_classes: int = 10) -> in
 def count_step_flops(step_fn: Callable, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      q: torch.Tensor | None) -> int:
     """FLOPs of one training step driven as ltd/train.py drives it: the model in train
-    mode, ``loss, logits, stats = step_fn(model, x, y, q)``, then ``loss.backward()``.
-    A step's ``after_update`` (AWP's removal of its weight perturbation) runs after the
-    count, so the model's weights are left as they were; gradients are cleared."""
+    mode, ``loss, logits, stats = step_fn(model, x, y, q)``, ``loss.backward()``, then
+    the step's ``after_update`` (no optimiser step: the weights are left as they were).
+    ``after_update`` is counted: PGD-AT's forward of x there (for its BN statistics) is
+    part of its cost; AWP's removal of its weight perturbation costs no FLOPs.
+    Gradients are cleared."""
     was_training = model.training
     model.train()
+    done = False
 
     def run():
+        nonlocal done
         loss, _, _ = step_fn(model, x, y, q)
         loss.backward()
+        step_fn.after_update(model)
+        done = True
 
     try:
         flops = count_flops(run)
     finally:
-        step_fn.after_update(model)
+        if not done:  # the step failed: still undo what it left (AWP's perturbation)
+            step_fn.after_update(model)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return flops

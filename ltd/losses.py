@@ -41,3 +41,32 @@ def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, target: torc
     natural = natural_loss(logits_nat, target)
     robust = trades_kl(logits_adv, logits_nat)
     return natural + beta * robust, {"natural": natural.detach(), "robust": robust.detach()}
+
+
+def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+              target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """MART (Wang et al., ICLR 2020) as YisenWang/MART mart.py computes it, its guards
+    (1e-12, 1.0001, 1.0000001) included:
+
+        BCE(f(x'), y) + beta * mean_i KL(f(x_i) || f(x'_i)) * (1 - f_y(x_i))
+
+    with BCE = CE(f(x'), y) - log(1 - max_{k != y} f_k(x')) (the margin term pushes down
+    the most probable wrong class). Gradients flow through every factor, the weight
+    (1 - f_y(x)) included, as officially.
+
+    ``target`` (MART+LTD): the teacher's soft labels q_T replace y in the
+    cross-entropy term only, CE(q_T, f(x')). The margin term and the weight keep y:
+    both are defined by *which* class is true (the most probable wrong class; the
+    probability given to the true one), not by a target distribution.
+    """
+    p_adv = F.softmax(logits_adv, dim=1)
+    top2 = p_adv.topk(2, dim=1).indices  # equal probabilities may pick another class than
+    wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])  # the official argsort; the loss is equal
+    ce = natural_loss(logits_adv, y if target is None else target)
+    margin = F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong)
+    p_nat = F.softmax(logits_nat, dim=1)
+    kl = F.kl_div(torch.log(p_adv + 1e-12), p_nat, reduction="none").sum(dim=1)
+    weight = 1.0000001 - p_nat.gather(1, y[:, None]).squeeze(1)
+    robust = (kl * weight).mean()
+    adversarial = ce + margin
+    return adversarial + beta * robust, {"adversarial": adversarial.detach(), "robust": robust.detach()}

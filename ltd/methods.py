@@ -7,10 +7,11 @@ set's ``attack`` section it uses, whether it needs the ``awp`` settings, its ste
 (``ltd.steps``), and its cost in forward-equivalents per image of one step. Run names,
 table rows, the config checks, the budget and the tests all read this table.
 
-Adding a method = one step class in ``ltd/steps.py`` + one entry below + config rows::
+Adding a method = one step class in ``ltd/steps.py`` + one entry below + config rows
+(``datasets.<d>.attack.<family>``, table entries)::
 
     Method("mart-ltd", "MART+LTD", "ltd.steps:MartStep", soft_labels=True, attack="mart",
-           base="mart", cost=lambda k: 2 * k + 6),
+           base="mart", cost=lambda k: 2 * k + 6, note="q_T in the CE term of MART's BCE only"),
 
 No torch here: planning the workflow's DAG reads the registry, and the step class is
 imported only when a job builds the step (``build_step``).
@@ -63,6 +64,23 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("awp-ltd", "AWP+LTD", "ltd.steps:AWPStep", soft_labels=True, attack="awp", awp=True, base="awp",
            cost=lambda k: 2 * k + 7, awp_cost=6.0,
            note="TRADES-AWP with q_T in the natural term, in the update and in the weight-perturbation objective"),
+    # Beyond the paper: LTD for other adversarial-training methods (table7).
+    # PGD-AT (Madry et al. 2018) as csdongxian/AWP AT_AWP/train_cifar10.py trains it (Rice et
+    # al.'s loop, AWP off): 2k (attack) + 3 (x' with backward) + 1 (the official post-update
+    # forward of x, for its BN statistics). beta: unused.
+    Method("pgd-at", "PGD-AT", "ltd.steps:PgdStep", attack="pgd", cost=lambda k: 2 * k + 4),
+    Method("pgd-at-ltd", "PGD-AT+LTD", "ltd.steps:PgdStep", soft_labels=True, attack="pgd", base="pgd-at",
+           cost=lambda k: 2 * k + 4,
+           note="the loss CE(q_T, f(x')) replaces CE(y, f(x')); the attack keeps the true label y (the "
+                "paper crafts adversarial examples with the original label)"),
+    # MART (Wang et al. 2020, YisenWang/MART): 2k (attack) + 2 x 3 (x and x' with backward).
+    Method("mart", "MART", "ltd.steps:MartStep", attack="mart", cost=lambda k: 2 * k + 6),
+    Method("mart-ltd", "MART+LTD", "ltd.steps:MartStep", soft_labels=True, attack="mart", base="mart",
+           cost=lambda k: 2 * k + 6,
+           note="q_T replaces y in the cross-entropy of MART's boosted CE only, CE(q_T, f(x')); its margin "
+                "term (the most probable wrong class) and the misclassification weight 1 - f_y(x) keep y, "
+                "being defined by which class is true rather than by a target distribution; the attack "
+                "keeps y"),
 ]}
 
 # Which methods train in each role.

@@ -1,14 +1,16 @@
 """One training step per method (registered in ``ltd.methods``).
 
 A step takes (model, x, y, q) — q the teacher's soft labels for x, or None — and
-returns (loss, clean logits, stats), stats being detached scalar tensors (no host
-synchronisation: the loop keeps running totals on the device). The training loop owns
+returns (loss, logits, stats): the logits the loop counts training accuracy on (f(x),
+or f(x') for PGD-AT, which computes no f(x) before its update), stats being detached
+scalar tensors (no host synchronisation: the loop keeps running totals on the device). The training loop owns
 everything else: autocast, backward, the optimiser, checkpoints. The two hooks are
 called by the loop for every step (no-ops unless a step needs them).
 
 BatchNorm: each step leaves the running statistics as its official loop does
 (``ltd.batchnorm``: the official TRADES update runs f(x) twice, we once and replay its
-statistics update).
+statistics update; PGD-AT's official attack makes one more forward of x' than ours,
+replayed the same way).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Protocol
 import torch
 
 from . import awp as awp_lib
-from .attacks import trades_attack
+from . import distributed
+from .attacks import mart_attack, pgd_delta, trades_attack
 from .batchnorm import CleanForwardReplay
-from .losses import natural_loss, trades_kl, trades_loss
+from .losses import mart_loss, natural_loss, trades_kl, trades_loss
 from .methods import Method
 
 
@@ -195,3 +198,104 @@ class AWPStep(TradesStep):
             awp_lib.remove_perturbation(model, self._delta)
             self._delta = None
 
+
+
+class PgdStep(Step):
+    """PGD-AT (Madry et al.; cross-entropy on x') or PGD-AT+LTD (CE(q_T, f(x'))), as
+    the PyTorch PGD-AT of csdongxian/AWP (AT_AWP/train_cifar10.py, AWP off: Rice et
+    al.'s loop) trains it. The attack uses the true label y in both (the paper crafts
+    adversarial examples with the original label); ``beta`` is unused (no trade-off
+    term) and only part of the run's name, as for every student.
+
+    Equal to the official loop in x', loss, update and BatchNorm statistics:
+
+    * Attack mode: the official attack runs the model in whatever mode it is in, and
+      the loop calls ``model.train()`` only after it. So it attacks in train mode (BN
+      on batch statistics, each forward moving the running statistics), except the
+      first batch of every epoch after the first: the previous epoch's test pass left
+      the model in eval mode (``begin_epoch``). Resumed runs differ in that one batch:
+      an official ``--resume`` starts in train mode, ours resumed attacks the first
+      batch it runs of an epoch after the first in eval mode.
+    * Its one restart ends with a forward of x + delta only to pick the restart with
+      the larger loss (always this one): in train mode it moves the running statistics
+      exactly as the training forward of x' right after it does (same weights and
+      input), so we skip it and replay that update (``ltd.batchnorm``).
+    * After the optimiser step the official loop runs f(x) in train mode for its
+      training-accuracy log, which moves the running statistics towards the clean
+      batch at the new weights. No replay can stand in for a forward at new weights,
+      so ``after_update`` runs it (without autograd, in the step's autocast precision);
+      it is part of the declared cost. The loop counts training accuracy on f(x')
+      (the official loop logs that one as its robust training accuracy).
+
+    Forward-equivalents: 2k (attack) + 3 (x' with backward) + 1 (x after the update);
+    officially 3k + 5 (its attack's backward also computes the weights' gradients,
+    and the selection forward).
+    """
+
+    def __init__(self, method: Method, *, beta: float, attack: dict):
+        self.method, self.attack = method, attack
+        self.replay = _Replay()
+        self._eval_attack = False  # the next batch is the first of an epoch after the first
+        self._pending: tuple[torch.Tensor, bool, torch.dtype] | None = None  # x for after_update
+
+    def begin_epoch(self, epoch: int) -> None:
+        self._eval_attack = epoch > 0
+
+    def __call__(self, model, x, y, q):
+        target = natural_target(self.method, y, q)
+        training = model.training
+        if self._eval_attack:
+            model.eval()
+        try:
+            delta = pgd_delta(model, x, y, **self.attack)
+        finally:
+            model.train(training)
+        attacked_in_train_mode = training and not self._eval_attack
+        self._eval_attack = False
+        x_adv = (x + delta).clamp(0.0, 1.0)
+        if attacked_in_train_mode:  # the official selection forward of x + delta moved the statistics
+            replay = self.replay(model)
+            with replay.record():
+                logits_adv = model(x_adv)
+            replay.apply()
+        else:
+            logits_adv = model(x_adv)
+        loss = natural_loss(logits_adv.float(), target)
+        if training:
+            device = x.device.type
+            self._pending = (x, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return loss, logits_adv, {"loss": loss.detach()}
+
+    def after_update(self, model: torch.nn.Module) -> None:
+        """The official post-update forward of x in train mode (its BN statistics update)."""
+        if self._pending is None:
+            return
+        x, autocast, dtype = self._pending
+        self._pending = None
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=autocast):
+            model(x)
+        if distributed.active():  # each rank moved its statistics on its own slice
+            distributed.average_buffers(model)
+
+
+class MartStep(Step):
+    """MART (Wang et al., ICLR 2020) or MART+LTD, as YisenWang/MART trains it
+    (mart.py): x' by PGD on the cross-entropy with the true label y (eval mode, start
+    x + N(0, 0.001^2)); then in train mode f(x), f(x') (the official order: nothing to
+    replay) and ``ltd.losses.mart_loss``. MART+LTD: q_T replaces y in the boosted
+    cross-entropy's CE term only; its margin term, the misclassification weight
+    (1 - f_y(x)) and the attack keep y (see the registry's note).
+
+    Forward-equivalents: 2k (attack) + 2 x 3 (x and x' with backward), as officially.
+    """
+
+    def __init__(self, method: Method, *, beta: float, attack: dict):
+        self.method, self.beta, self.attack = method, beta, attack
+
+    def __call__(self, model, x, y, q):
+        target = natural_target(self.method, y, q) if self.method.soft_labels else None
+        x_adv = mart_attack(model, x, y, **self.attack)
+        logits_nat = model(x)
+        logits_adv = model(x_adv)
+        loss, parts = mart_loss(logits_nat.float(), logits_adv.float(), y, self.beta, target)
+        return loss, logits_nat, {"loss": loss.detach(), **parts}

@@ -122,11 +122,14 @@ def frame(rows: list[dict], paper: bool = True) -> pd.DataFrame:
     return pd.DataFrame(out, columns=columns)
 
 
-def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str], demo: bool = False) -> str:
+def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str], demo: bool = False,
+                paper: bool = True) -> str:
+    """``paper``: whether the table has paper columns (a table the paper lacks has none)."""
     text = caption
     if demo:
-        text += (f". OFFLINE DEMO: computed on the '{dataset}' data set, NOT on {paper_dataset}; the "
-                 f"paper columns are the paper's {paper_dataset} numbers, for reference only")
+        text += f". OFFLINE DEMO: computed on the '{dataset}' data set, NOT on {paper_dataset}"
+        if paper:
+            text += f"; the paper columns are the paper's {paper_dataset} numbers, for reference only"
     return text + "".join(f". {n}" for n in notes) + "."
 
 

@@ -16,7 +16,8 @@ def paper_estimate(paper_config):
 
 def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
     total = paper_estimate.loc["total"]
-    assert (total.students, total.teachers, total.substitutes, total.evaluations, total.validations) == (24, 5, 4, 24, 0)
+    # 24 students for the paper's six tables, 4 more (PGD-AT, MART, +LTD) for table7
+    assert (total.students, total.teachers, total.substitutes, total.evaluations, total.validations) == (28, 5, 4, 28, 0)
     # the CIFAR teachers' precomputed soft labels serve LTD students or substitutes; ImageNet's
     # students label their batches on the fly (config.yaml: datasets.imagenet.soft_labels)
     assert total["teacher logits"] == 3
@@ -28,9 +29,9 @@ def test_table4_has_ten_students_and_shares_with_table1(paper_config, paper_esti
     row = paper_estimate.loc["table4"]
     assert (row.students, row.teachers, row.substitutes, row.evaluations) == (10, 1, 2, 10)
     shared = budget.shared_jobs(paper_config)
-    assert shared["student:cifar10_wrn-34-10_trades_b6_s0"] == ["table1", "table4"]
-    assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4"]
-    assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5"]
+    assert shared["student:cifar10_wrn-34-10_trades_b6_s0"] == ["table1", "table4", "table7"]
+    assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4", "table7"]
+    assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5", "table7"]
     assert row.shared == 8  # 2 students, their 2 evaluations, the teacher and its logits, 2 substitutes
 
 

@@ -72,7 +72,11 @@ def test_all_tables_share_runs(paper_config):
     assert "cifar10_wrn-34-10_trades_b6_s0" in runs["table1"] & runs["table4"]
     assert "cifar10_wrn-34-10_awp-ltd_T5_b6_s0" in runs["table1"] & runs["table5"]
     assert runs["table2"] <= runs["table6"]
-    assert len(set().union(*runs.values())) == 24
+    # table7 (beyond the paper): Table I's WRN-34-10 runs and four new ones
+    table1_wrn34_10 = {r for r in runs["table1"] if "_wrn-34-10_" in r}
+    assert table1_wrn34_10 < runs["table7"] and len(runs["table7"] - table1_wrn34_10) == 4
+    assert {r.split("_")[2] for r in runs["table7"] - runs["table1"]} == {"pgd-at", "pgd-at-ltd", "mart", "mart-ltd"}
+    assert len(set().union(*runs.values())) == 28
     labels = [e.label for e in ex.table_entries(paper_config, "table5")]
     assert labels == [f"AWP+LTD T=5 β={b}" for b in (3, 4, 5, 6, 7)]
     assert ex.table_figures(paper_config, "table5") == ["beta"] and ex.table_figures(paper_config, "table4") == ["temperature"]

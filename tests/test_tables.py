@@ -54,7 +54,10 @@ def test_auto_rows_follow_and_unrun_paper_rows_say_so(demo_config):
     assert sub["label"] == "Substitute T=20 (T_max); paper: T=50" and sub["clean"] == pytest.approx(80.0)
     assert sub["paper_clean"] == 86.63 and sub["robust"] is None
     caption = tables.caption_for("Table IV", "digits", "CIFAR-10", [], demo=True)
-    assert "OFFLINE DEMO" in caption and "NOT on CIFAR-10" in caption
+    assert "OFFLINE DEMO" in caption and "NOT on CIFAR-10" in caption and "paper columns" in caption
+    # a table the paper lacks (table7) has no paper columns to point at
+    caption = tables.caption_for("Table 7", "digits", "CIFAR-10", [], demo=True, paper=False)
+    assert "NOT on CIFAR-10" in caption and "paper columns" not in caption
 
 
 def test_several_seeds_give_mean_and_spread_and_tolerance_marks(paper_config):

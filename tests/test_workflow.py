@@ -192,7 +192,7 @@ def test_editing_a_setting_reruns_exactly_what_it_defines(finished, workdir, tmp
 
 @pytest.fixture(scope="module")
 def finished_more(workdir):
-    proc = snakemake(workdir, "table3", "table5", "table9", "simulation")
+    proc = snakemake(workdir, "table3", "table5", "table7", "table9", "simulation")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return workdir / "results" / "test"
 
@@ -243,6 +243,26 @@ def test_editing_awp_reruns_the_awp_students(finished_more, workdir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_counts(proc.stdout + proc.stderr) == {"train_student": 2, "evaluate": 2, "render_table": 1,
                                                      "figure": 1, "curves": 1, "table5": 1, "total": 8}
+
+
+def test_ltd_across_methods_table_trains_pgd_at_and_mart_students(finished_more):
+    """table7 (not in the paper): a PGD-AT+LTD and a MART+LTD student, trained and
+    evaluated by the workflow; our columns only."""
+    rows = list(csv.DictReader(open(finished_more / "tables" / "table7.csv")))
+    assert [r["Row"] for r in rows] == ["PGD-AT+LTD T=5", "MART+LTD T=5"]
+    assert "Clean (paper)" not in rows[0] and {r["Source"] for r in rows} == {"this run"}
+    md = (finished_more / "tables" / "table7.md").read_text()
+    assert "NOT part of the paper" in md and "Not a table of the paper" in md and "paper columns are" not in md
+    for row, method in zip(rows, ["pgd-at-ltd", "mart-ltd"]):
+        run = finished_more / "students" / f"digits_wrn-10-1_{method}_T5_b6_s0"
+        ev, metrics = load_json(run / "autoattack.json"), load_json(run / "metrics.json")
+        assert float(row["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
+        assert float(row["AA (ours)"]) == pytest.approx(100 * ev["robust_accuracy"], abs=0.006)
+        assert ev["robust_accuracy"] <= ev["clean_accuracy"]
+        assert metrics["method"] == method and metrics["temperature"] == 5 and metrics["attack"]["steps"] == 2
+        assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    mart = load_json(finished_more / "students" / "digits_wrn-10-1_mart-ltd_T5_b6_s0" / "metrics.json")
+    assert {"train_adversarial", "train_robust"} <= set(mart["history"][-1])  # MART's two terms, logged
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +317,7 @@ def test_paper_config_plans_the_full_table4(workdir):
 
 
 def test_paper_config_plans_all_six_tables_sharing_runs(workdir):
-    """All six tables: teachers, soft labels and students shared between tables run once."""
+    """All six tables and table7: teachers, soft labels and students shared between tables run once."""
     assert paper_plan(workdir, "all") == {
         "prepare_data": 3,        # CIFAR-10, CIFAR-100, ImageNet
         # CIFAR-10 WRN-34-10 (tables I, IV, V), WRN-34-20 (I), CIFAR-100 WRN-34-10 (II, VI),
@@ -307,10 +327,11 @@ def test_paper_config_plans_all_six_tables_sharing_runs(workdir):
         "soft_labels": 14,
         "train_substitute": 4, "tmax": 2,   # CIFAR-10 and CIFAR-100 searches (ImageNet: T = 1)
         # I: 5 (its TRADES and TRADES+LTD T=5 rows are Table IV's, AWP+LTD beta 6 is Table V's)
-        # + IV: 8 more + V: 4 more + II: 1 + VI: 4 more + III: 2
-        "train_student": 24, "evaluate": 24,
-        "render_table": 6, "figure": 3, "figure_tmax": 2, "curves": 6, "simulation": 1, "evaluation_report": 1,
-        "all": 1, "total": 99,
+        # + IV: 8 more + V: 4 more + II: 1 + VI: 4 more + III: 2; table7 (beyond the paper):
+        # PGD-AT, MART and their LTD variants (its TRADES and AWP rows are Table I's)
+        "train_student": 28, "evaluate": 28,
+        "render_table": 7, "figure": 3, "figure_tmax": 2, "curves": 7, "simulation": 1, "evaluation_report": 1,
+        "all": 1, "total": 109,
     }
 
 

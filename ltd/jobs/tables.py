@@ -73,7 +73,8 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     if paper is None:
         notes.append("Not a table of the paper: no paper columns")
     paper_dataset = paper["dataset"] if paper else spec["dataset"]
-    caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"])
+    caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"],
+                                 paper=paper is not None)
     tables.render(tables.frame(rows, paper=paper is not None), caption, stem)
     save_json({"provenance": provenance(config, settings={"table": spec, "tolerance": config["tolerance"]},
                                         evaluations=[str(p) for p in evals]),
