@@ -1,6 +1,6 @@
 """What a config costs: jobs per table and in total, and GPU-hours from counted FLOPs.
 
-    GPU-hours of a job = FLOPs / (mfu x peak) / 3600
+    GPU-hours of a job = FLOPs / (mfu x peak) / 3600   (mfu and peak: the job's precision)
     training FLOPs     = forward FLOPs per image (arch, image size; ltd.flops, counted)
                          x forward-equivalents per image of one step of the method
                          x training images x epochs
@@ -206,7 +206,8 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe += 1.0
             notes.append("soft labels on the fly: +1 teacher forward per image")
         flop = fwd * (fe * n * epochs + test_images(config, run.dataset) * epochs)  # + per-epoch clean test
-        peak = s["fp32_peak_tflops"] if sched["precision"] == "fp32" else s["peak_tflops"]
+        fp32 = sched["precision"] == "fp32"
+        peak, mfu = (s["fp32_peak_tflops"], s["mfu"]["eval_fp32"]) if fp32 else (s["peak_tflops"], s["mfu"]["train"])
         procs = ex.processes(config, run.dataset)
     else:
         ev = ex.evaluation(config, run.dataset)
@@ -226,7 +227,8 @@ def job_cost(config: dict, job: Job) -> Cost:
         # evaluation.tf32 switches the AutoAttack jobs (only) from strict fp32 to TF32
         tf32 = job.kind == "evaluation" and ev.get("tf32")
         peak, procs = s["tf32_peak_tflops" if tf32 else "fp32_peak_tflops"], 1
-    gpu_hours = flop / (s["mfu"] * peak * 1e12) / 3600
+        mfu = s["mfu"]["eval_tf32" if tf32 else "eval_fp32"]
+    gpu_hours = flop / (mfu * peak * 1e12) / 3600
     return Cost(job, run.arch, run.dataset, run.method, fwd / 1e9, fe, n, epochs, flop, peak, gpu_hours, procs, notes)
 
 
@@ -344,10 +346,10 @@ def render(config: dict, jobs: bool = True) -> str:
     lines = [
         f"# Compute budget: run `{config['run']}`",
         "",
-        f"Estimated from counted FLOPs (ltd/flops.py), not measured: one {s['gpu']} at {s['peak_tflops']:g} "
-        f"TFLOP/s (bf16 training) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation; "
-        f"{s['tf32_peak_tflops']:g} with evaluation.tf32), at an assumed "
-        f"MFU of {s['mfu']:g}. `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
+        f"Estimated from counted FLOPs (ltd/flops.py): one {s['gpu']} at {s['peak_tflops']:g} TFLOP/s "
+        f"(bf16 training, MFU {s['mfu']['train']:g}) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation, "
+        f"MFU {s['mfu']['eval_fp32']:g}; {s['tf32_peak_tflops']:g} at MFU {s['mfu']['eval_tf32']:g} with "
+        "evaluation.tf32), the MFUs measured by benchmarks/gpu_check.py (docs/performance.md). `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
         "evaluations, validations of `auto` candidates, teacher-logit passes. GPU-hours are per GPU (a training job on `processes` GPUs takes that many "
         "times fewer hours of wall time). A table's row counts every job it needs; `shared` of them are "
         "needed by another table too; `total` counts each job once.",

@@ -64,12 +64,13 @@ def test_gpu_hours_of_a_trades_student_follow_the_formula(paper_config):
     assert fe == 27  # declared in the registry; tests/test_methods.py checks it against counted FLOPs
     flop = 13.3178e9 * (fe * 50_000 * 120 + 10_000 * 120)  # + the per-epoch clean test pass
     assert cost.flop == pytest.approx(flop, rel=1e-4)
-    assert cost.gpu_hours == pytest.approx(flop / (0.4 * 989e12) / 3600, rel=1e-4)
+    mfu = paper_config["budget"]["mfu"]["train"]  # training: bf16, at the measured training MFU
+    assert cost.gpu_hours == pytest.approx(flop / (mfu * 989e12) / 3600, rel=1e-4)
 
 
 def test_gpu_hours_are_inverse_in_the_assumed_mfu(paper_config, paper_estimate):
     c = copy.deepcopy(paper_config)
-    c["budget"] = {**c["budget"], "mfu": 0.2}
+    c["budget"] = {**c["budget"], "mfu": {k: v / 2 for k, v in c["budget"]["mfu"].items()}}
     half = budget.estimate(c).set_index("table")
     assert half["total GPU-h"].to_numpy() == pytest.approx(2 * paper_estimate["total GPU-h"].to_numpy(), rel=1e-9)
 
