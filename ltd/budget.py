@@ -111,9 +111,11 @@ def autoattack_plan(ev: dict, classes: int) -> list[tuple[str, float, str]]:
     run, as pyautoattack runs it (one restart and min(9, classes - 1) target classes
     in 'standard' and in ltd's 'custom'; 5 restarts in 'plus'; EOT 20 in 'rand').
 
-    Per iteration: APGD forward + input gradient (2); FAB-T forward + ``.backward()``,
-    which also computes weight gradients (3), + a forward to check the new point (1);
-    untargeted FAB one backward per class; Square one forward per query.
+    Per iteration: APGD forward + input gradient (2); FAB-T forward + ``.backward()``
+    (2: the evaluated model's weights are frozen, ltd.jobs.common.load_model, so the
+    backward computes input gradients only) + a forward to check the new point (1);
+    untargeted FAB a forward and one input-gradient backward per class; Square one
+    forward per query.
     ``which``: 'correct' (APGD-CE, the first attack: all clean-correct images) or
     'robust' (the later attacks run on the images still robust: about the final robust
     accuracy, a slight under-estimate)."""
@@ -125,8 +127,8 @@ def autoattack_plan(ev: dict, classes: int) -> list[tuple[str, float, str]]:
     def apgd(restarts=1, eot=1):
         return restarts * (2 * eot * (100 + 1) + 1)
 
-    fab_t = 4 * 100 + 2
-    fab = (2 + 2 * classes) * 100 + 2
+    fab_t = 3 * 100 + 2
+    fab = (2 + classes) * 100 + 2
     square = queries + 2
     if version == "standard":
         plan = [("apgd-ce", apgd()), ("apgd-t", targets * apgd()), ("fab-t", targets * fab_t), ("square", square)]

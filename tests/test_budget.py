@@ -86,7 +86,8 @@ def test_autoattack_standard_attacks_the_robust_images_most(paper_config):
     fe = budget.evaluation_forward_equivalents(ev, 10, (0.85, 0.57))
     assert fe["pgd"] == 41
     # APGD-CE on 85 %, APGD-T (9 x 100), FAB-T (9 x 100) and Square (5,000 queries) on 57 %
-    assert fe["autoattack"] == pytest.approx(1 + 0.85 * 203 + 0.57 * (9 * 203 + 9 * 402 + 5002))
+    # FAB-T: forward, input-gradient backward (frozen weights) and a check forward per iteration
+    assert fe["autoattack"] == pytest.approx(1 + 0.85 * 203 + 0.57 * (9 * 203 + 9 * 302 + 5002))
     fewer = budget.evaluation_forward_equivalents(ev, 10, (0.85, 0.3))
     assert fewer["total"] < fe["total"]
 
@@ -113,3 +114,35 @@ def test_tf32_evaluation_uses_the_tf32_peak(paper_config):
     ratio = strict["eval GPU-h"].iloc[-1] / tf32["eval GPU-h"].iloc[-1]
     assert 1 < ratio < 495 / 67  # AutoAttack jobs at the TF32 peak; teacher-logit passes stay fp32
     assert strict["train GPU-h"].iloc[-1] == pytest.approx(tf32["train GPU-h"].iloc[-1])
+
+
+def test_autoattack_plan_per_iteration_costs_are_the_counted_ones():
+    """The plan's per-iteration forward-equivalents (FAB-T 3, APGD 2) are what pyautoattack
+    really computes on a frozen model (as ltd.jobs.common.load_model hands it over)."""
+    import torch
+    from pyautoattack import AutoAttack
+
+    from ltd.flops import TotalFlopCounter, forward_flops, one_thread
+    from ltd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("wrn-10-1", 10).eval().requires_grad_(False)
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    adv = AutoAttack(model, version="custom", attacks=["apgd-ce", "fab-t"], eps=8 / 255, norm="Linf", seed=0,
+                     device="cpu")
+    adv.fab.n_target_classes, adv.fab.n_restarts, adv.fab.targeted, adv.apgd.n_restarts = 1, 1, True, 1
+    per_iteration = {}
+    with one_thread():
+        for name, attack in (("apgd", adv.apgd), ("fab-t", adv.fab)):
+            for n_iter in (10, 20):
+                attack.n_iter = n_iter
+                with TotalFlopCounter() as counter:
+                    attack.perturb(x, y)
+                per_iteration.setdefault(name, []).append(counter.get_total_flops() / forward_flops(model, x))
+    # the difference of two lengths removes the fixed start-up cost
+    assert (per_iteration["apgd"][1] - per_iteration["apgd"][0]) / 10 == pytest.approx(2.0, abs=0.1)
+    assert (per_iteration["fab-t"][1] - per_iteration["fab-t"][0]) / 10 == pytest.approx(3.0, abs=0.1)
+    plan = dict((a, c) for a, c, _ in budget.autoattack_plan({"autoattack": {"version": "standard"}}, 10))
+    assert plan["fab-t"] == 9 * (3 * 100 + 2) and plan["apgd-ce"] == 2 * 101 + 1
