@@ -36,7 +36,8 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
     spec = config["tables"][table]
     # A table the paper does not have (a user's own): our columns only.
-    paper = yaml.safe_load(Path(paper_path).read_text()).get(table)
+    all_paper = yaml.safe_load(Path(paper_path).read_text())
+    paper = all_paper.get(table)
     entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
     if len(entries) * n_seeds != len(evals):
         raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(evals)} evaluations were given")
@@ -72,7 +73,10 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
         notes.append(f"Ours: mean over {n_seeds} seeds, ± the sample standard deviation")
     if paper is None:
         notes.append("Not a table of the paper: no paper columns")
-    paper_dataset = paper["dataset"] if paper else spec["dataset"]
+    # the data set as the paper writes it (CIFAR-10), from any paper table on the same data set
+    paper_dataset = (paper or next((all_paper[t] for t, other in config["tables"].items()
+                                    if t in all_paper and other["dataset"] == spec["dataset"]),
+                                   {"dataset": spec["dataset"]}))["dataset"]
     caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"],
                                  paper=paper is not None)
     tables.render(tables.frame(rows, paper=paper is not None), caption, stem)
