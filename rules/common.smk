@@ -59,6 +59,27 @@ def train_threads(role):
     return lambda w: config["threads"] * ex.processes(config, dataset_of(role)(w))
 
 
+def loader_workers(dataset):
+    """DataLoader worker processes per process: image-file data sets decode with them
+    (`workers`, default 8; ltd/data.py), in-memory ones use none."""
+    d = ex.dataset_cfg(config, dataset)
+    return d.get("workers", 8) if d.get("source") == "imagefolder" else 0
+
+
+def cpus(threads, dataset_fn, training=False):
+    """CPUs of a Slurm job (resource cpus_per_task -> --cpus-per-task), from the config
+    whatever machine Snakemake runs on (its --cores caps `threads`, which stays for the
+    local scheduler): the job's threads plus the loader workers of each of its processes
+    (`processes` for training). ImageNet training: 4 threads + 4 x 8 workers = 36."""
+
+    def n(w):
+        t = threads(w) if callable(threads) else threads
+        d = dataset_fn(w)
+        return t + (ex.processes(config, d) if training else 1) * loader_workers(d)
+
+    return n
+
+
 # Run names are parsed back into runs by the scripts; keep wildcards within one path part.
 wildcard_constraints:
     name="[^/]+",

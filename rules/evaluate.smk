@@ -14,6 +14,7 @@ rule evaluate:
     threads: config["threads"]
     resources:
         gpu=gpus(),
+        cpus_per_task=cpus(config["threads"], dataset_of("students")),
         **res("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/evaluate/{{name}}.log",

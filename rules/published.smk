@@ -32,6 +32,7 @@ rule evaluate_published:
     threads: config["threads"]
     resources:
         gpu=gpus(),
+        cpus_per_task=cpus(config["threads"], lambda w: PUBLISHED[w.name]["dataset"]),
         **res("evaluate", lambda w: PUBLISHED[w.name]["dataset"]),
     log:
         f"{R}/logs/evaluate_published/{{name}}.log",

@@ -30,6 +30,7 @@ rule train_teacher:
     threads: train_threads("teachers")
     resources:
         gpu=gpus(dataset_of("teachers"), training=True),
+        cpus_per_task=cpus(train_threads("teachers"), dataset_of("teachers"), training=True),
         **res("train", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.log",
@@ -50,6 +51,7 @@ use rule train_teacher as train_substitute with:
     threads: train_threads("substitutes")
     resources:
         gpu=gpus(dataset_of("substitutes"), training=True),
+        cpus_per_task=cpus(train_threads("substitutes"), dataset_of("substitutes"), training=True),
         **res("train", dataset_of("substitutes")),
     log:
         f"{R}/logs/substitutes/{{name}}.log",
@@ -75,6 +77,7 @@ use rule train_teacher as train_student with:
     threads: train_threads("students")
     resources:
         gpu=gpus(dataset_of("students"), training=True),
+        cpus_per_task=cpus(train_threads("students"), dataset_of("students"), training=True),
         **res("train", dataset_of("students")),
     log:
         f"{R}/logs/students/{{name}}.log",
