@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ltd import budget, checkpoint, data, evaluate, flops  # noqa: E402
+from ltd import autoattack, budget, checkpoint, data, evaluate, flops  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 
 
@@ -120,10 +120,10 @@ def main(argv=None) -> dict:
 
     timed("clean", 1.0, lambda: {"accuracy": evaluate.clean_accuracy(model, x, y, bs)})
     timed(f"pgd-{args.pgd_steps}", 2.0 * args.pgd_steps + 1, lambda: {"accuracy": evaluate.pgd_accuracy(
-        model, x, y, eps=args.eps, step_size=args.pgd_step_size, steps=args.pgd_steps, batch_size=bs)})
+        model, x, y, eps=args.eps, step_size=args.pgd_step_size, steps=args.pgd_steps, batch_size=bs, seed=args.seed)})
     if args.autoattack != "none":
         def aa():
-            r = evaluate.autoattack(model, x, y, eps=args.eps, version=args.autoattack,
+            r = autoattack.autoattack(model, x, y, eps=args.eps, version=args.autoattack,
                                     attacks=args.attacks if args.autoattack == "custom" else None,
                                     batch_size=bs, seed=args.seed, device=device)
             return {"accuracy": r["robust_accuracy"], "after": r["robust_accuracy_after"], "attacks": r["attacks"]}

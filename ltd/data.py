@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sources import DIGITS_CLASSES, DIGITS_TEST_SIZE, SIZES
+from .sources import DIGITS_CLASSES, DIGITS_TEST_SIZE, LOADER_WORKERS, SIZES
 
 NUM_CLASSES = {"cifar10": SIZES["cifar10"]["classes"], "cifar100": SIZES["cifar100"]["classes"],
                "digits": DIGITS_CLASSES}  # in-memory sources
@@ -375,7 +375,7 @@ class StreamLoader:
     """
 
     def __init__(self, split: FileSplit, batch_size: int, transform, device: torch.device | str,
-                 soft_labels: torch.Tensor | None = None, seed: int = 0, workers: int = 8,
+                 soft_labels: torch.Tensor | None = None, seed: int = 0, workers: int = LOADER_WORKERS,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1):
         if soft_labels is not None and len(soft_labels) != len(split):
             raise ValueError(f"{len(soft_labels)} soft labels for {len(split)} training images")
@@ -409,7 +409,7 @@ def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batc
     if _source(cfg) == "imagefolder":
         transform = train_transform(cfg["image_size"], cfg.get("crop_scale", (0.08, 1.0)))
         return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
-                            device, soft_labels, seed=seed, workers=cfg.get("workers", 8),
+                            device, soft_labels, seed=seed, workers=cfg.get("workers", LOADER_WORKERS),
                             rank=rank, world_size=world_size)
     split = load_split(cfg, data_dir, "train").to(device)
     return DeviceLoader(split, batch_size, soft_labels=soft_labels, crop_padding=cfg.get("crop_padding", 0),
@@ -430,7 +430,7 @@ def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | st
     fs = fs.head(n) if n is not None else fs
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])), batch_size=batch_size,
-                                         num_workers=cfg.get("workers", 8), pin_memory=device.type == "cuda",
+                                         num_workers=cfg.get("workers", LOADER_WORKERS), pin_memory=device.type == "cuda",
                                          generator=torch.Generator())  # leave the global RNG alone
     for x, y, _ in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

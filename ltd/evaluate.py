@@ -8,7 +8,9 @@ what the matmuls and convolutions actually ran in ("fp32", or "tf32" when TF32 i
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Iterator
 
 import torch
 
@@ -43,22 +45,35 @@ def clean_accuracy_batches(model: torch.nn.Module, batches_) -> float:
     return correct / max(n, 1)
 
 
-def pgd_accuracy(model, x, y, *, eps, step_size, steps, batch_size) -> float:
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str) -> Iterator[None]:
+    """The global RNG seeded with ``seed`` inside, and as it was outside: an attack's random
+    start is then the same in every run and resume, and evaluating (e.g. a student's
+    per-epoch monitor) leaves the training's random stream untouched."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def pgd_accuracy(model, x, y, *, eps, step_size, steps, batch_size, seed: int) -> float:
     correct = 0
-    for s in batches(x, batch_size):
-        x_adv = pgd_attack(model, x[s], y[s], eps=eps, step_size=step_size, steps=steps)
-        correct += (predict(model, x_adv, batch_size).argmax(1) == y[s]).sum().item()
+    with seeded(seed, x.device):
+        for s in batches(x, batch_size):
+            x_adv = pgd_attack(model, x[s], y[s], eps=eps, step_size=step_size, steps=steps)
+            correct += (predict(model, x_adv, batch_size).argmax(1) == y[s]).sum().item()
     return correct / len(y)
 
 
-def eq9_kl(model, x, q, *, beta, eps, step_size, steps, batch_size) -> float:
+def eq9_kl(model, x, q, *, beta, eps, step_size, steps, batch_size, seed: int) -> float:
     """The LTD objective (Eq. 9) on held-out data, with its TRADES inner maximisation and
     its natural term as KL(q_T || f) = CE(q_T, f) - H(q_T): comparable across the
     temperatures of a search, where CE(q_T, f) alone is bounded below by H(q_T)."""
     total = 0.0
     for s in batches(x, batch_size):
         logits = predict(model, x[s], batch_size)
-        x_adv = trades_attack(model, x[s], logits, eps=eps, step_size=step_size, steps=steps)
+        with seeded(seed, x.device):
+            x_adv = trades_attack(model, x[s], logits, eps=eps, step_size=step_size, steps=steps)
         logits_adv = predict(model, x_adv, batch_size)
         qs = q[s]
         entropy = -(qs * torch.log(qs.clamp_min(1e-30))).sum(1).mean()

@@ -13,3 +13,6 @@ SIZES = {
 # scikit-learn's digits: one pool of 1,797 images; ltd.data carves a fixed test split of
 # `test_size` (this default) out of it.
 DIGITS_POOL, DIGITS_TEST_SIZE, DIGITS_CLASSES = 1_797, 397, 10
+# DataLoader processes per training process for image files (a data set's `workers`
+# overrides it); ltd.data decodes with them, the Slurm resources count them.
+LOADER_WORKERS = 8

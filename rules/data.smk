@@ -10,6 +10,6 @@ rule prepare_data:
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     resources:
-        **res("light"),
+        **res("light", lambda w: w.dataset),
     script:
         "../workflow_scripts/prepare_data.py"

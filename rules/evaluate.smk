@@ -12,9 +12,12 @@ rule evaluate:
     params:
         identity=lambda w: ex.evaluation_identity(config, dataset_of("students")(w)),
     threads: config["threads"]
+    retries: retries("evaluate")
     resources:
         gpu=gpus(),
+        cpus_per_task=cpus(config["threads"], dataset_of("students")),
         **res("evaluate", dataset_of("students")),
+        **stop_signal("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/evaluate/{{name}}.log",
     script:

@@ -18,9 +18,12 @@ rule evaluate_published:
         identity=lambda w: {"entry": PUBLISHED[w.name],
                             **ex.evaluation_identity(config, PUBLISHED[w.name]["dataset"])},
     threads: config["threads"]
+    retries: retries("evaluate")
     resources:
         gpu=gpus(),
+        cpus_per_task=cpus(config["threads"], lambda w: PUBLISHED[w.name]["dataset"]),
         **res("evaluate", lambda w: PUBLISHED[w.name]["dataset"]),
+        **stop_signal("evaluate", lambda w: PUBLISHED[w.name]["dataset"]),
     log:
         f"{R}/logs/evaluate_published/{{name}}.log",
     script:

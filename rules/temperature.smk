@@ -16,6 +16,7 @@ rule teacher_logits:
     threads: config["threads"]
     resources:
         gpu=gpus(),
+        cpus_per_task=cpus(config["threads"], dataset_of("teachers")),
         **res("light", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.logits.log",
@@ -69,6 +70,7 @@ rule validate:
     threads: config["threads"]
     resources:
         gpu=gpus(),
+        cpus_per_task=cpus(config["threads"], dataset_of("students")),
         **res("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/validate/{{name}}.log",

@@ -16,9 +16,12 @@ rule train_teacher:
         role="teachers",
         identity=training_identity("teachers"),
     threads: train_threads("teachers")
+    retries: retries("train")
     resources:
         gpu=gpus(dataset_of("teachers"), training=True),
+        cpus_per_task=cpus(train_threads("teachers"), dataset_of("teachers"), training=True),
         **res("train", dataset_of("teachers")),
+        **stop_signal("train", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.log",
     script:
@@ -36,9 +39,12 @@ use rule train_teacher as train_substitute with:
         role="substitutes",
         identity=training_identity("substitutes"),
     threads: train_threads("substitutes")
+    retries: retries("train")
     resources:
         gpu=gpus(dataset_of("substitutes"), training=True),
+        cpus_per_task=cpus(train_threads("substitutes"), dataset_of("substitutes"), training=True),
         **res("train", dataset_of("substitutes")),
+        **stop_signal("train", dataset_of("substitutes")),
     log:
         f"{R}/logs/substitutes/{{name}}.log",
 
@@ -53,8 +59,11 @@ use rule train_teacher as train_student with:
         role="students",
         identity=training_identity("students"),
     threads: train_threads("students")
+    retries: retries("train")
     resources:
         gpu=gpus(dataset_of("students"), training=True),
+        cpus_per_task=cpus(train_threads("students"), dataset_of("students"), training=True),
         **res("train", dataset_of("students")),
+        **stop_signal("train", dataset_of("students")),
     log:
         f"{R}/logs/students/{{name}}.log",

@@ -95,11 +95,14 @@ def _restore(backup, made_etc):
 
 
 class LocalCluster:
-    """munged + slurmctld + slurmd on this machine, one node with `gpus` fake GPUs."""
+    """munged + slurmctld + slurmd on this machine: one node with `gpus` fake GPUs of type
+    `gpu_type` and at least `cpus` CPUs, in two partitions, `cpu` (the default) and `gpu`."""
 
-    def __init__(self, tmp, gpus=4, lock_timeout=600):
+    def __init__(self, tmp, gpus=4, gpu_type="a100", cpus=4, lock_timeout=600):
         self.tmp = Path(tmp)
         self.gpus = gpus
+        self.gpu_type = gpu_type
+        self.cpus = max(cpus, os.cpu_count() or 1)
         self.lock_timeout = lock_timeout
         self.host = socket.gethostname().split(".")[0]
         self.pids = {}              # daemon -> pid we started
@@ -133,7 +136,6 @@ class LocalCluster:
         self.munge_dir.chmod(0o755)
         for i in range(self.gpus):
             (t / "dev" / f"gpu{i}").touch()
-        cpus = os.cpu_count() or 1
         mem = max(_mem_mb() - 2048, 1024)
         self.socket = self.munge_dir / "munge.socket"
         if ETC.exists():
@@ -173,13 +175,22 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 ReturnToService=2
-MinJobAge=300
+# Finished jobs stay visible to squeue/scontrol this long: the tests read every job's
+# state after runs of several minutes (and the plugin's squeue status needs >= 3 x its
+# first check delay).
+MinJobAge=1200
+# SIGTERM -> SIGKILL at a time limit: a job that was told to stop ends 5 s later (the
+# tests' training writes its small checkpoint in well under a second).
 KillWait=5
+# The node may declare more CPUs than this machine has (a job's --cpus-per-task comes from
+# the workflow's config, not from the machine Snakemake runs on).
+SlurmdParameters=config_overrides
 GresTypes=gpu
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:{self.gpus} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem} Gres=gpu:{self.gpu_type}:{self.gpus} State=UNKNOWN
+PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 """
-        gres = f"NodeName={self.host} Name=gpu File={t / 'dev'}/gpu[0-{self.gpus - 1}]\n"
+        gres = f"NodeName={self.host} Name=gpu Type={self.gpu_type} File={t / 'dev'}/gpu[0-{self.gpus - 1}]\n"
         self._wrote_conf = True
         (ETC / "slurm.conf").write_text(conf)
         (ETC / "gres.conf").write_text(gres)

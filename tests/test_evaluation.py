@@ -412,3 +412,19 @@ def test_published_target_evaluates_a_checkpoint(trained, tmp_path):
     md = (out / "comparison.md").read_text()
     assert "| Clean | 90.00 |" in md and f"{100 * res['clean_accuracy'] - 90:.2f}" in md
     assert "Only the first 40 test images" not in md  # not a CIFAR data set
+
+
+def test_pgd_is_seeded_and_leaves_the_global_rng_alone(trained, test_split):
+    """PGD's random start comes from the evaluation seed: the same number in every run and
+    resume (a masking flag depends on it), and a student's per-epoch monitor does not move
+    the training's random stream."""
+    x, y = test_split.x[:40], test_split.y[:40]
+    kw = dict(eps=32 / 255, step_size=8 / 255, steps=2, batch_size=40)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = evaluate.pgd_accuracy(trained, x, y, seed=0, **kw)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)  # whatever the caller's stream, the same number
+    assert evaluate.pgd_accuracy(trained, x, y, seed=0, **kw) == a
+    others = {evaluate.pgd_accuracy(trained, x, y, seed=s, **kw) for s in range(1, 6)}
+    assert len(others | {a}) > 1  # the seed does set the start (else the check above proves nothing)

@@ -1,11 +1,26 @@
 """The Slurm profile on a real (single-node, throw-away) Slurm cluster.
 
 Installs Debian's slurm-wlm and munge if needed (root + apt-get), starts munged, slurmctld
-and slurmd with 4 fake GPUs (tests/slurm_cluster.py), then runs a reduced part of the
-demo through `snakemake --profile profiles/slurm` and checks that every non-local job
-went through sbatch and finished as a Slurm job. Skipped, with the reason, where Slurm
-cannot be installed (no root, no apt-get, apt-get failing) or another Slurm already runs
-here; a cluster that is installed but does not start is a failure.
+and slurmd with 4 fake GPUs in a `cpu` and a `gpu` partition (tests/slurm_cluster.py),
+then runs part of the demo through `snakemake --profile profiles/slurm` with the
+profile's commented GPU/CPU example switched on, on a "login node" of 1 core, and under
+a 2-minute time limit (config `slurm: max_runtime: 2`, tests/workflow_slurm.yaml):
+
+- a student's training and another student's AutoAttack evaluation, each longer than an
+  allocation, finish through several (SIGTERM from sbatch --signal before the limit:
+  training writes a checkpoint, AutoAttack has saved its state after every batch) and
+  give exactly what an uninterrupted local run of the same jobs gives (run at the same
+  time);
+- GPU jobs go to the `gpu` partition with --gpus=a100:1 and the qos, CPU jobs to `cpu`
+  with no GPU; every job gets the CPUs its config asks for (the dry run below shows them
+  above the 1 core Snakemake is given).
+
+A dry run of the paper config under a 1440-minute limit checks the same rules' CPUs,
+runtimes, retries and --signal for ImageNet and CIFAR (no Slurm needed).
+
+Skipped, with the reason, where Slurm cannot be installed (no root, no apt-get, apt-get
+failing) or another Slurm already runs here; a cluster that is installed but does not
+start is a failure.
 """
 import re
 import shutil
@@ -15,24 +30,26 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from ltd.files import load_json
 
 from .conftest import ROOT
 from .slurm_cluster import LocalCluster, SlurmBusy, SlurmUnavailable, clean_env, ensure_installed
 
 pytestmark = pytest.mark.slow
 
-# What the test builds through Slurm. Targets come before --configfile (which takes every
-# word after it); `run` is the config's run name (outputs under results/<run>/);
-# `gpu_rule` gets gpu=1 on the command line so that the profile's gpu -> --gpus mapping is
-# exercised although the demo config (device: cpu) gives every rule gpu=0.
-WORKFLOW = {
-    # data, teacher, its logits, then two soft-label jobs side by side: 5 Slurm jobs, 4 levels
-    "targets": ["results/test/soft_labels/digits_wrn-10-1_s0/T20.pt",
-                "results/test/soft_labels/digits_wrn-10-1_s0/T100.pt"],
-    "configfiles": ["config/demo.yaml", "tests/workflow_small.yaml"],
-    "run": "test",
-    "gpu_rule": "train_teacher",
-}
+CONFIGFILES = ["config/demo.yaml", "tests/workflow_slurm.yaml"]
+R = "results/slurm"                                    # run: slurm
+TRAINED = "students/digits_wrn-10-2_trades_b6_s0"      # trained through Slurm
+EVALUATED = "students/digits12_wrn-10-2_trades_b6_s0"  # trained before, evaluated through Slurm
+# What the Slurm run builds; its data set is made again there too (a CPU job).
+TARGETS = [f"{R}/{TRAINED}/model.pt", f"{R}/{EVALUATED}/autoattack.json"]
+DATA = f"{R}/data/digits.json"
+# The profile's example (profiles/slurm/config.yaml), as the test cluster is set up for it.
+GPU_RULES = {"train_teacher", "train_substitute", "train_student", "teacher_logits", "validate", "evaluate",
+             "evaluate_published"}
+GPU_SETTINGS = {"slurm_partition": "gpu", "gpu_model": "a100", "qos": "normal"}
 # The workflow is copied whole (Snakefile, rules, scripts, config, envs, profiles, ...) but
 # for these top-level entries.
 SKIP = {".git", ".venv", "results", ".snakemake", "data", ".pytest_cache"}
@@ -70,7 +87,7 @@ def slurm(*cmd, timeout=60):
 
 
 def show_job(jobid):
-    """`scontrol show job` as a dict (finished jobs stay visible for MinJobAge = 300 s)."""
+    """`scontrol show job` as a dict (finished jobs stay visible for MinJobAge = 1200 s)."""
     out = slurm("scontrol", "-o", "show", "job", str(jobid)).stdout
     return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
@@ -90,57 +107,218 @@ def test_fake_gpus_are_scheduled(cluster, tmp_path):
     assert out.read_text().split() == ["GPUS=2"]
 
 
+def enable_profile_example(profile):
+    """Uncomment the profile's GPU block and its CPU partition line, as a user would."""
+    text = profile.read_text()
+    lines, out, in_block = text.splitlines(), [], False
+    for line in lines:
+        if line == "# set-resources:":
+            in_block = True
+        elif in_block and not line.startswith("#   "):
+            in_block = False
+        out.append(line[2:] if in_block else line)
+    new = re.sub(r"^  # slurm_partition: cpu ", "  slurm_partition: cpu ", "\n".join(out) + "\n", flags=re.M)
+    assert new.count("\nset-resources:\n") == 1 and "\n  slurm_partition: cpu " in new, new
+    profile.write_text(new)
+
+
+def snakemake_local(cwd, *targets, nice=0, **kw):
+    """The same jobs run by the local scheduler (profiles/default), uninterrupted."""
+    return subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-m", "snakemake", *targets, "--cores", "2",
+                             "--configfile", *CONFIGFILES], cwd=cwd, text=True, **kw)
+
+
 @pytest.fixture(scope="module")
-def workflow_run(cluster, tmp_path_factory):
-    d = tmp_path_factory.mktemp("wf-slurm") / "wf"
-    shutil.copytree(ROOT, d, ignore=lambda dirpath, names: [
+def runs(cluster, tmp_path_factory):
+    """(reference dir, Slurm dir, Snakemake's log of the Slurm run)."""
+    base = tmp_path_factory.mktemp("wf-slurm")
+    ref, sl = base / "reference", base / "slurm"
+    shutil.copytree(ROOT, ref, ignore=lambda dirpath, names: [
         n for n in names if n == "__pycache__" or (Path(dirpath) == ROOT and n in SKIP)])
-    run = WORKFLOW["run"]
-    cmd = [sys.executable, "-m", "snakemake", *WORKFLOW["targets"], "--profile", "profiles/slurm",
-           # the profile's log dir is the paper run's; this run's is results/<run>/logs/slurm
-           f"--slurm-logdir=results/{run}/logs/slurm",
-           # short jobs: poll Slurm after 2 s instead of 40 s
-           "--slurm-init-seconds-before-status-checks=2",
-           f"--set-resources={WORKFLOW['gpu_rule']}:gpu=1",
-           "--configfile", *WORKFLOW["configfiles"]]
+    env = {**clean_env(), "LTD_GPUS": ""}  # no GPU here: do not probe for one (ltd.gpu_slots)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=900, env=clean_env())
-    log = proc.stdout + proc.stderr
-    (d / "snakemake-slurm.log").write_text(log)
-    print(f"slurm workflow run: {time.monotonic() - t0:.0f} s")
-    assert proc.returncode == 0, log[-8000:]
-    return d, log
+    # Both data sets and the student whose evaluation runs through Slurm, locally.
+    p = snakemake_local(ref, f"{R}/{EVALUATED}/model.pt", DATA, env=env, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT)
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out[-4000:]
+    shutil.copytree(ref, sl, symlinks=True)
+    enable_profile_example(sl / "profiles" / "slurm" / "config.yaml")
+    (sl / DATA).unlink()  # (--forcerun of it would drop the training from the DAG: its input is ancient())
+    t1 = time.monotonic()
+    # At once: the Slurm run and the reference (the same two jobs, uninterrupted, locally),
+    # the reference at the lowest priority: the Slurm jobs' speed, and so how many
+    # allocations they need, hardly depends on it.
+    with open(base / "reference.log", "w") as ref_log:
+        p = snakemake_local(ref, *TARGETS, nice=19, env=env, stdout=ref_log, stderr=subprocess.STDOUT)
+        try:
+            cmd = [sys.executable, "-m", "snakemake", *TARGETS, "--profile", "profiles/slurm",
+                   "--cores", "1",  # a login node of 1 core: jobs still get the CPUs their config asks for
+                   f"--slurm-logdir={R}/logs/slurm",
+                   # no accounting storage here: job states from squeue (the profile's default is sacct)
+                   "--slurm-status-command=squeue",
+                   "--slurm-init-seconds-before-status-checks=2",  # short jobs: poll after 2 s, not 40 s
+                   "--configfile", *CONFIGFILES]
+            proc = subprocess.run(cmd, cwd=sl, capture_output=True, text=True, timeout=900, env=env)
+            log = proc.stdout + proc.stderr
+            (sl / "snakemake-slurm.log").write_text(log)
+            t2 = time.monotonic()
+            assert proc.returncode == 0, log[-8000:]
+        finally:
+            rc = p.wait(timeout=600)
+    print(f"slurm: local set-up {t1 - t0:.0f} s, Slurm run {t2 - t1:.0f} s (the reference beside it)")
+    assert rc == 0, (base / "reference.log").read_text()[-4000:]
+    return ref, sl, log
 
 
-def test_every_cluster_job_went_through_sbatch(workflow_run, cluster):
-    d, log = workflow_run
-    submitted = SUBMITTED.findall(log)
+def own_lines(log):
+    """Snakemake's log without the failed jobs' logs it shows (show-failed-logs)."""
+    return re.sub(r"^Logfile .*:\n={80}\n.*?^={80}$", "", log, flags=re.M | re.S)
+
+
+def slurm_jobs(log):
+    """Snakemake's jobs as announced ("rule X:" and its resources), and every Slurm job
+    submitted for them: [(rule, {resource: value}, [scontrol records, oldest first])]."""
+    jobs = {}
+    for m in re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", own_lines(log), re.M):
+        jobid = re.search(r"^\s+jobid: (\d+)$", m.group(2), re.M).group(1)
+        resources = re.search(r"^\s+resources: (.+)$", m.group(2), re.M).group(1)
+        resources = dict(kv.split("=", 1) for kv in resources.split(", "))
+        jobs.setdefault(jobid, (m.group(1), resources, []))
+    for jobid, slurm_id, _ in SUBMITTED.findall(log):
+        jobs[jobid][2].append(show_job(slurm_id))
+    return list(jobs.values())
+
+
+def test_jobs_go_to_their_partitions_with_their_cpus(runs, cluster):
+    ref, sl, log = runs
+    jobs = slurm_jobs(log)
+    assert {rule for rule, _, _ in jobs} == {"prepare_data", "train_student", "evaluate"}, log[-4000:]
     # Snakemake announces each job as "rule X:" (submitted) or "localrule X:" (run in-process)
-    remote = re.findall(r"^rule (\w+):$", log, re.M)
-    assert len(remote) >= 3 and len(submitted) == len(remote), (remote, submitted, log[-4000:])
-    assert len({jobid for _, jobid, _ in submitted}) == len(submitted)
-    assert WORKFLOW["gpu_rule"] in remote
-    logdir = d / "results" / WORKFLOW["run"] / "logs" / "slurm"
-    for _, jobid, logfile in submitted:
-        job = show_job(jobid)
-        assert job.get("JobState") == "COMPLETED" and job["ExitCode"] == "0:0", job
-        assert job["WorkDir"] == str(d) and job["NodeList"] == cluster.host
-        rule = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
-        assert rule in remote
-        # one log per Slurm job, kept under results/<run>/logs/slurm/rule_<rule>/.../<jobid>.log
-        path = Path(logfile)
-        assert path == Path(job["StdOut"]) and path.is_relative_to(logdir / f"rule_{rule}"), (path, job)
-        assert path.name == f"{jobid}.log" and path.stat().st_size > 0
-        # profile -> sbatch: --cpus-per-task from threads, --nodes=1, and gpu=N -> --gpus=N
-        assert job["NumNodes"] == "1" and int(job["NumCPUs"]) >= 1
-        assert job.get("TresPerJob") == ("gres:gpu:1" if rule == WORKFLOW["gpu_rule"] else None), job
+    assert not re.findall(r"^localrule ", own_lines(log), re.M)
+    logdir = sl / R / "logs" / "slurm"
+    for rule, resources, allocations in jobs:
+        assert allocations, (rule, log[-4000:])
+        for job in allocations:
+            assert job["WorkDir"] == str(sl) and job["NodeList"] == cluster.host, job
+            assert job["Comment"].removeprefix("rule_").split("_wildcards_")[0] == rule, job
+            path = Path(job["StdOut"])
+            assert path.is_relative_to(logdir / f"rule_{rule}") and path.name == f"{job['JobId']}.log"
+            # runtime: min(configured, slurm.max_runtime = 2) -> -t; nodes: 1
+            assert int(resources["runtime"]) == (2 if rule in ("train_student", "evaluate") else 1), resources
+            assert job["TimeLimit"] == f"00:0{resources['runtime']}:00" and job["NumNodes"] == "1", job
+            # --cpus-per-task from the config's threads and loader workers, not the 1 core
+            # (without cpus_per_task the plugin asks for the job's threads: 1 here)
+            assert int(job["NumCPUs"]) == int(resources.get("cpus_per_task", 1)), (job, resources)
+            if rule in GPU_RULES:   # the profile's GPU block: partition, --gpus=a100:1, qos
+                assert job["Partition"] == "gpu" and job["TresPerJob"] == "gres:gpu:a100:1", job
+                assert {k: resources.get(k) for k in GPU_SETTINGS} == GPU_SETTINGS, resources
+            else:                   # default-resources: the CPU partition, no GPU
+                assert job["Partition"] == "cpu" and "TresPerJob" not in job, job
+                assert not {"gpu_model", "qos"} & set(resources) and resources.get("gpu", "0") == "0", resources
+    res = {rule: r for rule, r, _ in jobs}
+    # SIGTERM 40 s before the limit for the long jobs, none for the others
+    assert res["evaluate"]["slurm_extra"] == res["train_student"]["slurm_extra"] == "--signal=TERM@40", res
+    assert "slurm_extra" not in res["prepare_data"], res
 
 
-def test_outputs_exist_and_nothing_is_left_to_do(workflow_run):
-    d, log = workflow_run
-    outputs = [p for line in re.findall(r"^\s+output: (.+)$", log, re.M) for p in line.split(", ")]
-    assert outputs and all((d / p).exists() for p in outputs), [p for p in outputs if not (d / p).exists()]
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *WORKFLOW["targets"], "--profile",
-                           "profiles/slurm", "--configfile", *WORKFLOW["configfiles"]],
-                          cwd=d, capture_output=True, text=True, timeout=300, env=clean_env())
+def allocations(log, rule):
+    (job,) = [a for r, _, a in slurm_jobs(log) if r == rule]
+    return job
+
+
+def test_training_outlives_its_time_limit_and_ends_as_if_uninterrupted(runs):
+    ref, sl, log = runs
+    jobs = allocations(log, "train_student")
+    states = [j["JobState"] for j in jobs]
+    print(f"train_student: {len(jobs)} allocations {states}")
+    # SIGTERM before the limit stopped it at least once (FAILED: exit 143, not TIMEOUT); it
+    # was resubmitted until it finished
+    assert len(jobs) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, states
+    # Each stop wrote a checkpoint that the next allocation continued (the failed attempts'
+    # logs are in Snakemake's: show-failed-logs).
+    stops = log.count("stopped by SIGTERM")
+    print(f"train_student: {stops} checkpoints written on SIGTERM")
+    assert 1 <= stops <= len(jobs) - 1, log[-3000:]
+    got = torch.load(sl / R / TRAINED / "model.pt", weights_only=True)
+    want = torch.load(ref / R / TRAINED / "model.pt", weights_only=True)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
+    metrics = load_json(sl / R / TRAINED / "metrics.json")
+    assert [h["test_accuracy"] for h in metrics["history"]] == \
+        [h["test_accuracy"] for h in load_json(ref / R / TRAINED / "metrics.json")["history"]]
+
+
+def test_autoattack_outlives_its_time_limit_and_ends_as_if_uninterrupted(runs):
+    ref, sl, log = runs
+    jobs = allocations(log, "evaluate")
+    states = [j["JobState"] for j in jobs]
+    print(f"evaluate: {len(jobs)} allocations {states}")
+    assert len(jobs) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, states
+    eval_log = (sl / R / "logs" / "evaluate" / f"{EVALUATED.split('/')[1]}.log").read_text()
+    assert "AutoAttack: resuming from" in eval_log, eval_log[-3000:]  # the last allocation's
+    got, want = load_json(sl / R / EVALUATED / "autoattack.json"), load_json(ref / R / EVALUATED / "autoattack.json")
+    # the state file carried the earlier allocations' work: this one did less than all of it
+    assert got["autoattack"]["seconds_this_attempt"] < got["autoattack"]["seconds"]
+    assert want["autoattack"]["seconds_this_attempt"] == pytest.approx(want["autoattack"]["seconds"], abs=0.01)
+    for key in ("robust_accuracy_after", "max_perturbation"):
+        assert got["autoattack"][key] == want["autoattack"][key], key
+    assert (got["robust_accuracy"], got["clean_accuracy"]) == (want["robust_accuracy"], want["clean_accuracy"])
+    # The report's columns too, PGD's included (its random start comes from the evaluation
+    # seed), with the gradient-masking flags they raise.
+    assert got["report"] == want["report"] and len(want["report"]) >= 10, got["report"]
+    assert got["pgd"]["accuracy"] == want["pgd"]["accuracy"]
+
+
+def test_paper_plan_under_a_48_hour_limit(tmp_path):
+    """The paper config on a cluster whose jobs may run 1440 min (no Slurm needed): CPUs
+    from threads and loader workers x processes, runtimes capped, retries to match, the
+    long jobs' early SIGTERM."""
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    overlay = tmp_path / "cluster.yaml"
+    overlay.write_text("slurm: {max_runtime: 1440}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "table3", "table1", "--cores", "1",
+                           "--configfile", str(overlay)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = {}  # (rule, data set) -> resources of its first job
+    for m in re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", proc.stdout, re.M):
+        wildcards = re.search(r"^\s+wildcards: (.+)$", m.group(2), re.M)
+        dataset = wildcards and re.search(r"(?:name|dataset)=([a-z0-9]+)", wildcards.group(1))
+        r = dict(kv.split("=", 1) for kv in re.search(r"^\s+resources: (.+)$", m.group(2), re.M).group(1).split(", "))
+        seen.setdefault((m.group(1), dataset and dataset.group(1)),
+                        {k: r.get(k) for k in ("gpu", "cpus_per_task", "runtime", "slurm_extra")})
+    signal = "--signal=TERM@300"
+    # ImageNet: 4 GPUs x (1 thread + 8 loader workers) for training, 4 threads + 8 workers for
+    # one-GPU jobs; CIFAR-10: the 4 threads; whatever the 1 core given here
+    assert seen["train_teacher", "imagenet"] == seen["train_student", "imagenet"] == {
+        "gpu": "4", "cpus_per_task": "36", "runtime": "1440", "slurm_extra": signal}
+    assert seen["evaluate", "imagenet"] == {"gpu": "1", "cpus_per_task": "12", "runtime": "1440", "slurm_extra": signal}
+    # ImageNet's students label their batches on the fly: no teacher-logit or soft-label jobs
+    assert ("teacher_logits", "imagenet") not in seen and ("soft_labels", "imagenet") not in seen
+    assert seen["train_student", "cifar10"] == {"gpu": "1", "cpus_per_task": "4", "runtime": "1440",
+                                                "slurm_extra": signal}
+    assert seen["evaluate", "cifar10"] == {"gpu": "1", "cpus_per_task": "4", "runtime": "1440", "slurm_extra": signal}
+    assert seen["soft_labels", "cifar10"] == {"gpu": None, "cpus_per_task": None, "runtime": "60",
+                                              "slurm_extra": None}
+    assert seen["prepare_data", "imagenet"]["runtime"] == "600"  # ImageNet's own `light` resources
+    # retries: ceil(10080 / 1440) + 1 for training (ImageNet's 7 days), ceil(2880 / 1440) + 1 for
+    # evaluation; the profile's `retries` elsewhere (None)
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+    with SnakemakeApi() as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=tmp_path / "Snakefile",
+                          workdir=tmp_path, config_settings=ConfigSettings(configfiles=[overlay]))
+        retries = {r.name: r._restart_times for r in wf._workflow.rules}  # no public getter
+    assert {k: retries[k] for k in ("train_teacher", "train_substitute", "train_student", "evaluate",
+                                    "evaluate_published", "prepare_data", "validate")} == {
+        "train_teacher": 8, "train_substitute": 8, "train_student": 8, "evaluate": 3, "evaluate_published": 3,
+        "prepare_data": None, "validate": None}
+
+
+def test_nothing_is_left_to_do(runs):
+    ref, sl, log = runs
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *TARGETS, "--profile", "profiles/slurm",
+                           "--configfile", *CONFIGFILES],
+                          cwd=sl, capture_output=True, text=True, timeout=300, env=clean_env())
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stderr[-3000:]

@@ -52,7 +52,7 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
     result["pgd"] = {"steps": ev["pgd_steps"], "step_size": ev["pgd_step_size"], "eps": ev["eps"],
                      "accuracy": evaluate.pgd_accuracy(model, x, y, eps=ev["eps"],
                                                        step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
-                                                       batch_size=bs), "seconds": time.time() - t0}
+                                                       batch_size=bs, seed=ev["seed"]), "seconds": time.time() - t0}
     aa = ev["autoattack"]
     record, flags = run_autoattack(
         model, x, y, eps=ev["eps"], version=aa["version"], attacks=aa.get("attacks") or None,

@@ -47,7 +47,7 @@ def validate_model(config: dict, run: Run, model: torch.nn.Module, teacher: torc
     q = softmax_t(evaluate.predict(teacher, x, bs), run.temperature)
     clean = evaluate.clean_accuracy(model, x, y, bs)
     pgd = evaluate.pgd_accuracy(model, x, y, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
-                                batch_size=bs)
+                                batch_size=bs, seed=ev["seed"])
     state = None if state_stem is None else Path(f"{state_stem}_autoattack.json")
     record, flags = run_autoattack(model, x, y, eps=ev["eps"], version="custom", attacks=ts["attacks"], batch_size=bs,
                                    seed=ev["seed"], state_path=state, device=device)
@@ -58,7 +58,7 @@ def validate_model(config: dict, run: Run, model: torch.nn.Module, teacher: torc
         "run": run.name, "temperature": run.temperature, "n_val": len(y), "clean_accuracy": clean,
         "pgd_accuracy": pgd, "robust_accuracy": record["robust_accuracy"], "autoattack": record,
         "eq9_kl": evaluate.eq9_kl(model, x, q, beta=run.beta, eps=tr["eps"], step_size=tr["step_size"],
-                                  steps=tr["steps"], batch_size=bs),
+                                  steps=tr["steps"], batch_size=bs, seed=ev["seed"]),
         "diagnostics": masking, "flags": masking["flags"],
     }
 

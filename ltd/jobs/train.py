@@ -67,7 +67,7 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
         if monitor_n:
             record["test_pgd_accuracy"] = evaluate.pgd_accuracy(
                 m, x_mon, y_mon, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["monitor"]["pgd_steps"],
-                batch_size=sched["eval_batch_size"])
+                batch_size=sched["eval_batch_size"], seed=ev["seed"])  # seeded apart: training's RNG untouched
         return record
 
     t0 = time.time()

@@ -1,0 +1,27 @@
+"""The benchmark scripts run (tiny sizes): a benchmark that no test starts rots unseen.
+What they measure is not checked here (speed belongs to the benchmarks, not to tests)."""
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def _run(script, *args, tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_train_step_benchmark_runs(tmp_path):
+    r = _run("train_step.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--steps", "1",
+             "--attack-steps", "2", "--threads", "1", tmp_path=tmp_path)
+    assert r["ours"]["forward_equivalents"] < r["official"]["forward_equivalents"]  # 2k + 7 against 3k + 9
+
+
+def test_evaluate_benchmark_runs(tmp_path):
+    r = _run("evaluate.py", "--arch", "wrn-10-1", "--image-size", "8", "--n", "8", "--batch-size", "8",
+             "--pgd-steps", "2", "--attacks", "apgd-ce", "--threads", "1", tmp_path=tmp_path)
+    assert r and json.dumps(r)
