@@ -144,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attack-steps", type=int, default=10)
     p.add_argument("--eps", type=float, default=0.031)
     p.add_argument("--step-size", type=float, default=0.007)
-    p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
+    p.add_argument("--precision", default=None, choices=["bf16", "fp32"],
                    help="autocast dtype on CUDA (default bf16, as config/config.yaml); the CPU always runs fp32")
     p.add_argument("--channels-last", action="store_true", help="NHWC model and inputs (CUDA tensor cores)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both implementations)")

@@ -14,7 +14,9 @@ import torch
 
 from . import gpu_slots
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Autocast's dtypes. No fp16: it would need a GradScaler (bf16 has fp32's range), which the
+# AWP proxy's and the attacks' gradients would complicate for no gain on current GPUs.
+AMP_DTYPES = {"bf16": torch.bfloat16}
 
 
 # Lock files of the GPUs jobs on this machine hold (see gpu_slots); relative to the
@@ -123,7 +125,7 @@ def allow_tf32(device: torch.device, allowed: bool) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """Autocast to ``precision`` ("bf16", "fp16"; "fp32": none) on the device's type, CPU
+    """Autocast to ``precision`` ("bf16"; "fp32": none) on the device's type, CPU
     included: the caller decides (the workflow's jobs ask ``effective_precision``)."""
     if precision == "fp32":
         return contextlib.nullcontext()

@@ -171,3 +171,42 @@ def test_non_finite_loss_stops_with_epoch_and_step(tiny, tmp_path):
     with pytest.raises(RuntimeError, match=r"loss is (nan|inf) at epoch \d+, within steps \d+-\d+"):
         train.train_run(config, run, out_dir=tmp_path / "nan", device=torch.device("cpu"))
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_history_numbers_equal_per_step_host_sums(tmp_path):
+    """The loop keeps its totals on the device and reads them every SYNC_EVERY steps; the
+    history must hold what per-step host sums (the old loop's .item() per step) give."""
+    from ltd import train as loop
+    from ltd.data import DeviceLoader, Split
+    from ltd.methods import build_step
+    from ltd.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(200, 3, 8, 8, generator=g), torch.randint(0, 10, (200,), generator=g)
+    loader = DeviceLoader(Split(x, y, None), 16, crop_padding=1, seed=2)  # 13 steps: reads at 5, 10 and 13
+    seen = []
+    base = build_step("trades", beta=6.0, attack={"eps": 8 / 255, "step_size": 2 / 255, "steps": 2})
+
+    class Recording(type(base)):
+        def __call__(self, model, x, y, q):
+            loss, logits, stats = super().__call__(model, x, y, q)
+            seen.append((loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y), stats["robust"].item()))
+            return loss, logits, stats
+
+    step = Recording(base.method, beta=6.0, attack=base.attack)
+    sched = dict(epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True, lr_milestones=[1], lr_gamma=0.1)
+    torch.manual_seed(0)
+    old = loop.SYNC_EVERY
+    loop.SYNC_EVERY = 5
+    try:
+        history = loop.fit(build_model("wrn-10-1", 10), step, loader, sched, ckpt_path=tmp_path / "c.pt",
+                           device=torch.device("cpu"))
+    finally:
+        loop.SYNC_EVERY = old
+    assert len(seen) == 2 * len(loader)
+    for epoch, h in enumerate(history):
+        steps = seen[epoch * len(loader):(epoch + 1) * len(loader)]
+        n = sum(s[2] for s in steps)
+        assert h["train_loss"] == pytest.approx(sum(s[0] for s in steps) / n, rel=1e-12)
+        assert h["train_accuracy"] == sum(s[1] for s in steps) / n
+        assert h["train_robust"] == pytest.approx(sum(s[3] * s[2] for s in steps) / n, rel=1e-6)
