@@ -378,6 +378,14 @@ def table_dataset(config: dict[str, Any], table: str) -> str:
     return stand_in(config, "datasets", config["tables"][table]["dataset"])
 
 
+def datasets_in_use(config: dict[str, Any]) -> list[str]:
+    """Data sets the config's tables and published checkpoints run on (stand-ins applied),
+    in config order: the ones whose jobs the workflow's targets make."""
+    used = {table_dataset(config, t) for t in table_names(config)}
+    used |= {stand_in(config, "datasets", e["dataset"]) for e in config.get("published") or []}
+    return [d for d in config["datasets"] if d in used]
+
+
 def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) -> str:
     """Name of the temperature search an ``auto`` row depends on (one per seed)."""
     probe = entry_run(config, entry, chosen_t=1.0, seed=seed)

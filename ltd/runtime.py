@@ -24,6 +24,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 # it, e.g. to a local disk where results/ sits on a file system without flock.
 DEFAULT_SLOTS_DIR = "results/.gpu_slots"
 README_TORCH_SECTION = 'README.md, section "Installing torch for your CUDA version"'
+# Set by a test cluster whose scheduler hands out fake GPUs (tests/test_slurm.py: Slurm
+# GRES without devices): a job that holds some runs on the CPU instead of stopping.
+FAKE_GPUS = "LTD_FAKE_GPUS"
 
 
 class NoCudaError(RuntimeError):
@@ -37,7 +40,8 @@ def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
 
     ``device: auto`` is the GPU when torch sees one, else the CPU, except for a job that
     holds GPUs (gpus > 0): finding no CUDA there raises ``NoCudaError`` at once, naming
-    torch's CUDA build, the driver and the fix (``no_cuda_message``); so does ``cuda``."""
+    torch's CUDA build, the driver and the fix (``no_cuda_message``); so does ``cuda``.
+    Unless $LTD_FAKE_GPUS=1: the GPUs held are a test cluster's fakes."""
     # A process this job started (e.g. a torch.distributed worker) already has the job's
     # GPUs in CUDA_VISIBLE_DEVICES; locking again would wait forever on its own parent.
     if gpus and device != "cpu" and not os.environ.get("LTD_GPU_SLOTS_HELD"):
@@ -52,7 +56,8 @@ def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
     if device == "auto":
         # A job that holds a GPU never falls back to the CPU: a 120-epoch WRN-34-10 would
         # take months there and look like a hang.
-        device = "cuda" if torch.cuda.is_available() or gpus else "cpu"
+        held = gpus and os.environ.get(FAKE_GPUS) != "1"
+        device = "cuda" if torch.cuda.is_available() or held else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise NoCudaError(no_cuda_message(gpus))
     if device == "cuda":

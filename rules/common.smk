@@ -51,7 +51,7 @@ def res(kind, dataset_fn=None):
 
 def retries(kind):
     """Resubmissions of the jobs of class `kind` under slurm.max_runtime. One per time limit
-    its longest runtime (over the data sets) spans beyond the first, one because an
+    its longest runtime (over the data sets in use) spans beyond the first, one because an
     allocation yields a bit less than its limit (start-up, an early SIGTERM), one spare for
     a failure (preemption, node failure), so ceil(runtime / max_runtime) + 1. None (the
     profile's `retries`) when nothing is capped.
@@ -63,7 +63,9 @@ def retries(kind):
         return None
     if not workflow.is_main_process:
         return 0
-    longest = max(ex.resources(config, kind, d)["runtime"] for d in [None, *config["datasets"]])
+    # Over the data sets in use only: an unused ImageNet entry's week would otherwise set
+    # thousands of retries for every job, each a resubmission of a job that keeps failing.
+    longest = max(ex.resources(config, kind, d)["runtime"] for d in [None, *ex.datasets_in_use(config)])
     n = -(-longest // MAX_RUNTIME)
     return n + 1 if n > 1 else None
 

@@ -78,6 +78,17 @@ def test_auto_without_gpus_and_explicit_cpu_stay_on_the_cpu(no_cuda):
     assert not no_cuda.exists()
 
 
+def test_fake_gpus_of_a_test_cluster_run_on_the_cpu(no_cuda, monkeypatch):
+    """Only LTD_FAKE_GPUS=1 (tests/test_slurm.py's cluster) lets a job holding GPUs use the CPU."""
+    monkeypatch.setenv(runtime.FAKE_GPUS, "1")
+    assert runtime.setup("auto", None, gpus=1, slots_dir=no_cuda).type == "cpu"
+    with pytest.raises(runtime.NoCudaError):  # device: cuda is still checked
+        runtime.setup("cuda", None, gpus=1, slots_dir=no_cuda)
+    monkeypatch.setenv(runtime.FAKE_GPUS, "0")
+    with pytest.raises(runtime.NoCudaError):
+        runtime.setup("auto", None, gpus=1, slots_dir=no_cuda)
+
+
 def test_gpu_job_with_cuda_hidden_fails_in_a_real_process(tmp_path):
     """CUDA_VISIBLE_DEVICES="" hides every GPU from CUDA itself (no monkeypatching): the
     job exits at once with the message, on a GPU machine as on this one."""

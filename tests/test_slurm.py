@@ -135,7 +135,9 @@ def runs(cluster, tmp_path_factory):
     ref, sl = base / "reference", base / "slurm"
     shutil.copytree(ROOT, ref, ignore=lambda dirpath, names: [
         n for n in names if n == "__pycache__" or (Path(dirpath) == ROOT and n in SKIP)])
-    env = {**clean_env(), "LTD_GPUS": ""}  # no GPU here: do not probe for one (ltd.gpu_slots)
+    # No GPU here: do not probe for one (ltd.gpu_slots); jobs holding the cluster's fake
+    # GPUs run on the CPU (ltd.runtime.FAKE_GPUS) instead of stopping for want of CUDA.
+    env = {**clean_env(), "LTD_GPUS": "", "LTD_FAKE_GPUS": "1"}
     t0 = time.monotonic()
     # Both data sets and the student whose evaluation runs through Slurm, locally.
     p = snakemake_local(ref, f"{R}/{EVALUATED}/model.pt", DATA, env=env, stdout=subprocess.PIPE,
@@ -270,6 +272,25 @@ def test_autoattack_outlives_its_time_limit_and_ends_as_if_uninterrupted(runs):
     assert got["pgd"]["accuracy"] == want["pgd"]["accuracy"]
 
 
+def rule_retries(workdir, configfiles):
+    """{rule: its `retries`} as the Snakefile in `workdir` sets them under `configfiles`."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+    with SnakemakeApi() as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path(workdir) / "Snakefile",
+                          workdir=Path(workdir), config_settings=ConfigSettings(configfiles=list(configfiles)))
+        return {r.name: r._restart_times for r in wf._workflow.rules}  # no public getter
+
+
+def test_retries_follow_the_data_sets_in_use():
+    """The demo config keeps the paper's ImageNet entry (a 7-day runtime) but never uses it:
+    under a 2-minute limit its jobs get ceil(10 / 2) + 1 = 6 retries, not 5,041 resubmissions
+    of a job that fails for good (as a job holding no CUDA does)."""
+    retries = rule_retries(ROOT, [ROOT / f for f in CONFIGFILES])
+    assert {k: retries[k] for k in ("train_student", "evaluate", "prepare_data")} == {
+        "train_student": 6, "evaluate": 6, "prepare_data": None}
+
+
 def test_paper_plan_under_a_48_hour_limit(tmp_path):
     """The paper config on a cluster whose jobs may run 1440 min (no Slurm needed): CPUs
     from threads and loader workers x processes, runtimes capped, retries to match, the
@@ -304,12 +325,7 @@ def test_paper_plan_under_a_48_hour_limit(tmp_path):
     assert seen["prepare_data", "imagenet"]["runtime"] == "600"  # ImageNet's own `light` resources
     # retries: ceil(10080 / 1440) + 1 for training (ImageNet's 7 days), ceil(2880 / 1440) + 1 for
     # evaluation; the profile's `retries` elsewhere (None)
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, ResourceSettings
-    with SnakemakeApi() as api:
-        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=tmp_path / "Snakefile",
-                          workdir=tmp_path, config_settings=ConfigSettings(configfiles=[overlay]))
-        retries = {r.name: r._restart_times for r in wf._workflow.rules}  # no public getter
+    retries = rule_retries(tmp_path, [overlay])
     assert {k: retries[k] for k in ("train_teacher", "train_substitute", "train_student", "evaluate",
                                     "evaluate_published", "prepare_data", "validate")} == {
         "train_teacher": 8, "train_substitute": 8, "train_student": 8, "evaluate": 3, "evaluate_published": 3,
