@@ -357,7 +357,8 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             label += f" β={fmt_num(beta)}"
         if mode not in (None, default_mode):  # a row made otherwise than its data set's default
             label += f" ({mode.replace('_', ' ')})"
-        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, mode))
+        # mode: None unless the row is made otherwise than its data set's default
+        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, None if mode == default_mode else mode))
     return rows
 
 

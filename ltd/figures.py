@@ -13,10 +13,11 @@ XLABELS = {"temperature": "teacher temperature T", "beta": "β (weight of the ro
 
 
 def accuracy_against(kind: str, points: list[dict], paper: list[dict], baseline: dict | None, tmax: float | None,
-                     title: str, stem: str | Path, paper_dataset: str = "CIFAR-10") -> None:
+                     title: str, stem: str | Path, paper_dataset: str = "CIFAR-10", apart: list[dict] = ()) -> None:
     """Clean and AutoAttack accuracy (%) against T or beta. ``points``/``paper``: dicts
     with x, clean, robust; ``baseline``: a row drawn as horizontal lines (TRADES in
-    Table IV); ``tmax``: a vertical line at T_max."""
+    Table IV); ``tmax``: a vertical line at T_max; ``apart``: rows made otherwise (dicts
+    with x, clean, robust, label), hollow markers off the curve."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs = [p["x"] for p in points]
     ax.plot(xs, [p["clean"] for p in points], "o-", color="tab:blue", label="clean (this run)")
@@ -30,7 +31,11 @@ def accuracy_against(kind: str, points: list[dict], paper: list[dict], baseline:
         name = baseline.get("label", "baseline")
         ax.axhline(baseline["clean"], color="tab:blue", lw=0.8, ls=":", label=f"{name} clean (this run)")
         ax.axhline(baseline["robust"], color="tab:red", lw=0.8, ls=":", label=f"{name} AA (this run)")
-    ticks = sorted({p["x"] for p in points + paper})
+    for i, p in enumerate(apart):
+        marker = "DPv^<>"[i % 6]
+        ax.plot([p["x"]], [p["clean"]], marker, mfc="none", color="tab:blue", label=f"{p['label']}: clean")
+        ax.plot([p["x"]], [p["robust"]], marker, mfc="none", color="tab:red", label=f"{p['label']}: AA")
+    ticks = sorted({p["x"] for p in [*points, *paper, *apart]})
     if tmax is not None:
         ax.axvline(tmax, color="k", lw=0.8, ls="-.", label=f"T_max = {tmax:g}")
         ticks = sorted(set(ticks) | {tmax})

@@ -78,3 +78,31 @@ def test_several_seeds_give_mean_and_spread_and_tolerance_marks(paper_config):
     assert df.loc[1, "Row"] == "TRADES+LTD T=1 †" and df.loc[0, "Row"] == "TRADES"
     single = tables.frame(tables.assemble(entries[:1], [results[0][:1]], PAPER["table4"]["rows"]))
     assert "Seeds" not in single.columns
+
+
+def test_rows_made_otherwise_are_drawn_beside_the_curve(demo_config, tmp_path, monkeypatch):
+    """Table IV's T=5 row with soft labels on the fly is a point of its own, not a second
+    y on the curve at T=5 (the curve varies T alone)."""
+    from ltd import figures
+    from ltd.files import save_json
+    from ltd.jobs import tables as table_jobs
+
+    entries = [e for e in ex.table_entries(demo_config, "table4") if not e.is_auto]
+    assert [e.labels for e in entries].count("on_the_fly") == 1 and {e.labels for e in entries} == {None, "on_the_fly"}
+    results = [result(ex.entry_run(demo_config, e), 0.9 - i / 100, 0.5 - i / 100) for i, e in enumerate(entries)]
+    rows = tables.assemble(entries, results, PAPER["table4"]["rows"])
+    save_json({"table": "table4", "dataset": "digits", "paper_dataset": "CIFAR-10", "tmax": 20.0, "rows": rows},
+              tmp_path / "table4.json")
+    drawn = {}
+    monkeypatch.setattr(figures, "accuracy_against", lambda kind, points, paper, baseline, tmax, title, stem, **kw:
+                        drawn.update(points=points, apart=kw["apart"]))
+    table_jobs.render_figure(tmp_path / "table4.json", "temperature", tmp_path / "fig")
+    xs = [p["x"] for p in drawn["points"]]
+    assert len(xs) == len(set(xs)) == len(entries) - 2  # TRADES is the baseline, on the fly apart
+    fly = next(r for r in rows if r.get("labels") == "on_the_fly")
+    assert drawn["apart"] == [{"x": 5.0, "clean": fly["clean"], "robust": fly["robust"],
+                               "label": "TRADES+LTD T=5 (on the fly)"}]
+    # and the real figure renders with it
+    monkeypatch.undo()
+    table_jobs.render_figure(tmp_path / "table4.json", "temperature", tmp_path / "fig")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

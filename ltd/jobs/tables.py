@@ -102,6 +102,11 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
         return sorted(({"x": r[kind], "clean": r[clean], "robust": r[robust]} for r in rows
                        if r[clean] is not None), key=lambda p: p["x"])
 
+    # Rows made otherwise than the data set's default (soft labels on the fly, say) are
+    # points beside the curve, not on it: the curve varies T or beta alone.
+    apart = [{"x": r[kind], "clean": r["clean"], "robust": r["robust"], "label": r["label"]}
+             for r in points if r.get("labels") and r["clean"] is not None]
+    points = [r for r in points if not r.get("labels")]
     paper = [r for r in points if r["paper_clean"] is not None and r["paper_robust"] is not None]
     figures.accuracy_against(
         kind, pts(points, "clean", "robust"), pts(paper, "paper_clean", "paper_robust"),
@@ -109,7 +114,7 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
                                        "label": baseline["label"]},
         t["tmax"] if kind == "temperature" else None,
         f"{t['table']}: accuracy against {'teacher temperature T' if kind == 'temperature' else 'β'} ({t['dataset']})",
-        stem, paper_dataset=t["paper_dataset"])
+        stem, paper_dataset=t["paper_dataset"], apart=apart)
 
 
 def render_tmax_figure(tmax_path: str | Path, stem: str | Path) -> None:
