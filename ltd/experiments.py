@@ -299,7 +299,7 @@ class Entry:
     temperature: float | str | None
     beta: float
     label: str
-    labels: str | None = None  # the entry's own soft-label mode; None: its data set's
+    labels: str | None = None  # the entry's own soft-label mode where it differs from its data set's; else None
 
     @property
     def is_auto(self) -> bool:
@@ -326,6 +326,7 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
     if table not in config["tables"]:
         raise KeyError(f"tables.{table}: no such table; the config defines {', '.join(config['tables'])}")
     spec = config["tables"][table]
+    default_mode = soft_label_mode(config, stand_in(config, "datasets", spec["dataset"]))
     raw = []
     for i, e in enumerate(spec["entries"]):
         where = f"tables.{table}.entries[{i}]"
@@ -338,14 +339,15 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             raise ValueError(f"{where}: method {e['method']!r} needs a temperature")
         if not soft and temps is not None:
             raise ValueError(f"{where}: method {e['method']!r} takes no temperature")
+        # the entry's own soft-label mode: None unless it differs from its data set's default
         mode = e.get("soft_labels") if soft else None
+        mode = None if mode == default_mode else mode
         for beta in _as_list(e.get("beta", config["beta"])):
             for t in _as_list(temps):
                 t = t if t in (None, "auto") else float(t)
                 raw.append((arch, e["method"], t, float(beta), mode))
     show_arch = len({r[0] for r in raw}) > 1
     show_beta = len({r[3] for r in raw}) > 1
-    default_mode = soft_label_mode(config, stand_in(config, "datasets", spec["dataset"]))
     rows = []
     for arch, method, t, beta, mode in raw:
         label = methods.get(method).label
@@ -355,10 +357,9 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             label += f" T={t if t == 'auto' else fmt_num(t)}"
         if show_beta:
             label += f" β={fmt_num(beta)}"
-        if mode not in (None, default_mode):  # a row made otherwise than its data set's default
+        if mode:  # a row made otherwise than its data set's default
             label += f" ({mode.replace('_', ' ')})"
-        # mode: None unless the row is made otherwise than its data set's default
-        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, None if mode == default_mode else mode))
+        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, mode))
     return rows
 
 
