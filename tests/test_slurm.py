@@ -229,14 +229,19 @@ def allocations(log, rule):
     return job
 
 
+def resubmitted_until_done(log, rule):
+    """The rule's Slurm allocations, asserting that SIGTERM before the limit stopped it at
+    least once (FAILED: exit 143, not TIMEOUT) and it was resubmitted until it finished."""
+    jobs = allocations(log, rule)
+    states = [j["JobState"] for j in jobs]
+    print(f"{rule}: {len(jobs)} allocations {states}")
+    assert len(jobs) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, states
+    return jobs
+
+
 def test_training_outlives_its_time_limit_and_ends_as_if_uninterrupted(runs):
     ref, sl, log = runs
-    jobs = allocations(log, "train_student")
-    states = [j["JobState"] for j in jobs]
-    print(f"train_student: {len(jobs)} allocations {states}")
-    # SIGTERM before the limit stopped it at least once (FAILED: exit 143, not TIMEOUT); it
-    # was resubmitted until it finished
-    assert len(jobs) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, states
+    jobs = resubmitted_until_done(log, "train_student")
     # Each stop wrote a checkpoint that the next allocation continued (the failed attempts'
     # logs are in Snakemake's: show-failed-logs).
     stops = log.count("stopped by SIGTERM")
@@ -253,10 +258,7 @@ def test_training_outlives_its_time_limit_and_ends_as_if_uninterrupted(runs):
 
 def test_autoattack_outlives_its_time_limit_and_ends_as_if_uninterrupted(runs):
     ref, sl, log = runs
-    jobs = allocations(log, "evaluate")
-    states = [j["JobState"] for j in jobs]
-    print(f"evaluate: {len(jobs)} allocations {states}")
-    assert len(jobs) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, states
+    resubmitted_until_done(log, "evaluate")
     eval_log = (sl / R / "logs" / "evaluate" / f"{EVALUATED.split('/')[1]}.log").read_text()
     assert "AutoAttack: resuming from" in eval_log, eval_log[-3000:]  # the last allocation's
     got, want = load_json(sl / R / EVALUATED / "autoattack.json"), load_json(ref / R / EVALUATED / "autoattack.json")
