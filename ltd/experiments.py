@@ -381,10 +381,11 @@ def table_dataset(config: dict[str, Any], table: str) -> str:
 
 
 def datasets_in_use(config: dict[str, Any]) -> list[str]:
-    """Data sets the config's tables and published checkpoints run on (stand-ins applied),
-    in config order: the ones whose jobs the workflow's targets make."""
+    """Data sets the config's tables (stand-ins applied) and published checkpoints (as
+    written: rules/published.smk evaluates on that data set) run on, in config order: the
+    ones whose jobs the workflow's targets make."""
     used = {table_dataset(config, t) for t in table_names(config)}
-    used |= {stand_in(config, "datasets", e["dataset"]) for e in config.get("published") or []}
+    used |= {e["dataset"] for e in config.get("published") or []}
     return [d for d in config["datasets"] if d in used]
 
 

@@ -99,3 +99,12 @@ def test_table_entry_errors_name_the_entry(paper_config):
         ex.table_entries(bad, "table4")
     with pytest.raises(KeyError, match="no such table"):
         ex.table_entries(paper_config, "table9")
+
+
+def test_datasets_in_use_are_the_tables_and_the_published(demo_config, paper_config):
+    """What sets the Slurm retries (rules/common.smk): the tables' data sets as they run
+    (stand-ins) and each published checkpoint's data set as written (its rule evaluates there)."""
+    assert ex.datasets_in_use(paper_config) == ["cifar10", "cifar100", "imagenet"]
+    assert ex.datasets_in_use(demo_config) == ["digits", "digits12", "digitsfolder"]  # no ImageNet entry
+    published = {**demo_config, "published": [{"name": "m", "dataset": "cifar10", "arch": "wrn-34-10"}]}
+    assert ex.datasets_in_use(published) == ["cifar10", "digits", "digits12", "digitsfolder"]
