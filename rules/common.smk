@@ -32,7 +32,9 @@ SLURM = config.get("slurm") or {}
 MAX_RUNTIME = SLURM.get("max_runtime")  # minutes; None: no cap
 
 
-def _capped(minutes):
+def _runtime(kind, dataset=None):
+    """A job's time limit in minutes: its configured runtime, capped at slurm.max_runtime."""
+    minutes = ex.resources(config, kind, dataset)["runtime"]
     return minutes if MAX_RUNTIME is None else min(minutes, MAX_RUNTIME)
 
 
@@ -41,11 +43,10 @@ def res(kind, dataset_fn=None):
     set may override them (ImageNet needs more). runtime is capped at slurm.max_runtime:
     a longer job is resubmitted until done (retries())."""
     if dataset_fn is None:
-        r = config["resources"][kind]
-        return {"mem_mb": r["mem_mb"], "runtime": _capped(r["runtime"])}
+        return {"mem_mb": config["resources"][kind]["mem_mb"], "runtime": _runtime(kind)}
     return {
         "mem_mb": lambda w: ex.resources(config, kind, dataset_fn(w))["mem_mb"],
-        "runtime": lambda w: _capped(ex.resources(config, kind, dataset_fn(w))["runtime"]),
+        "runtime": lambda w: _runtime(kind, dataset_fn(w)),
     }
 
 
@@ -82,8 +83,7 @@ def stop_signal(kind, dataset_fn):
         return {}
 
     def extra(w):
-        minutes = _capped(ex.resources(config, kind, dataset_fn(w))["runtime"])
-        return f"--signal=TERM@{min(lead, minutes * 30)}"
+        return f"--signal=TERM@{min(lead, _runtime(kind, dataset_fn(w)) * 30)}"
 
     return {"slurm_extra": extra}
 
@@ -163,6 +163,11 @@ def selected_evaluation(w):
 
 
 PUBLISHED = {e["name"]: e for e in (config.get("published") or [])}
+
+
+def published_dataset(w):
+    """The data set a published checkpoint is evaluated on, as its entry writes it."""
+    return PUBLISHED[w.name]["dataset"]
 
 
 def published_model(w):

@@ -9,21 +9,21 @@ rule evaluate_published:
     conda:
         "../envs/torch.yaml"
     input:
-        data=lambda w: data_json(PUBLISHED[w.name]["dataset"]),
+        data=lambda w: data_json(published_dataset(w)),
         model=published_model,
     output:
         json=f"{R}/published/{{name}}/autoattack.json",
         md=f"{R}/published/{{name}}/comparison.md",
     params:
         identity=lambda w: {"entry": PUBLISHED[w.name],
-                            **ex.evaluation_identity(config, PUBLISHED[w.name]["dataset"])},
+                            **ex.evaluation_identity(config, published_dataset(w))},
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
         gpu=gpus(),
-        cpus_per_task=cpus(config["threads"], lambda w: PUBLISHED[w.name]["dataset"]),
-        **res("evaluate", lambda w: PUBLISHED[w.name]["dataset"]),
-        **stop_signal("evaluate", lambda w: PUBLISHED[w.name]["dataset"]),
+        cpus_per_task=cpus(config["threads"], published_dataset),
+        **res("evaluate", published_dataset),
+        **stop_signal("evaluate", published_dataset),
     log:
         f"{R}/logs/evaluate_published/{{name}}.log",
     script:
