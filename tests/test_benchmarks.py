@@ -25,3 +25,8 @@ def test_evaluate_benchmark_runs(tmp_path):
     r = _run("evaluate.py", "--arch", "wrn-10-1", "--image-size", "8", "--n", "8", "--batch-size", "8",
              "--pgd-steps", "2", "--attacks", "apgd-ce", "--threads", "1", tmp_path=tmp_path)
     assert r and json.dumps(r)
+
+
+def test_simulation_benchmark_runs(tmp_path):
+    r = _run("simulation.py", "--repeat", "1", "--n-examples", "2000", tmp_path=tmp_path)
+    assert len(r["seconds"]) == 1 and r["n_examples"] == {"binary": 2000, "dirichlet": 2000}

