@@ -42,7 +42,7 @@ test: $(STAMP)
 
 ## What the paper config would run (no GPU needed to plan).
 dry-run: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) -n --cores all --resources gpu=4 all
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all -n --cores all --resources gpu=4
 
 ## One prepared check of a GPU machine (docs/performance.md, "Checking a GPU machine"): the
 ## CUDA tests, what a training step and AutoAttack cost, projected GPU-hours; about 6
