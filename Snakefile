@@ -11,10 +11,34 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# Before any job: wrong units, the schema, then what the schema cannot see (ltd/checks.py).
+# Before any job: wrong units, the schema, then what the schema cannot see (ltd/checks.py),
+# judged for what the requested targets run (SCOPE: `snakemake table4` needs no ImageNet
+# on disk nor 4 GPUs for it). A job's own Snakemake (on a Slurm node) runs what the
+# planning Snakemake checked, so it checks only the units and the schema.
 checks.units(config)
 validate(config, "config/schema.yaml")
-checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")))
+
+
+def requested_targets():
+    """This call's targets. Snakemake hands them to the workflow (workflow.dag_settings)
+    only after reading this file, so they are read from its command line with its own
+    parser; None (the whole config) where Snakemake was not started from one (its API)."""
+    import sys
+    from pathlib import Path
+
+    if Path(sys.argv[0]).name not in ("snakemake", "__main__.py") or "snakemake" not in sys.argv[0]:
+        return None
+    from snakemake.cli import get_argument_parser
+
+    return get_argument_parser().parse_known_args(sys.argv[1:])[0].targets
+
+
+SCOPE = (
+    checks.requested(config, requested_targets())
+    if workflow.is_main_process
+    else checks.Scope(files=False)
+)
+checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")), scope=SCOPE)
 
 
 report: "report/workflow.rst"

@@ -1,6 +1,7 @@
 # Config -> targets. Paths and run records come from ltd.experiments; no rule builds a
 # run path by hand. Planning imports no torch (ltd.experiments, ltd.methods, ltd.files
 # are torch-free), so `snakemake -n all` stays fast on a login node.
+from ltd import checks
 from ltd import experiments as ex
 from ltd.files import load_json
 from ltd.sources import LOADER_WORKERS
@@ -64,9 +65,10 @@ def retries(kind):
         return None
     if not workflow.is_main_process:
         return 0
-    # Over the data sets in use only: an unused ImageNet entry's week would otherwise set
-    # thousands of retries for every job, each a resubmission of a job that keeps failing.
-    longest = max(ex.resources(config, kind, d)["runtime"] for d in [None, *ex.datasets_in_use(config)])
+    # Over the data sets the requested targets use only (SCOPE, Snakefile): an unused
+    # ImageNet entry's week would otherwise set thousands of retries for every job, each a
+    # resubmission of a job that keeps failing.
+    longest = max(ex.resources(config, kind, d)["runtime"] for d in [None, *sorted(SCOPE.data)])
     n = -(-longest // MAX_RUNTIME)
     return n + 1 if n > 1 else None
 
@@ -171,12 +173,9 @@ def published_dataset(w):
 
 
 def published_model(w):
-    e = PUBLISHED[w.name]
-    if e.get("path"):
-        return e["path"]
-    ds = ex.dataset_cfg(config, e["dataset"])
-    # the layout robustbench.load_model uses: <model_dir>/<dataset>/Linf/<name>.pt
-    return f"{config['robustbench_model_dir']}/{ds['source']}/Linf/{e.get('robustbench_name', e['name'])}.pt"
+    """Its checkpoint (ltd.checks checked it exists before the plan: Snakemake's own
+    MissingInputException would not say where the file comes from)."""
+    return str(checks.published_file(config, PUBLISHED[w.name]))
 
 
 def table_evaluations(table):

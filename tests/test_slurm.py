@@ -299,6 +299,8 @@ def test_paper_plan_under_a_48_hour_limit(tmp_path):
     long jobs' early SIGTERM."""
     for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    for split in ("train", "val"):  # the paper config's ImageNet tree, as a user has it (checked by the plan)
+        (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
     overlay = tmp_path / "cluster.yaml"
     overlay.write_text("slurm: {max_runtime: 1440}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "table3", "table1", "--cores", "1",
