@@ -19,22 +19,28 @@ checks.units(config)
 validate(config, "config/schema.yaml")
 
 
-def requested_targets():
-    """This call's targets. Snakemake hands them to the workflow (workflow.dag_settings)
-    only after reading this file, so they are read from its command line with its own
-    parser; None (the whole config) where Snakemake was not started from one (its API)."""
+def command_line():
+    """This call's command line as Snakemake reads it (profiles included), or None where
+    Snakemake was not started from one (its API). Snakemake hands the targets to the
+    workflow (workflow.dag_settings) only after reading this file, and the executor's
+    settings later still, so both are read here with its own parser."""
     import sys
     from pathlib import Path
 
-    if Path(sys.argv[0]).name not in ("snakemake", "__main__.py") or "snakemake" not in sys.argv[0]:
+    if "snakemake" not in sys.argv[0] or Path(sys.argv[0]).name not in ("snakemake", "__main__.py"):
         return None
-    from snakemake.cli import get_argument_parser
+    import contextlib
+    import io
 
-    return get_argument_parser().parse_known_args(sys.argv[1:])[0].targets
+    from snakemake.cli import parse_args
+
+    with contextlib.redirect_stderr(io.StringIO()):  # it says again which profiles it reads
+        return parse_args(sys.argv[1:])[1]
 
 
+ARGS = command_line() if workflow.is_main_process else None
 SCOPE = (
-    checks.requested(config, requested_targets())
+    checks.requested(config, ARGS.targets if ARGS else None)
     if workflow.is_main_process
     else checks.Scope(files=False)
 )
@@ -55,7 +61,11 @@ include: "rules/simulation.smk"
 include: "rules/budget.smk"
 
 
-localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, exported, evaluation_report, budget
+check_site_slurm_extra()
+check_slurm_logdir(ARGS)
+
+
+localrules: all, download_data, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, exported, evaluation_report, budget
 
 
 rule all:

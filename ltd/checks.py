@@ -186,10 +186,11 @@ def _target(config: dict, target: str) -> Scope:
 
 def requested(config: dict, targets: Iterable[str] | None = ()) -> Scope:
     """The scope of a Snakemake call's targets (none: the default target, ``all``). A target
-    this cannot place (another rule, a path elsewhere), or ``targets=None`` (not known),
-    stands for the whole config."""
+    this cannot place (another rule, a path elsewhere) stands for the whole config;
+    ``targets=None`` (not known: Snakemake's API) for the whole config without its files."""
     if targets is None:
-        return everything(config)
+        s = everything(config)
+        return Scope(s.tables, s.train, s.data, s.published, files=False)
     scope = Scope(files=False)
     for target in list(targets) or ["all"]:
         scope |= _target(config, target)
@@ -286,8 +287,7 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
     config, without looking at files). ``gpus``: the GPUs the run may use at once
     (``--resources gpu=N``), if given. The stand-ins are checked whatever the scope."""
     if scope is None:
-        s = everything(config)
-        scope = Scope(s.tables, s.train, s.data, s.published, files=False)
+        scope = requested(config, None)
     problems: list[str] = []
     datasets = config["datasets"]
     for kind in ("datasets", "archs"):

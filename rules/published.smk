@@ -20,10 +20,8 @@ rule evaluate_published:
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
-        gpu=gpus(),
         cpus_per_task=cpus(config["threads"], published_dataset),
-        **res("evaluate", published_dataset),
-        **stop_signal("evaluate", published_dataset),
+        **gpu_job("evaluate", published_job, n=gpus()),
     log:
         f"{R}/logs/evaluate_published/{{name}}.log",
     script:
