@@ -19,31 +19,10 @@ checks.units(config)
 validate(config, "config/schema.yaml")
 
 
-def command_line():
-    """This call's command line as Snakemake reads it (profiles included), or None where
-    Snakemake was not started from one (its API). Snakemake hands the targets to the
-    workflow (workflow.dag_settings) only after reading this file, and the executor's
-    settings later still, so both are read here with its own parser."""
-    import sys
-    from pathlib import Path
-
-    if "snakemake" not in sys.argv[0] or Path(sys.argv[0]).name not in ("snakemake", "__main__.py"):
-        return None
-    import contextlib
-    import io
-
-    from snakemake.cli import parse_args
-
-    with contextlib.redirect_stderr(io.StringIO()):  # it says again which profiles it reads
-        return parse_args(sys.argv[1:])[1]
-
-
-ARGS = command_line() if workflow.is_main_process else None
-SCOPE = (
-    checks.requested(config, ARGS.targets if ARGS else None)
-    if workflow.is_main_process
-    else checks.Scope(files=False)
-)
+ARGS = checks.command_line() if workflow.is_main_process else None
+# --lint runs nothing: the whole config, without its files
+TARGETS = ARGS.targets if ARGS and not ARGS.lint else None
+SCOPE = checks.requested(config, TARGETS) if workflow.is_main_process else checks.Scope(files=False)
 checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")), scope=SCOPE)
 
 
@@ -65,7 +44,21 @@ check_site_slurm_extra()
 check_slurm_logdir(ARGS)
 
 
-localrules: all, download_data, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, exported, evaluation_report, budget
+localrules:
+    all,
+    download_data,
+    tmax,
+    select_temperature,
+    resolve_auto,
+    render_table,
+    figure,
+    figure_tmax,
+    curves,
+    simulation,
+    published,
+    exported,
+    evaluation_report,
+    budget,
 
 
 rule all:

@@ -184,6 +184,23 @@ def _target(config: dict, target: str) -> Scope:
     return everything(config)
 
 
+def command_line() -> Any:
+    """This call's command line as Snakemake reads it (profiles included), or None where
+    Snakemake was not started from one (its API). Snakemake hands the targets to the
+    workflow (workflow.dag_settings) only after reading the Snakefile, and the executor's
+    settings later still, so the Snakefile reads both here with Snakemake's own parser."""
+    import contextlib
+    import io
+    import sys
+
+    if "snakemake" not in sys.argv[0] or Path(sys.argv[0]).name not in ("snakemake", "__main__.py"):
+        return None
+    from snakemake.cli import parse_args
+
+    with contextlib.redirect_stderr(io.StringIO()):  # it says again which profiles it reads
+        return parse_args(sys.argv[1:])[1]
+
+
 def requested(config: dict, targets: Iterable[str] | None = ()) -> Scope:
     """The scope of a Snakemake call's targets (none: the default target, ``all``). A target
     this cannot place (another rule, a path elsewhere) stands for the whole config;

@@ -70,8 +70,10 @@ def res(kind, dataset_fn=None, job_fn=None):
         dataset_fn = lambda w: job_fn(w).run.dataset
     if dataset_fn is None:
         minutes = config["resources"][kind]["runtime"]
-        return {"mem_mb": config["resources"][kind]["mem_mb"],
-                "runtime": minutes if MAX_RUNTIME is None else min(minutes, MAX_RUNTIME)}
+        return {
+            "mem_mb": config["resources"][kind]["mem_mb"],
+            "runtime": minutes if MAX_RUNTIME is None else min(minutes, MAX_RUNTIME),
+        }
 
     def mem_mb(w):
         d = dataset_fn(w)
@@ -107,7 +109,8 @@ def retries(kind):
     if "budget" in minutes:  # the longest estimate among the jobs of this class
         kinds = {"train": ("teacher", "substitute", "student"), "evaluate": ("evaluation", "validation")}[kind]
         minutes = [m for m in minutes if m != "budget"] + [
-            budget.time_limit(config, j) for j in budget.job_tables(config)
+            budget.time_limit(config, j)
+            for j in budget.job_tables(config)
             if j.kind in kinds and j.run.dataset in SCOPE.data
         ]
     n = -(-max(minutes, default=0) // MAX_RUNTIME)
@@ -165,12 +168,15 @@ def slurm_extra(kind=None, dataset_fn=None, job_fn=None, gpus_fn=None):
     def extra(w):
         flags = [site] if site else []
         if per_node:
-            flags.append(f"--gpus-per-node={GPU_TYPE + ':' if GPU_TYPE and not GPU_TYPE_AS_CONSTRAINT else ''}"
-                         f"{gpus_fn(w) if callable(gpus_fn) else gpus_fn}")
+            typed = f"{GPU_TYPE}:" if GPU_TYPE and not GPU_TYPE_AS_CONSTRAINT else ""
+            flags.append(f"--gpus-per-node={typed}{gpus_fn(w) if callable(gpus_fn) else gpus_fn}")
         if lead:
             job = job_fn(w) if job_fn else None
-            limit = _runtime(kind, job) if job else min(ex.resources(config, kind, dataset_fn(w))["runtime"],
-                                                        MAX_RUNTIME or float("inf"))
+            limit = (
+                _runtime(kind, job)
+                if job
+                else min(ex.resources(config, kind, dataset_fn(w))["runtime"], MAX_RUNTIME or float("inf"))
+            )
             flags.append(f"--signal=TERM@{int(min(lead, limit * 30))}")
         return " ".join(flags)
 
@@ -181,8 +187,11 @@ def gpu_job(kind, job_fn=None, dataset_fn=None, n=1, signal=True):
     """What a GPU job asks Slurm for besides its CPUs: its `n` GPUs (gpu_resources), memory
     and time limit (res: from the budget's estimate of `job_fn`'s job where the config
     says `runtime: budget`) and slurm_extra (with the early SIGTERM if `signal`)."""
-    return {**gpu_resources(n), **res(kind, dataset_fn, job_fn),
-            **slurm_extra(kind if signal else None, dataset_fn, job_fn, n)}
+    return {
+        **gpu_resources(n),
+        **res(kind, dataset_fn, job_fn),
+        **slurm_extra(kind if signal else None, dataset_fn, job_fn, n),
+    }
 
 
 def check_site_slurm_extra():
@@ -191,12 +200,15 @@ def check_site_slurm_extra():
     over = workflow.resource_settings.overwrite_resources or {}
     bad = [r.name for r in workflow.rules if "slurm_extra" in r.resources and "slurm_extra" in over.get(r.name, {})]
     if bad:
-        raise checks.ConfigError([
-            f"set-resources: {', '.join(sorted(bad))}: a `slurm_extra` there replaces the rule's own "
-            f"({'--signal=TERM@... ' if SLURM.get('signal_seconds') else ''}"
-            f"{'--gpus-per-node ' if GPU_REQUEST == 'gpus-per-node' else ''}flags), so the job would run past its "
-            "limit and lose its outputs; put the site's sbatch flags in the config's `slurm: extra:` instead "
-            "(added to every job's slurm_extra)"])
+        raise checks.ConfigError(
+            [
+                f"set-resources: {', '.join(sorted(bad))}: a `slurm_extra` there replaces the rule's own "
+                f"({'--signal=TERM@... ' if SLURM.get('signal_seconds') else ''}"
+                f"{'--gpus-per-node ' if GPU_REQUEST == 'gpus-per-node' else ''}flags), so the job would run past its "
+                "limit and lose its outputs; put the site's sbatch flags in the config's `slurm: extra:` instead "
+                "(added to every job's slurm_extra)"
+            ]
+        )
 
 
 def check_slurm_logdir(args):
@@ -206,9 +218,12 @@ def check_slurm_logdir(args):
     got = getattr(args, "slurm_logdir", None)
     if args is None or getattr(args, "executor", None) != "slurm" or got is None or Path(got) == want:
         return
-    raise checks.ConfigError([
-        f"run = {config['run']!r}, but Slurm would write its job logs to {got} (the profile's slurm-logdir, or "
-        f"--slurm-logdir); add --slurm-logdir {want} so that they stay with this run's results"])
+    raise checks.ConfigError(
+        [
+            f"run = {config['run']!r}, but Slurm would write its job logs to {got} (the profile's slurm-logdir, or "
+            f"--slurm-logdir); add --slurm-logdir {want} so that they stay with this run's results"
+        ]
+    )
 
 
 def gpus(dataset_fn=None, training=False):
@@ -250,6 +265,7 @@ def cpus(threads, dataset_fn, training=False):
 
 
 # ---- input functions of the rules (kept here, as the Snakemake linter asks) ----
+
 
 def training_identity(role):
     return lambda w: ex.training_identity(config, ex.Run.parse(role, w.name))

@@ -14,8 +14,8 @@ rule evaluate:
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
-        cpus_per_task=cpus(config["threads"], dataset_of("students")),
         **gpu_job("evaluate", student_job("evaluation"), n=gpus()),
+        cpus_per_task=cpus(config["threads"], dataset_of("students")),
     log:
         f"{R}/logs/evaluate/{{name}}.log",
     script:
