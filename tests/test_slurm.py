@@ -361,7 +361,7 @@ def test_paper_plan_under_a_48_hour_limit(tmp_path):
 def test_nothing_is_left_to_do(runs):
     ref, sl, log = runs
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *TARGETS, "--profile", "profiles/slurm",
-                           "--configfile", *CONFIGFILES],
+                           f"--slurm-logdir={R}/logs/slurm", "--configfile", *CONFIGFILES],
                           cwd=sl, capture_output=True, text=True, timeout=300, env=clean_env())
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
@@ -388,7 +388,9 @@ def _planned_resources(rule, overlay, tmp_path):
 ROUTES = {  # config overlay -> (the one GPU flag, what Slurm records)
     "gpus": ("slurm: {gpu_type: a100}", "--gpus=a100:1", ("TresPerJob", "gres:gpu:a100:1")),
     "gres": ("slurm: {gpu_request: gres, gpu_type: a100}", "--gres=gpu:a100:1", ("TresPerNode", "gres:gpu:a100:1")),
-    "gpus-per-node": ("slurm: {gpu_request: gpus-per-node}", "--gpus-per-node=1", ("TresPerNode", "gres:gpu:1")),
+    # (the type from tests/workflow_slurm.yaml)
+    "gpus-per-node": ("slurm: {gpu_request: gpus-per-node}", "--gpus-per-node=a100:1",
+                      ("TresPerNode", "gres:gpu:a100:1")),
     "type by constraint": ("slurm: {gpu_type: a100, gpu_type_as_constraint: true}", "--gpus=1", ("Features", "a100")),
 }
 
