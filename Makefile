@@ -9,7 +9,7 @@ CORES ?= all
 .PHONY: venv demo demo-all report test dry-run
 
 $(STAMP): requirements.txt pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)" >&2; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (the pinned stack is built and tested with Python 3.11; set PYTHON=...)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
@@ -42,7 +42,7 @@ test: $(STAMP)
 
 ## What the paper config would run (no GPU needed to plan).
 dry-run: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) -n --cores all --resources gpu=4 all
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all -n --cores all --resources gpu=4
 
 ## One prepared check of a GPU machine (docs/performance.md, "Checking a GPU machine"): the
 ## CUDA tests, what a training step and AutoAttack cost, projected GPU-hours; about 6

@@ -11,10 +11,19 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# Before any job: wrong units, the schema, then what the schema cannot see (ltd/checks.py).
+# Before any job: wrong units, the schema, then what the schema cannot see (ltd/checks.py),
+# judged for what the requested targets run (SCOPE: `snakemake table4` needs no ImageNet
+# on disk nor 4 GPUs for it). A job's own Snakemake (on a Slurm node) runs what the
+# planning Snakemake checked, so it checks only the units and the schema.
 checks.units(config)
 validate(config, "config/schema.yaml")
-checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")))
+
+
+ARGS = checks.command_line() if workflow.is_main_process else None
+# --lint runs nothing: the whole config, without its files
+TARGETS = ARGS.targets if ARGS and not ARGS.lint else None
+SCOPE = checks.requested(config, TARGETS) if workflow.is_main_process else checks.Scope(files=False)
+checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")), scope=SCOPE)
 
 
 report: "report/workflow.rst"
@@ -31,7 +40,25 @@ include: "rules/simulation.smk"
 include: "rules/budget.smk"
 
 
-localrules: all, tmax, select_temperature, resolve_auto, render_table, figure, figure_tmax, curves, simulation, published, exported, evaluation_report, budget
+check_site_slurm_extra()
+check_slurm_logdir(ARGS)
+
+
+localrules:
+    all,
+    download_data,
+    tmax,
+    select_temperature,
+    resolve_auto,
+    render_table,
+    figure,
+    figure_tmax,
+    curves,
+    simulation,
+    published,
+    exported,
+    evaluation_report,
+    budget,
 
 
 rule all:

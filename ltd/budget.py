@@ -91,9 +91,20 @@ def assumed_accuracy(config: dict, dataset: str) -> tuple[float, float]:
 
 # ---- counted FLOPs --------------------------------------------------------------------
 
+# Counted by ltd.flops for the paper's models (tests/test_budget.py counts them again):
+# Slurm time limits come from the budget while the DAG is planned, which imports no torch.
+COUNTED_FORWARD_FLOPS = {
+    ("wrn-34-10", 32, 10): 13317812736, ("wrn-34-10", 32, 100): 13317927936,
+    ("wrn-34-20", 32, 10): 53163713536, ("wrn-34-20", 32, 100): 53163943936,
+    ("resnet-50", 224, 1000): 8178368512, ("wrn-50-2", 224, 1000): 22796042240,
+}
+
+
 @functools.lru_cache(maxsize=None)
 def forward_flops(arch: str, size: int, classes: int) -> int:
     """FLOPs of one forward of ``arch`` on one image (ltd.flops, meta device)."""
+    if (arch, size, classes) in COUNTED_FORWARD_FLOPS:
+        return COUNTED_FORWARD_FLOPS[arch, size, classes]
     from .flops import model_forward_flops
 
     return model_forward_flops(arch, size, classes)
@@ -366,3 +377,18 @@ def render(config: dict, jobs: bool = True) -> str:
         lines += ["", "## Jobs", "", jobs_frame(config).to_markdown(index=False, floatfmt=".4f" if small else ".2f")]
     lines.append("")
     return "\n".join(lines)
+
+
+# ---- job sizing: a Slurm job's time limit from its estimate (rules/common.smk) ----
+
+def time_limit(config: dict, job: Job) -> int:
+    """Minutes a job asks Slurm for under ``runtime: budget``: its estimated wall time
+    (GPU-hours over its GPUs) x ``slurm.budget_safety``, plus ``slurm.budget_startup`` minutes
+    (start-up, data loading, the last checkpoint), rounded up to 10 minutes. A natural
+    CIFAR teacher then asks for about an hour, a TRADES+LTD student for 5 h, instead of
+    every job for the same 48 h. The estimate assumes the ``budget:`` GPU: on a slower one
+    raise the safety factor (or write minutes)."""
+    s = config.get("slurm") or {}
+    c = job_cost(config, job)
+    minutes = c.gpu_hours / c.processes * 60 * s.get("budget_safety", 2.0) + s.get("budget_startup", 15)
+    return int(-(-minutes // 10) * 10)

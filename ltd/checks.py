@@ -12,7 +12,9 @@ No torch here: planning stays fast.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Iterable, Iterator
 
 from . import experiments as ex
 from . import methods
@@ -92,9 +94,217 @@ def resource_limit(value: Any) -> int | None:
     return int(value) if _number(value) else None
 
 
-def check(config: dict, gpus: int | None = None) -> None:
-    """Cross-field checks over the whole config (after the schema). ``gpus``: the GPUs
-    the run may use at once (``--resources gpu=N``), if given."""
+# ---- what the requested targets run: the checks below judge only that ----
+
+@dataclass(frozen=True)
+class Scope:
+    """What a Snakemake call's targets make. ``tables``: tables whose rows are planned
+    (their methods, schedules, searches are checked); ``train``: data sets whose training
+    jobs run (processes against the GPUs); ``data``: data sets whose images are read
+    (their files must exist); ``published``: checkpoints evaluated (their files must
+    exist); ``files``: whether jobs run at all (the budget only prices them)."""
+
+    tables: frozenset = frozenset()
+    train: frozenset = frozenset()
+    data: frozenset = frozenset()
+    published: frozenset = frozenset()
+    files: bool = True
+
+    def __or__(self, other: "Scope") -> "Scope":
+        return Scope(self.tables | other.tables, self.train | other.train, self.data | other.data,
+                     self.published | other.published, self.files or other.files)
+
+
+def _tables_scope(config: dict, tables: Iterable[str], run: bool = True) -> Scope:
+    """Tables planned and (``run``) made; not made (the budget prices them), they need
+    neither GPUs nor data."""
+    tables = frozenset(t for t in tables if t in config["tables"])
+    used = frozenset(ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) for t in tables)
+    return Scope(tables, used, used, frozenset(), True) if run else Scope(tables, files=False)
+
+
+def _published_scope(config: dict, names: Iterable[str]) -> Scope:
+    entries = [e for e in config.get("published") or [] if e["name"] in set(names)]
+    return Scope(data=frozenset(e["dataset"] for e in entries), published=frozenset(e["name"] for e in entries))
+
+
+def everything(config: dict) -> Scope:
+    """The whole config: every table and every published checkpoint."""
+    return _tables_scope(config, config["tables"]) | _published_scope(config, [e["name"] for e in
+                                                                              config.get("published") or []])
+
+
+def _dataset_scope(config: dict, dataset: str, train: bool = True) -> Scope:
+    """A run's or a data set's own target: the tables on that data set are the ones it serves."""
+    tables = [t for t in config["tables"] if ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) == dataset]
+    return Scope(frozenset(tables), frozenset([dataset]) if train else frozenset(), frozenset([dataset]))
+
+
+# Target rules (Snakefile, rules/*.smk) and what they make; a table's own rule is its name.
+_ALL_TABLES = ("all", "evaluation_report", "exported")
+
+
+def _target(config: dict, target: str) -> Scope:
+    if target in _ALL_TABLES:
+        return _tables_scope(config, config["tables"])
+    if target in config["tables"]:
+        return _tables_scope(config, [target])
+    if target == "published":
+        return _published_scope(config, [e["name"] for e in config.get("published") or []])
+    if target == "budget":  # prices every table's jobs, runs none
+        return _tables_scope(config, config["tables"], run=False)
+    if target == "simulation":
+        return Scope()
+    parts = PurePath(target).parts
+    if len(parts) >= 3 and parts[:2] == ("results", str(config["run"])):
+        kind, rest = parts[2], parts[3:]
+        stem = rest[0].split(".")[0] if rest else ""
+        try:
+            if kind == "budget.md":
+                return _tables_scope(config, config["tables"], run=False)
+            if kind == "tables" and stem == "evaluation_report":
+                return _tables_scope(config, config["tables"])
+            if kind in ("tables", "figures") and stem.split("_")[0] in config["tables"]:
+                return _tables_scope(config, [stem.split("_")[0]])
+            if kind == "figures" and stem.startswith("tmax_"):
+                return _dataset_scope(config, stem[len("tmax_"):])
+            if kind in ("students", "teachers", "substitutes") and rest:
+                return _dataset_scope(config, ex.Run.parse(kind, rest[0]).dataset)
+            if kind in ("soft_labels", "robustbench") and rest:
+                role = "teachers" if kind == "soft_labels" else "students"
+                return _dataset_scope(config, ex.Run.parse(role, stem).dataset)
+            if kind == "temperature" and rest:  # temperature/<data set>/ or temperature/<search group>/
+                return _dataset_scope(config, rest[0].split("_")[0])
+            if kind == "data" and stem in config["datasets"]:
+                return _dataset_scope(config, stem, train=False)
+            if kind == "published" and rest:
+                return _published_scope(config, [rest[0]])
+        except ValueError:  # not a run name: judge the whole config
+            pass
+    return everything(config)
+
+
+def command_line() -> Any:
+    """This call's command line as Snakemake reads it (profiles included), or None where
+    Snakemake was not started from one (its API). Snakemake hands the targets to the
+    workflow (workflow.dag_settings) only after reading the Snakefile, and the executor's
+    settings later still, so the Snakefile reads both here with Snakemake's own parser."""
+    import contextlib
+    import io
+    import sys
+
+    if "snakemake" not in sys.argv[0] or Path(sys.argv[0]).name not in ("snakemake", "__main__.py"):
+        return None
+    from snakemake.cli import parse_args
+
+    with contextlib.redirect_stderr(io.StringIO()):  # it says again which profiles it reads
+        return parse_args(sys.argv[1:])[1]
+
+
+def requested(config: dict, targets: Iterable[str] | None = ()) -> Scope:
+    """The scope of a Snakemake call's targets (none: the default target, ``all``). A target
+    this cannot place (another rule, a path elsewhere) stands for the whole config;
+    ``targets=None`` (not known: Snakemake's API) for the whole config without its files."""
+    if targets is None:
+        s = everything(config)
+        return Scope(s.tables, s.train, s.data, s.published, files=False)
+    scope = Scope(files=False)
+    for target in list(targets) or ["all"]:
+        scope |= _target(config, target)
+    return scope
+
+
+def _schedule_key(config: dict, role: str, dataset: str, key: str) -> str:
+    """The config key that sets a schedule value of a role on a data set (most specific first)."""
+    role_key = ex.ROLE_KEYS[role]
+    if key in (config.get(role_key) or {}):
+        return f"{role_key}.{key}"
+    if key in (ex.dataset_cfg(config, dataset).get("train") or {}):
+        return f"datasets.{dataset}.train.{key}"
+    return f"train.{key}"
+
+
+def _milestones(config: dict, role: str, dataset: str) -> list[str]:
+    """LR milestones after the last epoch never fire: the run would train another schedule
+    than the one written. A milestone at the last epoch has no effect either; it is accepted
+    because the paper writes ImageNet's schedule so ("/10 at 50 and 90" of 90 epochs)."""
+    sched = ex.schedule(config, role, dataset)
+    late = [m for m in sched["lr_milestones"] if m > sched["epochs"]]
+    if not late:
+        return []
+    return [f"{_schedule_key(config, role, dataset, 'lr_milestones')} = {sched['lr_milestones']}: "
+            f"{', '.join(map(str, late))} lie(s) beyond the {sched['epochs']} epochs "
+            f"({_schedule_key(config, role, dataset, 'epochs')}) of the {role} on {dataset}, so that decay never "
+            f"happens; write milestones <= {sched['epochs']} or more epochs"]
+
+
+def robustbench_file(model_dir: str | Path, name: str, dataset: str, threat_model: str = "Linf") -> Path:
+    """Where ``robustbench.utils.load_model(model_name=name, dataset=dataset,
+    threat_model=threat_model, model_dir=model_dir)`` keeps a model-zoo file."""
+    return Path(model_dir) / dataset / threat_model / f"{name}.pt"
+
+
+def published_file(config: dict, entry: dict) -> Path:
+    """A `published:` entry's checkpoint: its ``path``, else the RobustBench model-zoo file
+    of ``robustbench_name`` (default: ``name``) in ``robustbench_model_dir`` (CIFAR only)."""
+    if entry.get("path"):
+        return Path(entry["path"])
+    source = ex.dataset_cfg(config, entry["dataset"])["source"]
+    return robustbench_file(config["robustbench_model_dir"], entry.get("robustbench_name", entry["name"]), source)
+
+
+def missing_checkpoint(name: str, path: str | Path, dataset_source: str | None = None,
+                       robustbench_name: str | None = None, model_dir: str | None = None) -> str:
+    """What to do about a published checkpoint that is not on disk (one message for the
+    plan and for the job that would load it)."""
+    msg = f"checkpoint {name!r} is not at {path}."
+    if robustbench_name is None:
+        return msg + " Copy the file there, or correct its `path:`."
+    return (msg + f" It is RobustBench's model {robustbench_name!r} ({dataset_source}, Linf), which "
+            f"robustbench.utils.load_model(model_name={robustbench_name!r}, dataset={dataset_source!r}, "
+            f"threat_model='Linf', model_dir={model_dir!r}) downloads to exactly that file (pip install "
+            "git+https://github.com/RobustBench/robustbench; its model zoo, robustbench/model_zoo/"
+            f"{dataset_source}.py, gives the download link). On a machine without internet, fetch it elsewhere and "
+            "copy it there, or give the entry a `path:` to the file.")
+
+
+def _files(config: dict, scope: Scope) -> list[str]:
+    """Files the jobs of ``scope`` read that no rule makes: ImageFolder trees (unless built
+    from another source, as the demo's) and published checkpoints."""
+    problems = []
+    for name in sorted(scope.data):
+        ds = config["datasets"].get(name)
+        if not ds or ds["source"] != "imagefolder" or ds.get("build_from"):
+            continue
+        root = Path(ds["path"])
+        missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+        if missing:
+            problems.append(f"datasets.{name}.path = {ds['path']!r}: "
+                            + ("no such folder" if not root.is_dir() else f"no {' or '.join(m + '/' for m in missing)}"
+                                                                         " folder in it")
+                            + " (ImageFolder layout: train/<class>/*, val/<class>/*; relative to the working "
+                            "directory); point `path` at the data set")
+    for i, e in enumerate(config.get("published") or []):
+        if e["name"] not in scope.published or e["dataset"] not in config["datasets"]:
+            continue
+        path = published_file(config, e)
+        if path.is_file():
+            continue
+        if e.get("path"):
+            problems.append(f"published[{i}].path: " + missing_checkpoint(e["name"], path))
+        else:
+            problems.append(f"published[{i}] (in robustbench_model_dir): " + missing_checkpoint(
+                e["name"], path, config["datasets"][e["dataset"]]["source"], e.get("robustbench_name", e["name"]),
+                config["robustbench_model_dir"]))
+    return problems
+
+
+def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> None:
+    """Cross-field checks (after the schema) of what ``scope`` runs (default: the whole
+    config, without looking at files). ``gpus``: the GPUs the run may use at once
+    (``--resources gpu=N``), if given. The stand-ins are checked whatever the scope."""
+    if scope is None:
+        scope = requested(config, None)
     problems: list[str] = []
     datasets = config["datasets"]
     for kind in ("datasets", "archs"):
@@ -109,13 +319,15 @@ def check(config: dict, gpus: int | None = None) -> None:
                     problems.append(f"stand_ins.archs.{old}: {e}")
 
     for name, ds in datasets.items():
+        if name not in scope.data:
+            continue
         pool = _train_pool(ds)
         if pool is not None and ds.get("val_size", 0) >= pool:
             problems.append(f"datasets.{name}.val_size = {ds['val_size']} leaves no training images (of {pool}); "
                             f"write a smaller number")
         n = ex.processes(config, name)
         per_node = config.get("gpus_per_node")
-        if config["device"] != "cpu":
+        if config["device"] != "cpu" and name in scope.train:
             for limit, what in ((gpus, "--resources gpu"), (per_node, "gpus_per_node")):
                 if limit is not None and n > limit:
                     problems.append(f"datasets.{name}.processes = {n}: a training job holds one GPU per process, "
@@ -127,7 +339,10 @@ def check(config: dict, gpus: int | None = None) -> None:
                             "a slice of every batch")
 
     awp_datasets: set[str] = set()
+    roles: dict[str, set[str]] = {}  # data set -> the roles trained on it (their schedules are checked)
     for table, spec in config["tables"].items():
+        if table not in scope.tables:
+            continue
         where = f"tables.{table}"
         dataset = ex.stand_in(config, "datasets", spec["dataset"])
         if dataset not in datasets:
@@ -136,6 +351,7 @@ def check(config: dict, gpus: int | None = None) -> None:
                             + f": no such data set under `datasets` (defined: {', '.join(datasets)})")
             continue
         search = ex.search(config, dataset)
+        roles.setdefault(dataset, set()).update(("teachers", "substitutes") if search is not None else ())
         if spec.get("tmax_row") and search is None:
             problems.append(f"{where}.tmax_row: data set {dataset!r} has no temperature_search to report T_max from; "
                             "remove tmax_row or define datasets.{dataset}.temperature_search")
@@ -148,6 +364,7 @@ def check(config: dict, gpus: int | None = None) -> None:
                 continue
             if m.awp:
                 awp_datasets.add(dataset)
+            roles[dataset].update(("students", "teachers") if m.soft_labels else ("students",))
             temps = e.get("temperature")
             temps = temps if isinstance(temps, list) else [temps]
             if m.soft_labels and temps == [None]:
@@ -179,7 +396,14 @@ def check(config: dict, gpus: int | None = None) -> None:
             problems.append(f"awp.warmup_epochs = {config['awp']['warmup_epochs']} > the {epochs} epochs of AWP "
                             f"students: AWP would never switch on; write at most {epochs}")
 
+    for dataset in sorted(roles):
+        for role in ("teachers", "substitutes", "students"):
+            if role in roles[dataset]:
+                problems += _milestones(config, role, dataset)
+
     for name in datasets:
+        if name not in scope.data:
+            continue
         aa = ex.evaluation(config, name)["autoattack"]
         where = f"evaluation.autoattack (for datasets.{name})"
         if aa["version"] == "custom" and not aa.get("attacks"):
@@ -190,8 +414,12 @@ def check(config: dict, gpus: int | None = None) -> None:
                             "remove them or write version: custom")
 
     for i, e in enumerate(config.get("published") or []):
+        if e["name"] not in scope.published:
+            continue
         if e["dataset"] not in datasets:
             problems.append(f"published[{i}].dataset = {e['dataset']!r}: no such data set under `datasets`")
         elif not e.get("path") and datasets[e["dataset"]]["source"] not in ("cifar10", "cifar100"):
             problems.append(f"published[{i}]: a RobustBench name is looked up for CIFAR data sets only; give `path`")
+    if scope.files and not problems:  # files are looked for once the config itself holds together
+        problems += _files(config, scope)
     _raise(problems)

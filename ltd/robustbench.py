@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, checks
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict")
 DP_PREFIX = "module."
@@ -135,7 +135,7 @@ def model_path(model_dir: str | Path, name: str, dataset: str, threat_model: str
     """Where ``robustbench.utils.load_model(model_name=name, dataset=dataset,
     threat_model=threat_model, model_dir=model_dir)`` keeps a model-zoo file:
     ``<model_dir>/<dataset>/<threat_model>/<name>.pt``."""
-    return Path(model_dir) / dataset / threat_model / f"{name}.pt"
+    return checks.robustbench_file(model_dir, name, dataset, threat_model)
 
 
 def find(model_dir: str | Path, name: str, dataset: str, threat_model: str = "Linf") -> Path:
@@ -148,12 +148,8 @@ def find(model_dir: str | Path, name: str, dataset: str, threat_model: str = "Li
     try:
         from robustbench.utils import load_model
     except ImportError:
-        raise FileNotFoundError(
-            f"RobustBench model {name!r} ({dataset}, {threat_model}) is not at {path}, and the optional `robustbench` "
-            "package (not in requirements.txt) is not installed to fetch it. Copy the file there (the layout "
-            "robustbench.load_model uses; e.g. from a machine with internet access: `python -c \"from "
-            f"robustbench.utils import load_model; load_model('{name}', model_dir='models', dataset='{dataset}', "
-            f"threat_model='{threat_model}')\"`), or give `path:` in the entry.") from None
+        raise FileNotFoundError(checks.missing_checkpoint(name, path, dataset, name, str(model_dir))
+                                + " (The optional `robustbench` package is not installed here.)") from None
     load_model(model_name=name, dataset=dataset, threat_model=threat_model, model_dir=str(model_dir))
     if not path.exists():
         raise FileNotFoundError(f"robustbench reported {name!r} loaded but {path} does not exist; give `path` instead")

@@ -8,8 +8,21 @@ rule budget:
         f"{R}/budget.md",
     params:
         # rerun when anything that changes the estimate changes
-        settings=lambda w: {k: config.get(k) for k in ("budget", "train", "teacher", "substitute", "student",
-                                                       "awp", "datasets", "evaluation", "stand_ins", "tables")},
+        settings=lambda w: {
+            k: config.get(k)
+            for k in (
+                "budget",
+                "train",
+                "teacher",
+                "substitute",
+                "student",
+                "awp",
+                "datasets",
+                "evaluation",
+                "stand_ins",
+                "tables",
+            )
+        },
     localrule: True
     log:
         f"{R}/logs/budget.log",

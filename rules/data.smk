@@ -13,3 +13,16 @@ rule prepare_data:
         **res("light", lambda w: w.dataset),
     script:
         "../workflow_scripts/prepare_data.py"
+
+
+# Downloads run where Snakemake itself runs (a local rule): Slurm's compute nodes often
+# have no internet access, the login node has.
+DOWNLOADED = [d for d, c in config["datasets"].items() if c["source"] in ("cifar10", "cifar100")]
+
+
+use rule prepare_data as download_data with:
+    wildcard_constraints:
+        dataset="|".join(DOWNLOADED) or "(?!)",
+
+
+ruleorder: download_data > prepare_data

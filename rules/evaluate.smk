@@ -14,10 +14,8 @@ rule evaluate:
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
-        gpu=gpus(),
+        **gpu_job("evaluate", student_job("evaluation"), n=gpus()),
         cpus_per_task=cpus(config["threads"], dataset_of("students")),
-        **res("evaluate", dataset_of("students")),
-        **stop_signal("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/evaluate/{{name}}.log",
     script:

@@ -15,15 +15,12 @@ rule evaluate_published:
         json=f"{R}/published/{{name}}/autoattack.json",
         md=f"{R}/published/{{name}}/comparison.md",
     params:
-        identity=lambda w: {"entry": PUBLISHED[w.name],
-                            **ex.evaluation_identity(config, published_dataset(w))},
+        identity=lambda w: {"entry": PUBLISHED[w.name], **ex.evaluation_identity(config, published_dataset(w))},
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
-        gpu=gpus(),
+        **gpu_job("evaluate", published_job, n=gpus()),
         cpus_per_task=cpus(config["threads"], published_dataset),
-        **res("evaluate", published_dataset),
-        **stop_signal("evaluate", published_dataset),
     log:
         f"{R}/logs/evaluate_published/{{name}}.log",
     script:

@@ -9,8 +9,7 @@ rule simulation:
         dirichlet_csv=f"{R}/simulation/dirichlet.csv",
         dirichlet_md=f"{R}/simulation/dirichlet.md",
         provenance=f"{R}/simulation/provenance.json",
-        png=report(f"{R}/figures/simulation_discrepancy.png", caption="../report/simulation.rst",
-                   category="Appendix B"),
+        png=report(f"{R}/figures/simulation_discrepancy.png", caption="../report/simulation.rst", category="Appendix B"),
         pdf=f"{R}/figures/simulation_discrepancy.pdf",
     params:
         settings={"seed": config["seed"], **config["simulation"]},

@@ -7,8 +7,9 @@ rule render_table:
     output:
         md=f"{R}/tables/{{table}}.md",
         tex=f"{R}/tables/{{table}}.tex",
-        csv=report(f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
-                   labels={"table": "{table}"}),
+        csv=report(
+            f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables", labels={"table": "{table}"}
+        ),
         json=f"{R}/tables/{{table}}.json",
     params:
         identity=lambda w: ex.table_identity(config, w.table),
@@ -25,8 +26,12 @@ rule figure:
     input:
         f"{R}/tables/{{table}}.json",
     output:
-        png=report(f"{R}/figures/{{table}}_{{kind}}.png", caption="../report/figure.rst", category="Figures",
-                   labels={"table": "{table}", "figure": "{kind}"}),
+        png=report(
+            f"{R}/figures/{{table}}_{{kind}}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"table": "{table}", "figure": "{kind}"},
+        ),
         pdf=f"{R}/figures/{{table}}_{{kind}}.pdf",
     wildcard_constraints:
         kind="temperature|beta",
@@ -41,8 +46,12 @@ rule figure_tmax:
     input:
         tmax_json("{dataset}"),
     output:
-        png=report(f"{R}/figures/tmax_{{dataset}}.png", caption="../report/tmax.rst", category="Figures",
-                   labels={"figure": "T_max search", "data set": "{dataset}"}),
+        png=report(
+            f"{R}/figures/tmax_{{dataset}}.png",
+            caption="../report/tmax.rst",
+            category="Figures",
+            labels={"figure": "T_max search", "data set": "{dataset}"},
+        ),
         pdf=f"{R}/figures/tmax_{{dataset}}.pdf",
     conda:
         "../envs/report.yaml"
@@ -57,8 +66,12 @@ rule curves:
     input:
         lambda w: [run_path(r, "metrics.json") for r in ex.table_students(config, w.table)],
     output:
-        png=report(f"{R}/figures/{{table}}_curves.png", caption="../report/curves.rst", category="Training curves",
-                   labels={"table": "{table}"}),
+        png=report(
+            f"{R}/figures/{{table}}_curves.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels={"table": "{table}"},
+        ),
         pdf=f"{R}/figures/{{table}}_curves.pdf",
     conda:
         "../envs/report.yaml"
@@ -76,8 +89,9 @@ rule evaluation_report:
         [run_path(r, "autoattack.json") for r in all_students()],
     output:
         md=f"{R}/tables/evaluation_report.md",
-        csv=report(f"{R}/tables/evaluation_report.csv", caption="../report/evaluation_report.rst",
-                   category="Evaluation"),
+        csv=report(
+            f"{R}/tables/evaluation_report.csv", caption="../report/evaluation_report.rst", category="Evaluation"
+        ),
     log:
         f"{R}/logs/tables/evaluation_report.log",
     script:

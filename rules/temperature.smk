@@ -15,9 +15,8 @@ rule teacher_logits:
         identity=lambda w: ex.data_identity(config, dataset_of("teachers")(w), "train"),
     threads: config["threads"]
     resources:
-        gpu=gpus(),
+        **gpu_job("light", dataset_fn=dataset_of("teachers"), n=gpus(), signal=False),
         cpus_per_task=cpus(config["threads"], dataset_of("teachers")),
-        **res("light", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.logits.log",
     script:
@@ -69,9 +68,8 @@ rule validate:
         identity=lambda w: ex.validation_identity(config, ex.Run.parse("students", w.name)),
     threads: config["threads"]
     resources:
-        gpu=gpus(),
+        **gpu_job("evaluate", student_job("validation"), n=gpus(), signal=False),
         cpus_per_task=cpus(config["threads"], dataset_of("students")),
-        **res("evaluate", dataset_of("students")),
     log:
         f"{R}/logs/validate/{{name}}.log",
     script:

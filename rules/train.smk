@@ -18,10 +18,8 @@ rule train_teacher:
     threads: train_threads("teachers")
     retries: retries("train")
     resources:
-        gpu=gpus(dataset_of("teachers"), training=True),
+        **gpu_job("train", training_job("teachers"), n=gpus(dataset_of("teachers"), training=True)),
         cpus_per_task=cpus(train_threads("teachers"), dataset_of("teachers"), training=True),
-        **res("train", dataset_of("teachers")),
-        **stop_signal("train", dataset_of("teachers")),
     log:
         f"{R}/logs/teachers/{{name}}.log",
     script:
@@ -41,10 +39,8 @@ use rule train_teacher as train_substitute with:
     threads: train_threads("substitutes")
     retries: retries("train")
     resources:
-        gpu=gpus(dataset_of("substitutes"), training=True),
+        **gpu_job("train", training_job("substitutes"), n=gpus(dataset_of("substitutes"), training=True)),
         cpus_per_task=cpus(train_threads("substitutes"), dataset_of("substitutes"), training=True),
-        **res("train", dataset_of("substitutes")),
-        **stop_signal("train", dataset_of("substitutes")),
     log:
         f"{R}/logs/substitutes/{{name}}.log",
 
@@ -61,9 +57,7 @@ use rule train_teacher as train_student with:
     threads: train_threads("students")
     retries: retries("train")
     resources:
-        gpu=gpus(dataset_of("students"), training=True),
+        **gpu_job("train", training_job("students"), n=gpus(dataset_of("students"), training=True)),
         cpus_per_task=cpus(train_threads("students"), dataset_of("students"), training=True),
-        **res("train", dataset_of("students")),
-        **stop_signal("train", dataset_of("students")),
     log:
         f"{R}/logs/students/{{name}}.log",

@@ -186,7 +186,7 @@ KillWait=5
 # the workflow's config, not from the machine Snakemake runs on).
 SlurmdParameters=config_overrides
 GresTypes=gpu
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem} Gres=gpu:{self.gpu_type}:{self.gpus} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem} Gres=gpu:{self.gpu_type}:{self.gpus} Feature={self.gpu_type} State=UNKNOWN
 PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 """

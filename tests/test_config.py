@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 
@@ -146,3 +147,123 @@ def test_snakemake_stops_before_any_job(tmp_path, edits, key):
         assert proc.returncode != 0 and key in out, out[-2000:]
         assert "rule prepare_data" not in out and "rule train_" not in out
     assert not (ROOT / "results" / "checks").exists()
+
+
+# ---- the checks judge what the requested targets run (checks.requested) ----
+
+def _check(config, targets, gpus=None):
+    from ltd import checks
+
+    checks.check(config, gpus=gpus, scope=checks.requested(config, targets))
+
+
+@pytest.mark.parametrize("targets,scoped", [
+    (["table4"], {"tables": {"table4"}, "train": {"cifar10"}}),
+    (["table3", "table1"], {"tables": {"table1", "table3"}, "train": {"cifar10", "imagenet"}}),
+    ([], {"tables": {f"table{i}" for i in range(1, 8)}, "train": {"cifar10", "cifar100", "imagenet"}}),
+    (["budget"], {"tables": {f"table{i}" for i in range(1, 8)}, "train": set(), "data": set(), "files": False}),
+    (["simulation"], {"tables": set(), "train": set()}),
+    (["results/paper/tables/table2.md"], {"tables": {"table2"}, "train": {"cifar100"}}),
+    (["results/paper/figures/table5_beta.png"], {"tables": {"table5"}}),
+    (["results/paper/students/imagenet_resnet-50_trades-ltd_T1_fly_b6_s0/model.pt"],
+     {"tables": {"table3"}, "train": {"imagenet"}}),
+    (["results/paper/data/imagenet.json"], {"tables": {"table3"}, "train": set(), "data": {"imagenet"}}),
+    (["results/paper/temperature/cifar100/tmax.json"], {"tables": {"table2", "table6"}, "train": {"cifar100"}}),
+    (["results/paper/elsewhere.txt"], {"tables": {f"table{i}" for i in range(1, 8)}}),  # unplaced: everything
+])
+def test_targets_are_placed_in_the_config(paper_config, targets, scoped):
+    from ltd import checks
+
+    scope = checks.requested(paper_config, targets)
+    for field, want in scoped.items():
+        assert getattr(scope, field) == want, (field, scope)
+
+
+def test_gpu_check_follows_the_targets(paper_config):
+    """ImageNet's 4 processes stop a plan with 1 GPU only when ImageNet is trained."""
+    from ltd import checks
+
+    _check(paper_config, ["table4", "table2"], gpus=1)
+    _check(paper_config, ["budget"], gpus=1)   # prices ImageNet's jobs, runs none
+    with pytest.raises(checks.ConfigError, match=r"datasets.imagenet.processes = 4: .* --resources gpu = 1"):
+        _check(paper_config, ["table3"], gpus=1)
+    with pytest.raises(checks.ConfigError, match="datasets.imagenet.processes"):
+        _check(paper_config, [], gpus=2)  # all
+
+
+def test_awp_warmup_check_follows_the_targets(demo_config):
+    """The demo's Table IV trains no AWP student; Table I does."""
+    from ltd import checks
+
+    demo_config["awp"]["warmup_epochs"] = 50
+    _check(demo_config, ["table4"])
+    with pytest.raises(checks.ConfigError, match="awp.warmup_epochs = 50"):
+        _check(demo_config, ["table1"])
+
+
+@pytest.mark.parametrize("edits,named", [
+    ({"train.lr_milestones": [80, 130]}, "train.lr_milestones = [80, 130]: 130 lie(s) beyond the 120 epochs (train.epochs)"),
+    ({"student.lr_milestones": [80, 121]}, "student.lr_milestones = [80, 121]: 121"),
+    ({"datasets.cifar10.train": {"epochs": 60}}, "train.lr_milestones = [80, 100]: 80, 100 lie(s) beyond the 60 "
+                                                  "epochs (datasets.cifar10.train.epochs) of the students on cifar10"),
+])
+def test_lr_milestones_beyond_the_last_epoch_are_named(paper_config, edits, named):
+    import copy
+    import dataclasses
+
+    from ltd import checks
+
+    config = copy.deepcopy(paper_config)
+    for k, v in edits.items():
+        _set(config, k, v)
+    with pytest.raises(checks.ConfigError) as err:
+        _check(config, ["table4"])
+    assert named in str(err.value), str(err.value)
+    # ImageNet's own schedule: [50, 90] of 90 epochs, the last one without effect, as the paper writes it
+    checks.check(paper_config, scope=dataclasses.replace(checks.requested(paper_config, ["table3"]), files=False))
+
+
+def test_missing_data_and_checkpoints_stop_the_plan_of_the_targets_that_read_them(paper_config, tmp_path,
+                                                                                 monkeypatch):
+    import copy
+
+    from ltd import checks
+
+    monkeypatch.chdir(tmp_path)  # relative paths are the working directory's
+    config = copy.deepcopy(paper_config)
+    config["published"] = [{"name": "Chen2021LTD_WRN34_20", "dataset": "cifar10", "arch": "wrn-34-20"},
+                           {"name": "mine", "path": "ckpt/mine.pt", "dataset": "cifar10", "arch": "wrn-34-10"}]
+    _check(config, ["table4", "budget"])  # neither reads ImageNet nor a published file
+    with pytest.raises(checks.ConfigError, match=r"datasets.imagenet.path = 'data/imagenet': no such folder"):
+        _check(config, ["table3"])
+    (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
+    with pytest.raises(checks.ConfigError, match=r"no val/ folder in it"):
+        _check(config, ["results/paper/data/imagenet.json"])
+    (tmp_path / "data" / "imagenet" / "val").mkdir()
+    _check(config, ["table3"])
+    with pytest.raises(checks.ConfigError) as err:
+        _check(config, ["published"])
+    msg = str(err.value)
+    assert ("published[0] (in robustbench_model_dir): checkpoint 'Chen2021LTD_WRN34_20' is not at "
+            "models/cifar10/Linf/Chen2021LTD_WRN34_20.pt" in msg and "load_model(model_name='Chen2021LTD_WRN34_20'"
+            in msg), msg
+    assert "published[1].path: checkpoint 'mine' is not at ckpt/mine.pt" in msg, msg
+    with pytest.raises(checks.ConfigError, match=r"published\[1\]") as err:  # one entry, its own target
+        _check(config, ["results/paper/published/mine/comparison.md"])
+    assert "published[0]" not in str(err.value)
+
+
+def test_a_plan_needs_only_what_its_targets_run(tmp_path):
+    """Snakemake itself: Table IV plans on one GPU although ImageNet's training takes 4;
+    Table III does not, and says why."""
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+
+    def plan(target):
+        return subprocess.run([sys.executable, "-m", "snakemake", target, "-n", "--cores", "all", "--resources",
+                               "gpu=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    ok, stopped = plan("table4"), plan("table3")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0 and "datasets.imagenet.processes = 4" in out, out[-3000:]

@@ -1,5 +1,5 @@
-"""Lint is part of the test command: Snakemake's own linter and ruff (pyflakes, import
-order; pyproject.toml) must be clean."""
+"""Lint is part of the test command: Snakemake's own linter, snakefmt and ruff (pyflakes,
+import order; pyproject.toml) must be clean."""
 import shutil
 import subprocess
 import sys
@@ -12,6 +12,13 @@ def test_snakemake_lint_is_clean():
                           timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in out, out
+
+
+def test_snakefmt_is_clean():
+    """The Snakefile and rules/*.smk as snakefmt writes them (settings: pyproject.toml)."""
+    snakefmt = shutil.which("snakefmt") or str(ROOT / ".venv" / "bin" / "snakefmt")
+    proc = subprocess.run([snakefmt, "--check", "--diff", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def test_ruff_is_clean():

@@ -49,7 +49,7 @@ DATA = f"{R}/data/digits.json"
 # The profile's example (profiles/slurm/config.yaml), as the test cluster is set up for it.
 GPU_RULES = {"train_teacher", "train_substitute", "train_student", "teacher_logits", "validate", "evaluate",
              "evaluate_published"}
-GPU_SETTINGS = {"slurm_partition": "gpu", "gpu_model": "a100", "qos": "normal"}
+GPU_SETTINGS = {"slurm_partition": "gpu", "qos": "normal"}
 # The workflow is copied whole (Snakefile, rules, scripts, config, envs, profiles, ...) but
 # for these top-level entries.
 SKIP = {".git", ".venv", "results", ".snakemake", "data", ".pytest_cache"}
@@ -212,12 +212,12 @@ def test_jobs_go_to_their_partitions_with_their_cpus(runs, cluster):
             # --cpus-per-task from the config's threads and loader workers, not the 1 core
             # (without cpus_per_task the plugin asks for the job's threads: 1 here)
             assert int(job["NumCPUs"]) == int(resources.get("cpus_per_task", 1)), (job, resources)
-            if rule in GPU_RULES:   # the profile's GPU block: partition, --gpus=a100:1, qos
+            if rule in GPU_RULES:   # the profile's GPU block (partition, qos); the config's gpu_type: --gpus=a100:1
                 assert job["Partition"] == "gpu" and job["TresPerJob"] == "gres:gpu:a100:1", job
                 assert {k: resources.get(k) for k in GPU_SETTINGS} == GPU_SETTINGS, resources
             else:                   # default-resources: the CPU partition, no GPU
                 assert job["Partition"] == "cpu" and "TresPerJob" not in job, job
-                assert not {"gpu_model", "qos"} & set(resources) and resources.get("gpu", "0") == "0", resources
+                assert not {"gpu_model", "qos", "gres"} & set(resources) and resources.get("gpu", "0") == "0", resources
     res = {rule: r for rule, r, _ in jobs}
     # SIGTERM 40 s before the limit for the long jobs, none for the others
     assert res["evaluate"]["slurm_extra"] == res["train_student"]["slurm_extra"] == "--signal=TERM@40", res
@@ -299,44 +299,175 @@ def test_paper_plan_under_a_48_hour_limit(tmp_path):
     long jobs' early SIGTERM."""
     for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    for split in ("train", "val"):  # the paper config's ImageNet tree, as a user has it (checked by the plan)
+        (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
     overlay = tmp_path / "cluster.yaml"
     overlay.write_text("slurm: {max_runtime: 1440}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "table3", "table1", "--cores", "1",
                            "--configfile", str(overlay)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    from ltd import budget
+    from ltd import config as ltd_config
+    from ltd.experiments import Run
+
+    config = ltd_config.merge(ltd_config.load(), {"slurm": {"max_runtime": 1440}})
+    kinds = {"train_teacher": ("teachers", "teacher"), "train_substitute": ("substitutes", "substitute"),
+             "train_student": ("students", "student"), "evaluate": ("students", "evaluation")}
     seen = {}  # (rule, data set) -> resources of its first job
     for m in re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", proc.stdout, re.M):
         wildcards = re.search(r"^\s+wildcards: (.+)$", m.group(2), re.M)
         dataset = wildcards and re.search(r"(?:name|dataset)=([a-z0-9]+)", wildcards.group(1))
         r = dict(kv.split("=", 1) for kv in re.search(r"^\s+resources: (.+)$", m.group(2), re.M).group(1).split(", "))
+        if m.group(1) in kinds:  # time limits from the budget's estimate of this very job, capped
+            role, kind = kinds[m.group(1)]
+            job = budget.Job(kind, Run.parse(role, re.search(r"name=(\S+)", wildcards.group(1)).group(1)))
+            assert int(r["runtime"]) == min(budget.time_limit(config, job), 1440), (job, r)
+            r["runtime"] = "budget"
         seen.setdefault((m.group(1), dataset and dataset.group(1)),
-                        {k: r.get(k) for k in ("gpu", "cpus_per_task", "runtime", "slurm_extra")})
+                        {k: r.get(k) for k in ("gpu", "cpus_per_task", "runtime", "slurm_extra", "mem_mb")})
     signal = "--signal=TERM@300"
     # ImageNet: 4 GPUs x (1 thread + 8 loader workers) for training, 4 threads + 8 workers for
-    # one-GPU jobs; CIFAR-10: the 4 threads; whatever the 1 core given here
+    # one-GPU jobs; CIFAR-10: the 4 threads; whatever the 1 core given here. Memory per process.
     assert seen["train_teacher", "imagenet"] == seen["train_student", "imagenet"] == {
-        "gpu": "4", "cpus_per_task": "36", "runtime": "1440", "slurm_extra": signal}
-    assert seen["evaluate", "imagenet"] == {"gpu": "1", "cpus_per_task": "12", "runtime": "1440", "slurm_extra": signal}
+        "gpu": "4", "cpus_per_task": "36", "runtime": "budget", "slurm_extra": signal, "mem_mb": "256000"}
+    assert seen["evaluate", "imagenet"] == {"gpu": "1", "cpus_per_task": "12", "runtime": "budget",
+                                            "slurm_extra": signal, "mem_mb": "64000"}
     # ImageNet's students label their batches on the fly: no teacher-logit or soft-label jobs
     assert ("teacher_logits", "imagenet") not in seen and ("soft_labels", "imagenet") not in seen
-    assert seen["train_student", "cifar10"] == {"gpu": "1", "cpus_per_task": "4", "runtime": "1440",
-                                                "slurm_extra": signal}
-    assert seen["evaluate", "cifar10"] == {"gpu": "1", "cpus_per_task": "4", "runtime": "1440", "slurm_extra": signal}
+    assert seen["train_student", "cifar10"] == seen["evaluate", "cifar10"] == {
+        "gpu": "1", "cpus_per_task": "4", "runtime": "budget", "slurm_extra": signal, "mem_mb": "16000"}
     assert seen["soft_labels", "cifar10"] == {"gpu": None, "cpus_per_task": None, "runtime": "60",
-                                              "slurm_extra": None}
+                                              "slurm_extra": None, "mem_mb": "8000"}
     assert seen["prepare_data", "imagenet"]["runtime"] == "600"  # ImageNet's own `light` resources
-    # retries: ceil(10080 / 1440) + 1 for training (ImageNet's 7 days), ceil(2880 / 1440) + 1 for
-    # evaluation; the profile's `retries` elsewhere (None)
+    # A natural teacher asks for far less than a student; the longest jobs are capped.
+    teacher = budget.time_limit(config, budget.Job("teacher", Run.parse("teachers", "cifar10_wrn-34-10_s0")))
+    student = budget.time_limit(config, budget.Job("student", Run.parse(
+        "students", "cifar10_wrn-34-10_trades-ltd_T5_b6_s0")))
+    assert 30 <= teacher <= 120 and 4 * teacher <= student <= 600, (teacher, student)
+    # retries: ceil(longest estimate / 1440) + 1 (training: ImageNet's WRN-50-2 student; evaluation:
+    # CIFAR-10's WRN-34-20); the profile's `retries` elsewhere (None)
+    jobs = budget.job_tables(config)
+    longest = {k: max(budget.time_limit(config, j) for j in jobs if j.kind in kinds)
+               for k, kinds in (("train", ("teacher", "substitute", "student")), ("evaluate", ("evaluation",)))}
+    want = {k: -(-m // 1440) + 1 for k, m in longest.items()}
+    assert want["train"] >= 2 and want["evaluate"] >= 2, longest
     retries = rule_retries(tmp_path, [overlay])
     assert {k: retries[k] for k in ("train_teacher", "train_substitute", "train_student", "evaluate",
                                     "evaluate_published", "prepare_data", "validate")} == {
-        "train_teacher": 8, "train_substitute": 8, "train_student": 8, "evaluate": 3, "evaluate_published": 3,
-        "prepare_data": None, "validate": None}
+        "train_teacher": want["train"], "train_substitute": want["train"], "train_student": want["train"],
+        "evaluate": want["evaluate"], "evaluate_published": want["evaluate"], "prepare_data": None, "validate": None}
 
 
 def test_nothing_is_left_to_do(runs):
     ref, sl, log = runs
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *TARGETS, "--profile", "profiles/slurm",
-                           "--configfile", *CONFIGFILES],
+                           f"--slurm-logdir={R}/logs/slurm", "--configfile", *CONFIGFILES],
                           cwd=sl, capture_output=True, text=True, timeout=300, env=clean_env())
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
+# ---- how a GPU job asks for its GPUs: config slurm.gpu_request / gpu_type, on the real cluster ----
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _planned_resources(rule, overlay, tmp_path):
+    """The resources Snakemake plans for the first job of `rule` (a dry run through the Slurm profile)."""
+    path = tmp_path / "route.yaml"
+    path.write_text(overlay)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", f"{R}/{TRAINED}/model.pt", "--profile",
+                           "profiles/slurm", f"--slurm-logdir={R}/logs/slurm", "--configfile", *CONFIGFILES,
+                           str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = re.search(rf"^rule {rule}:\n((?:    .*\n)+)", proc.stdout, re.M)
+    line = re.search(r"^\s+resources: (.+)$", m.group(1), re.M).group(1)
+    return dict(kv.split("=", 1) for kv in line.split(", "))
+
+
+ROUTES = {  # config overlay -> (the one GPU flag, what Slurm records)
+    "gpus": ("slurm: {gpu_type: a100}", "--gpus=a100:1", ("TresPerJob", "gres:gpu:a100:1")),
+    "gres": ("slurm: {gpu_request: gres, gpu_type: a100}", "--gres=gpu:a100:1", ("TresPerNode", "gres:gpu:a100:1")),
+    # (the type from tests/workflow_slurm.yaml)
+    "gpus-per-node": ("slurm: {gpu_request: gpus-per-node}", "--gpus-per-node=a100:1",
+                      ("TresPerNode", "gres:gpu:a100:1")),
+    "type by constraint": ("slurm: {gpu_type: a100, gpu_type_as_constraint: true}", "--gpus=1", ("Features", "a100")),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_each_gpu_route_asks_slurm_with_one_flag(route, cluster, tmp_path):
+    """The sbatch flags the plugin (snakemake-executor-plugin-slurm 2.8) builds from the
+    resources the workflow plans, submitted (held) to the local Slurm: one GPU flag, the
+    GPUs and type Slurm records, and the rule's --signal kept beside --gpus-per-node."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    overlay, flag, (field, value) = ROUTES[route]
+    res = _planned_resources("train_student", overlay, tmp_path)
+    job = type("Job", (), {"resources": _Resources({k: v for k, v in res.items()})})()
+    flags = set_gres_string(job).split() + ([f"-C {res['constraint']}"] if "constraint" in res else []) \
+        + res.get("slurm_extra", "").split()
+    gpu_flags = [f for f in flags if re.match(r"--(gpus|gres|gpus-per-node)\b", f)]
+    assert gpu_flags == [flag], flags
+    assert "--signal=TERM@40" in flags, flags  # merged, not replaced
+    p = slurm("sbatch", "--parsable", "--hold", "-p", "gpu", "-t", "1", "-o", "/dev/null",
+              *" ".join(flags).split(), "--wrap", "true")
+    assert p.returncode == 0, p.stderr
+    jobid = p.stdout.strip().split(";")[0]
+    try:
+        assert show_job(jobid).get(field) == value, show_job(jobid)
+    finally:
+        slurm("scancel", jobid)
+
+
+def test_site_flags_are_merged_and_a_profile_slurm_extra_is_refused(tmp_path):
+    """The config's slurm.extra joins the rule's own --signal; a slurm_extra under the
+    profile's set-resources would replace it, and the plan says so."""
+    res = _planned_resources("train_student", 'slurm: {extra: "--mail-type=FAIL --exclusive"}', tmp_path)
+    assert res["slurm_extra"] == "--mail-type=FAIL --exclusive --signal=TERM@40", res
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", f"{R}/{TRAINED}/model.pt", "--profile",
+                           "profiles/slurm", f"--slurm-logdir={R}/logs/slurm", "--set-resources",
+                           "train_student:slurm_extra='--exclusive'", "--configfile", *CONFIGFILES], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=clean_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "set-resources: train_student: a `slurm_extra` there replaces" in out, out[-3000:]
+    assert "slurm: extra:" in out
+
+
+def test_slurm_logs_follow_the_run(tmp_path):
+    """The profile's slurm-logdir is the paper run's; another run is told to pass its own."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", f"{R}/{TRAINED}/model.pt", "--profile",
+                           "profiles/slurm", "--configfile", *CONFIGFILES], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=clean_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"add --slurm-logdir {R}/logs/slurm" in out, out[-3000:]
+
+
+def test_downloads_run_where_snakemake_runs():
+    """CIFAR is fetched by a local rule (compute nodes often have no internet); ImageNet is
+    indexed, and the demo's folder built, by Slurm jobs."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+
+    with SnakemakeApi() as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile", workdir=ROOT,
+                          config_settings=ConfigSettings())._workflow
+        rules = {r.name: r for r in wf.rules}
+        local = wf._localrules  # what a non-local executor runs in Snakemake's own process (no public getter)
+        assert "download_data" in local and "prepare_data" not in local
+        produces = {d: [r for r in ("download_data", "prepare_data") if rules[r].is_producer(
+            f"results/paper/data/{d}.json")] for d in ("cifar10", "cifar100", "imagenet")}
+    assert produces == {"cifar10": ["download_data", "prepare_data"], "cifar100": ["download_data", "prepare_data"],
+                        "imagenet": ["prepare_data"]}  # ruleorder: download_data first
+
+
+def test_the_controller_batch_script(cluster, tmp_path):
+    """profiles/slurm/controller.sbatch: Slurm accepts its #SBATCH lines, and it runs the
+    profile with the Slurm log folder of the run its config names (here as a dry run)."""
+    p = slurm("sbatch", "--test-only", str(ROOT / "profiles" / "slurm" / "controller.sbatch"))
+    assert p.returncode == 0 and "to start at" in p.stderr, p.stderr
+    proc = subprocess.run(["bash", "profiles/slurm/controller.sbatch", "-n", "table4", "--configfile",
+                           "config/demo.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=clean_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "This was a dry-run" in proc.stdout + proc.stderr

@@ -45,6 +45,8 @@ def workdir(tmp_path_factory):
         dst = d / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    for split in ("train", "val"):  # the paper config's ImageNet tree, as a user has it (checked by the plan)
+        (d / "data" / "imagenet" / split / "n01440764").mkdir(parents=True)
     return d
 
 
@@ -183,7 +185,7 @@ def test_editing_a_setting_reruns_exactly_what_it_defines(finished, workdir, tmp
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     if expected is None:  # a new source (here: a download) re-prepares the data set and reruns everything
-        assert job_counts(out)["prepare_data"] == 1 and job_counts(out)["total"] == 28
+        assert job_counts(out)["download_data"] == 1 and job_counts(out)["total"] == 28
     elif not expected:
         assert "Nothing to be done" in out, out[-3000:]
     else:
@@ -308,7 +310,8 @@ def paper_plan(workdir, target):
 def test_paper_config_plans_the_full_table4(workdir):
     """The default config (CIFAR-10, WRN-34-10) plans every job of the paper's Table IV."""
     assert paper_plan(workdir, "table4") == {
-        "prepare_data": 1, "train_teacher": 1, "teacher_logits": 1,
+        "download_data": 1,       # CIFAR-10, where Snakemake runs (rules/data.smk)
+        "train_teacher": 1, "teacher_logits": 1,
         "soft_labels": 10,        # T = 1 ... 20 of the grid and 50 of the search (20 is shared)
         "train_substitute": 2, "tmax": 1,
         "train_student": 10,      # the TRADES baseline and nine TRADES+LTD temperatures
@@ -319,7 +322,8 @@ def test_paper_config_plans_the_full_table4(workdir):
 def test_paper_config_plans_all_six_tables_sharing_runs(workdir):
     """All six tables and table7: teachers, soft labels and students shared between tables run once."""
     assert paper_plan(workdir, "all") == {
-        "prepare_data": 3,        # CIFAR-10, CIFAR-100, ImageNet
+        "download_data": 2,       # CIFAR-10, CIFAR-100 (downloads: where Snakemake runs)
+        "prepare_data": 1,        # ImageNet (indexed in a job)
         # CIFAR-10 WRN-34-10 (tables I, IV, V), WRN-34-20 (I), CIFAR-100 WRN-34-10 (II, VI),
         # ImageNet WRN-50-2 and ResNet-50 (III); ImageNet's students label on the fly: no logits
         "train_teacher": 5, "teacher_logits": 3,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data, experiments, robustbench
+from .. import checks, data, experiments, robustbench
 from ..experiments import Run
 from ..files import write_text
 from .evaluate import evaluate_model
@@ -23,12 +23,10 @@ def entry(config: dict, name: str) -> dict:
 def checkpoint_path(config: dict, e: dict) -> Path:
     """An entry's file: its ``path``, else the RobustBench model directory's file of
     ``robustbench_name`` (default: ``name``), as ``robustbench.load_model`` lays it out."""
-    if e.get("path"):
-        return Path(e["path"])
     ds = experiments.dataset_cfg(config, e["dataset"])
-    if ds["source"] not in ("cifar10", "cifar100"):
+    if not e.get("path") and ds["source"] not in ("cifar10", "cifar100"):
         raise ValueError(f"published {e['name']!r}: a RobustBench name needs a CIFAR data set, got {ds['source']!r}")
-    return robustbench.model_path(config["robustbench_model_dir"], e.get("robustbench_name", e["name"]), ds["source"])
+    return checks.published_file(config, e)
 
 
 def _fmt(v: float | None) -> str:
