@@ -183,7 +183,7 @@ def fit(
     world, main = distributed.world_size(), distributed.is_main()
     model.to(device)
     # GPU speed switches (schedule keys, not part of a run's identity): channels_last
-    # suits cuDNN's convolutions under bf16; torch.compile is opt-in (measure first).
+    # suits cuDNN's convolutions under bf16 and fp16; torch.compile is opt-in (measure first).
     channels_last = device.type == "cuda" and sched.get("channels_last", False)
     if channels_last:
         model.to(memory_format=torch.channels_last)

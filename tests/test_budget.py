@@ -17,7 +17,8 @@ def paper_estimate(paper_config):
 def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
     total = paper_estimate.loc["total"]
     # 24 students for the paper's six tables, 4 more (PGD-AT, MART, +LTD) for table7, 5 (bf16) for table8
-    assert (total.students, total.teachers, total.substitutes, total.evaluations, total.validations) == (33, 5, 4, 33, 0)
+    counts = (total.students, total.teachers, total.substitutes, total.evaluations, total.validations)
+    assert counts == (33, 5, 4, 33, 0)
     # the CIFAR teachers' precomputed soft labels serve LTD students or substitutes; ImageNet's
     # students label their batches on the fly (config.yaml: datasets.imagenet.soft_labels)
     assert total["teacher logits"] == 3

@@ -82,7 +82,8 @@ def test_all_tables_share_runs(paper_config):
     assert table1_wrn34_10 < runs["table7"] and len(runs["table7"] - table1_wrn34_10) == 4
     assert {r.split("_")[2] for r in runs["table7"] - runs["table1"]} == {"pgd-at", "pgd-at-ltd", "mart", "mart-ltd"}
     # table8 (beyond the paper): Table IV's fp16 runs and their five bf16 twins
-    assert len(runs["table8"] - runs["table4"]) == 5 and all(r.endswith("_bf16_b6_s0") for r in runs["table8"] - runs["table4"])
+    bf16 = runs["table8"] - runs["table4"]
+    assert len(bf16) == 5 and all(r.endswith("_bf16_b6_s0") for r in bf16)
     assert len(set().union(*runs.values())) == 33
     labels = [e.label for e in ex.table_entries(paper_config, "table5")]
     assert labels == [f"AWP+LTD T=5 β={b}" for b in (3, 4, 5, 6, 7)]

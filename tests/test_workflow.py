@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -383,7 +384,8 @@ def test_table_by_precision_trains_fp16_and_bf16_on_the_cpu_and_shows_stalled_at
         assert metrics["precision"] == precision and {h["precision"] for h in metrics["history"]} == {precision}
         assert ("loss_scale" in metrics["history"][-1]) == (precision == "fp16")
         best = max(metrics["history"], key=lambda h: h["test_pgd_accuracy"])  # the first of equals
-        assert ev["training"]["weights"] == "best" and ev["training"]["epoch"] == best["epoch"] == metrics["best"]["epoch"]
+        assert ev["training"]["weights"] == "best"
+        assert ev["training"]["epoch"] == best["epoch"] == metrics["best"]["epoch"]
         assert float(row["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
         assert float(row["Stalled % (train)"]) == pytest.approx(100 * best["train_stalled"], abs=0.006)
         assert float(row["x' acc. % (train)"]) == pytest.approx(100 * best["train_adv_accuracy"], abs=0.006)
@@ -416,6 +418,12 @@ def test_every_job_writes_tensorboard_files_and_each_run_its_own_curves(finished
     evaluation.Reload()
     ev = load_json(run / "autoattack.json")
     assert evaluation.Scalars("evaluation/autoattack_accuracy")[0].value == pytest.approx(ev["robust_accuracy"])
+    # as the README says: `tensorboard --inspect --logdir results/<run>` (the virtualenv's)
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    proc = subprocess.run([str(tensorboard), "--inspect", "--logdir", "results/test"], cwd=finished.parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "epoch/train_stalled" in proc.stdout and "running/stalled" in proc.stdout
+    assert f"{run.name}/tensorboard/autoattack" in proc.stdout
     for role, name in (("teachers", "digits_wrn-10-1_s0"), ("students", "digits_wrn-10-1_trades-ltd_T1_fp16_b6_s0")):
         png = finished_more / role / name / "curves.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG", name

@@ -49,7 +49,8 @@ def recipe_notes(rows: list[dict], loaded: list[dict], paper_rows: list[dict], e
         if s:
             schedules.setdefault(_schedule_text(s), []).append(r["label"])
     notes = []
-    ours = "Our rows, baselines included," if any(not methods.get(e.method).soft_labels for e in entries) else "Our rows"
+    baselines = any(not methods.get(e.method).soft_labels for e in entries)
+    ours = "Our rows, baselines included," if baselines else "Our rows"
     if len(schedules) == 1:
         notes.append(f"{ours} are trained with this config's schedule: {next(iter(schedules))}")
     elif schedules:
@@ -121,14 +122,16 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     precision = precision_note(rows)
     if precision:
         notes.append(precision)
-    notes.append(weights_note(loaded, experiments.table_weights(config, table), experiments.evaluation(config, dataset)))
+    weights = experiments.table_weights(config, table)
+    notes.append(weights_note(loaded, weights, experiments.evaluation(config, dataset)))
     columns = spec.get("columns") or []
     if {"stalled", "adv_accuracy"} & set(columns):
         notes.append("Stalled: the fraction of the evaluated epoch's training attacks whose x' never left its random "
                      "start (input gradient exactly zero at every step); x' acc.: training accuracy on those x'")
     stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
                  for old, new in (config.get("stand_ins") or {}).get(kind, {}).items()
-                 if old in {spec["dataset"], *(e.arch for e in entries)} and not (kind == "datasets" and new != dataset)]
+                 if old in {spec["dataset"], *(e.arch for e in entries)}
+                 and not (kind == "datasets" and new != dataset)]
     if dataset != experiments.stand_in(config, "datasets", spec["dataset"]):  # this table's own stand-in
         stand_ins.insert(0, f"{dataset} for {spec['dataset']}")
     if stand_ins:
