@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from ltd import experiments as ex
@@ -145,6 +147,7 @@ def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_defa
 
 
 def test_the_stalled_alarm_is_not_part_of_a_run_identity(paper_config):
+    paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
     run = next(ex.table_students(paper_config, "table4"))
     before = ex.training_identity(paper_config, run)
     paper_config["train"]["stalled_attacks"] = {"warn": 0.2, "stop": 0.9}
@@ -154,6 +157,7 @@ def test_the_stalled_alarm_is_not_part_of_a_run_identity(paper_config):
 
 
 def test_a_table_evaluates_last_or_best_weights(paper_config):
+    paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
     assert ex.table_weights(paper_config, "table4") == "last"
     assert ex.evaluation_file("last") == "autoattack.json" and ex.evaluation_file("best") == "autoattack_best.json"
     assert ex.weights_of("autoattack_best") == "best" and ex.WEIGHTS["best"][0] == "best.pt"
