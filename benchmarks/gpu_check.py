@@ -117,7 +117,7 @@ class Context:
             self.steps, self.warmup = args.steps or 10, args.warmup or 3
             self.aa_n, self.square_queries, self.loader_images = args.aa_n or 500, None, 50_000
         self.aa_batch = int(self.evaluation["batch_size"])  # AutoAttack's batch, as the evaluate rule
-        self.precision = str(self.sched["precision"])  # bf16: what config.yaml trains in on a GPU (--dry: on the CPU)
+        self.precision = str(self.sched["precision"])  # fp16: what config.yaml trains in on a GPU (--dry: on the CPU)
         self.channels_last = bool(self.sched.get("channels_last", True))
         self.fwd_flops = flops.model_forward_flops(self.arch, self.image_size, CLASSES)  # counted, meta device
         self.peak_label, self.bf16_peak = device_peak_tflops(self.device, "bf16")
@@ -202,14 +202,16 @@ def training_step(ctx: Context, method: str, *, compile_backend: str | None = No
     x, y, q = (t.to(device) for t in synthetic_batch(ctx, ctx.batch))
     x = x.contiguous(memory_format=memory_format)
     losses = []
+    scaler = runtime.grad_scaler(device, ctx.precision)  # fp16's loss scaler, as the loop's
 
     def one_step():  # ltd/train.py fit, per batch (one process)
         with runtime.autocast(device, ctx.precision):
             loss, logits, stats = step(net, x, y, q)
         (logits.argmax(1) == y).sum()  # the loop's running accuracy, on the device
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         step.after_update(model)
         losses.append(loss.detach())
 

@@ -35,9 +35,27 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
+INIT_STD = 0.001  # TRADES's and MART's random start: x + 0.001 N(0, 1), as officially
+
+
+def random_start(x: torch.Tensor, init_std: float = INIT_STD) -> torch.Tensor:
+    """The TRADES/MART attack's start x + N(0, init_std^2) (drawn from the global RNG)."""
+    return x + init_std * _noise_like(x).normal_()
+
+
+def stalled(x_adv: torch.Tensor, start: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per example: whether x' is still its random start (projected on the eps-ball and
+    [0, 1], as the first step leaves an unmoved start): the attack never moved it, which
+    is what an input gradient that is exactly zero at every step (in fp16, one that
+    underflowed) gives. A device tensor of bools: no host synchronisation."""
+    return (x_adv == _project(start, x, eps)).flatten(1).all(1)
+
+
 def trades_attack(model: torch.nn.Module, x: torch.Tensor, logits_nat: torch.Tensor, *, eps: float,
-                  step_size: float, steps: int, init_std: float = 0.001) -> torch.Tensor:
-    """max_{||x'-x||_inf <= eps} KL(f(x) || f(x')) by sign-gradient ascent from x + N(0, init_std^2).
+                  step_size: float, steps: int, init_std: float = INIT_STD,
+                  start: torch.Tensor | None = None) -> torch.Tensor:
+    """max_{||x'-x||_inf <= eps} KL(f(x) || f(x')) by sign-gradient ascent from x + N(0, init_std^2)
+    (``start``: that random start, drawn by the caller to tell stalled attacks, ``stalled``).
 
     ``logits_nat`` = f(x), computed once by the caller: the official loop recomputes it
     at every step, which costs one forward per step and changes nothing.
@@ -47,20 +65,22 @@ def trades_attack(model: torch.nn.Module, x: torch.Tensor, logits_nat: torch.Ten
     def kl(logits):
         return F.kl_div(F.log_softmax(logits.float(), dim=1), log_p_nat, reduction="sum", log_target=True)
 
-    x_adv = _sign_ascent(model, x, x + init_std * _noise_like(x).normal_(), kl, eps=eps, step_size=step_size, steps=steps)
+    start = random_start(x, init_std) if start is None else start
+    x_adv = _sign_ascent(model, x, start, kl, eps=eps, step_size=step_size, steps=steps)
     return _project(x_adv, x, eps)
 
 
 def mart_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
-                steps: int, init_std: float = 0.001) -> torch.Tensor:
+                steps: int, init_std: float = INIT_STD, start: torch.Tensor | None = None) -> torch.Tensor:
     """MART's inner maximisation (YisenWang/MART mart.py): cross-entropy on the true
-    label y (batch mean), sign-gradient ascent from x + N(0, init_std^2), each step
-    projected on the eps-ball and [0, 1]; the result clamped to [0, 1] (as officially:
-    with no step, x plus its noise)."""
+    label y (batch mean), sign-gradient ascent from x + N(0, init_std^2) (``start``, if
+    the caller drew it), each step projected on the eps-ball and [0, 1]; the result
+    clamped to [0, 1] (as officially: with no step, x plus its noise)."""
     def ce(logits):
         return F.cross_entropy(logits.float(), y)
 
-    x_adv = _sign_ascent(model, x, x + init_std * _noise_like(x).normal_(), ce, eps=eps, step_size=step_size, steps=steps)
+    start = random_start(x, init_std) if start is None else start
+    x_adv = _sign_ascent(model, x, start, ce, eps=eps, step_size=step_size, steps=steps)
     return x_adv.clamp(0.0, 1.0)
 
 
@@ -77,8 +97,13 @@ def _sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, l
     return x_adv.detach()
 
 
+def pgd_start(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """PGD-AT's random start: delta uniform in the eps-ball, clipped to the image box."""
+    return _box(_noise_like(x).uniform_(-eps, eps), x)
+
+
 def pgd_delta(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
-              steps: int) -> torch.Tensor:
+              steps: int, start: torch.Tensor | None = None) -> torch.Tensor:
     """PGD-AT's training attack (Madry et al.), as Rice et al.'s ``attack_pgd`` computes it
     in csdongxian/AWP AT_AWP/train_cifar10.py (L_inf, one restart): the perturbation
     delta, from a uniform random start in the eps-ball, ``steps`` sign-gradient steps up
@@ -91,8 +116,10 @@ def pgd_delta(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     forwards moves the running statistics, as officially; ltd.steps.PgdStep chooses the
     mode). Kept as delta with the official arithmetic, so the model sees bitwise the
     official inputs ``x + delta`` (a projection of x' itself differs in the last bit,
-    and a sign() of a gradient near zero can turn that into a different step)."""
-    delta = _box(_noise_like(x).uniform_(-eps, eps), x)
+    and a sign() of a gradient near zero can turn that into a different step).
+    ``start``: the random start (``pgd_start``), if the caller drew it; the attack stalled
+    for the examples whose returned delta equals it."""
+    delta = pgd_start(x, eps) if start is None else start.detach().clone()
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = F.cross_entropy(model(x + delta).float(), y)

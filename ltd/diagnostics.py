@@ -18,6 +18,13 @@ Four checks, each stored with its numbers, its threshold and whether it fired:
   cross-entropy is exactly zero (or not finite) exceeds ``zero_gradient``; gradient
   attacks cannot move from such points (saturated softmax, constant outputs).
 
+A fifth check reads the student's training (``training``, from its metrics.json):
+``stalled_training`` fires when at least ``stalled_training`` of the evaluated epoch's
+training attacks never left their random start. Then a near-zero robust accuracy is no
+masking at evaluation: the attack failed during training (in fp16 its input gradient
+underflowed) and the model was trained naturally. ``cause`` says which of the two the
+flags point to.
+
 ``assess`` and the ``*_check`` functions are pure (numbers in, verdicts out);
 ``input_gradients`` and ``square_vs_apgd`` compute the numbers they need.
 """
@@ -32,7 +39,8 @@ import torch.nn.functional as F
 
 from .data import batches
 
-CHECKS = ("pgd_gap", "black_box", "near_zero_robust", "zero_gradients")  # thresholds: evaluation.diagnostics
+CHECKS = ("pgd_gap", "black_box", "near_zero_robust", "zero_gradients", "stalled_training")  # evaluation.diagnostics
+STALLED_TRAINING = 0.5  # `diagnostics.stalled_training` where a config leaves it out
 
 
 # ---- pure checks ----
@@ -62,28 +70,52 @@ def zero_gradient_check(zero_fraction: float, nonfinite_fraction: float, thresho
             "threshold": threshold, "flagged": bad > threshold}
 
 
+def stalled_training_check(stalled: float, threshold: float, **numbers: Any) -> dict:
+    return {"stalled": stalled, **numbers, "threshold": threshold, "flagged": stalled >= threshold}
+
+
 MEANING = {
     "pgd_gap": "PGD is much weaker than AutoAttack on this model",
     "black_box": "black-box Square beats white-box APGD-CE: gradients mislead the attack",
     "near_zero_robust": "robust accuracy near zero with high clean accuracy",
     "zero_gradients": "input gradients are zero or not finite on many images",
+    "stalled_training": "the training attack stalled (x' never left its random start): the model was trained "
+                        "naturally, so its robustness failed during training, not at evaluation",
 }
+MASKING = ("pgd_gap", "black_box", "zero_gradients")  # signs that the evaluation's gradients mislead
+
+
+def cause(flags: list[str]) -> str | None:
+    """What the flags point to: the attack failed during training (its x' never moved),
+    or the model masks gradients at evaluation (or, near-zero robustness alone, neither
+    is shown)."""
+    if "stalled_training" in flags:
+        return "attack failed during training"
+    if any(f in MASKING for f in flags):
+        return "masked at evaluation"
+    return "robustness near zero" if flags else None
 
 
 def assess(*, clean: float, robust: float, pgd: float | None, thresholds: dict,
-           black_box: dict | None = None, gradients: dict | None = None) -> dict:
+           black_box: dict | None = None, gradients: dict | None = None, training: dict | None = None) -> dict:
     """All checks from their numbers. ``black_box``: {square_accuracy, apgd_ce_accuracy,
-    ...} or None (not run); ``gradients``: {zero_fraction, nonfinite_fraction, ...} or None."""
+    ...} or None (not run); ``gradients``: {zero_fraction, nonfinite_fraction, ...} or None;
+    ``training``: the evaluated epoch's training numbers (``stalled``, ``adv_accuracy``,
+    ...; ltd.jobs.evaluate.training_summary) or None (not a student of ours)."""
     t = thresholds
+    stalled = (training or {}).get("stalled")
     checks: dict[str, dict | None] = {
         "pgd_gap": None if pgd is None else pgd_gap_check(pgd, robust, t["pgd_gap"]),
         "black_box": None if black_box is None else black_box_check(**black_box),
         "near_zero_robust": near_zero_check(clean, robust, t["near_zero_robust"], t["high_clean"]),
         "zero_gradients": None if gradients is None else zero_gradient_check(threshold=t["zero_gradient"],
                                                                              **gradients),
+        "stalled_training": None if stalled is None else stalled_training_check(
+            stalled, t.get("stalled_training", STALLED_TRAINING), adv_accuracy=training.get("adv_accuracy"),
+            epoch=training.get("epoch"), precisions=training.get("precisions")),
     }
     flags = [k for k in CHECKS if checks[k] is not None and checks[k]["flagged"]]
-    return {"thresholds": t, **checks, "flags": flags, "flagged": bool(flags),
+    return {"thresholds": t, **checks, "flags": flags, "flagged": bool(flags), "cause": cause(flags),
             "not_run": [k for k in CHECKS if checks[k] is None],
             "summary": "; ".join(MEANING[k] for k in flags) or "no sign of gradient masking"}
 
@@ -148,7 +180,8 @@ def square_vs_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
 def run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, clean: float, robust: float,
         pgd: float | None, eps: float, seed: int, batch_size: int, device, cfg: dict,
-        apgd_ce_flags: torch.Tensor | None = None, state_stem: str | Path | None = None) -> dict:
+        apgd_ce_flags: torch.Tensor | None = None, state_stem: str | Path | None = None,
+        training: dict | None = None) -> dict:
     """The diagnostics of one evaluation (what ``jobs.evaluate_run`` stores under ``diagnostics``)."""
     t = cfg
     bb = None
@@ -157,7 +190,8 @@ def run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, clean: floa
                             seed=seed, batch_size=batch_size, device=device, apgd_ce_flags=apgd_ce_flags,
                             state_stem=state_stem)
     grads = input_gradients(model, x, y, batch_size)
-    return assess(clean=clean, robust=robust, pgd=pgd, thresholds=t, black_box=bb, gradients=grads)
+    return assess(clean=clean, robust=robust, pgd=pgd, thresholds=t, black_box=bb, gradients=grads,
+                  training=training)
 
 
 def _state_file(state_stem: str | Path, attack: str) -> Path:
@@ -184,13 +218,17 @@ def report_row(result: dict) -> dict:
            "AA": _pct(result["robust_accuracy"])}
     for a in aa["attacks"]:
         row[f"after {a.upper()}"] = _pct(aa["robust_accuracy_after"].get(a))
-    bb, g = d.get("black_box"), d.get("zero_gradients")
+    bb, g, tr = d.get("black_box"), d.get("zero_gradients"), result.get("training") or {}
     row.update({
         "PGD − AA": None if pgd is None else _pct(pgd - result["robust_accuracy"]),
         "Square alone": _pct(bb["square_accuracy"]) if bb else None,
         "APGD-CE alone": _pct(bb["apgd_ce_accuracy"]) if bb else None,
         "Zero-grad": _pct(g["zero_fraction"] + g["nonfinite_fraction"]) if g else None,
+        "Trained in": "/".join(tr.get("precisions") or []) or None,
+        "Stalled (train)": _pct(tr.get("stalled")),
+        "x' acc. (train)": _pct(tr.get("adv_accuracy")),
         "Masking flags": ", ".join(d.get("flags", [])) or ("none" if d else "not run"),
+        "Cause": d.get("cause"),
     })
     return row
 

@@ -24,13 +24,23 @@ _NAME_RE = {
     ),
     "students": re.compile(
         rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)"
-        rf"(?:_T(?P<temperature>{_NUM}))?(?P<fly>_fly)?_b(?P<beta>{_NUM})_s(?P<seed>\d+)$"
+        rf"(?:_T(?P<temperature>{_NUM}))?(?P<fly>_fly)?(?:_(?P<precision>fp16|bf16|fp32))?"
+        rf"_b(?P<beta>{_NUM})_s(?P<seed>\d+)$"
     ),
 }
 # How a student's soft labels are made (`soft_labels:` of a data set or a table entry):
 # precomputed once from the teacher's logits on the un-augmented training images, or on
 # the fly by the teacher on the very augmented batch the student sees ("_fly" in names).
 SOFT_LABEL_MODES = ("precomputed", "on_the_fly")
+# Training precisions (`precision:` of a schedule or a table entry; ltd.runtime runs them):
+# fp16 = autocast + GradScaler (the paper's PyTorch 1.11 "mixed precision"), bf16 =
+# autocast, fp32 = none. A table entry's own precision, where it differs from its data
+# set's, is in its run's name ("_bf16").
+PRECISIONS = ("fp16", "bf16", "fp32")
+# Which weights of a student an evaluation takes (`evaluation.weights`, a table's
+# `weights`): the last epoch's (model.pt), or those of the epoch with the best monitored
+# PGD accuracy (best.pt); each has its own evaluation file.
+WEIGHTS = {"last": ("model.pt", "autoattack"), "best": ("best.pt", "autoattack_best")}
 
 
 def fmt_num(x: float) -> str:
@@ -51,6 +61,7 @@ class Run:
     temperature: float | None = None
     beta: float | None = None
     labels: str | None = None  # a student's soft-label mode (SOFT_LABEL_MODES); None without soft labels
+    precision: str | None = None  # a student's own precision (PRECISIONS) over its schedule's; None: the schedule's
 
     @property
     def name(self) -> str:
@@ -61,6 +72,8 @@ class Run:
             parts.append(f"T{fmt_num(self.temperature)}")
         if self.labels == "on_the_fly":
             parts.append("fly")
+        if self.precision is not None:
+            parts.append(self.precision)
         if self.role == "students":
             parts.append(f"b{fmt_num(self.beta)}")
         parts.append(f"s{self.seed}")
@@ -103,6 +116,7 @@ class Run:
             temperature=float(d["temperature"]) if d.get("temperature") else None,
             beta=float(d["beta"]) if d.get("beta") else None,
             labels=("on_the_fly" if d.get("fly") else "precomputed") if soft and role == "students" else None,
+            precision=d.get("precision"),
         )
 
 
@@ -126,10 +140,16 @@ def dataset_cfg(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def schedule(config: dict[str, Any], role: str, dataset: str) -> dict[str, Any]:
-    """A run's training schedule: ``train``, then the data set's ``train``, then the role's
-    overrides (``teacher``/``substitute``/``student``)."""
+    """A role's training schedule on a data set: ``train``, then the data set's ``train``,
+    then the role's overrides (``teacher``/``substitute``/``student``)."""
     return {**config["train"], **(dataset_cfg(config, dataset).get("train") or {}),
             **(config.get(ROLE_KEYS[role]) or {})}
+
+
+def run_schedule(config: dict[str, Any], run: "Run") -> dict[str, Any]:
+    """A run's own schedule: its role's, with the precision its table entry asked for."""
+    sched = schedule(config, run.role, run.dataset)
+    return sched if run.precision is None else {**sched, "precision": run.precision}
 
 
 # ---- identity: the settings that define a job's output ----
@@ -140,6 +160,9 @@ def schedule(config: dict[str, Any], role: str, dataset: str) -> dict[str, Any]:
 # below change how fast a job runs, not what it computes.
 
 SPEED_KEYS = ("channels_last", "compile", "eval_batch_size")
+# Schedule keys that change no trained weights either: the stalled-attack alarm only warns,
+# or stops a run (whose checkpoint then continues to the same weights).
+NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks")
 # The keys of a data set's section that define its images, per split. digits carves its
 # test set out of one pool, so there test_size changes the training images too.
 _SPLIT_KEYS = {
@@ -167,9 +190,9 @@ def training_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
     in its name), its training data, schedule, precision, and the method's settings
     (training attack, AWP)."""
     m = methods.get(run.method)
-    sched = schedule(config, run.role, run.dataset)
+    sched = run_schedule(config, run)
     out: dict[str, Any] = {"run": run.name, "data": data_identity(config, run.dataset, "train"),
-                           "schedule": {k: v for k, v in sched.items() if k not in SPEED_KEYS}}
+                           "schedule": {k: v for k, v in sched.items() if k not in NOT_IDENTITY_KEYS}}
     if m.attack is not None:
         out["attack"] = attack(config, run.dataset, run.method)
     if m.awp:
@@ -180,8 +203,9 @@ def training_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
 def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """Everything that defines an evaluation's numbers besides the model: the test images
     and the evaluation settings (eps, n_examples, batch size, PGD, AutoAttack, seed,
-    precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting."""
-    ev = {k: v for k, v in evaluation(config, dataset).items() if k != "monitor"}
+    precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting, and
+    ``weights`` is in the evaluation's file name (``evaluation_file``)."""
+    ev = {k: v for k, v in evaluation(config, dataset).items() if k not in ("monitor", "weights")}
     return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
 
 
@@ -199,12 +223,13 @@ def validation_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
 
 
 def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
-    """What a rendered table shows besides its evaluations: its spec (caption, rows),
-    the tolerance, the stand-ins its notes name, its rows' training attacks."""
+    """What a rendered table shows besides its evaluations: its spec (caption, rows,
+    columns), the tolerance, the stand-ins its notes name, the weights it evaluates, its
+    rows' training attacks."""
     entries = table_entries(config, table)
     runs = [entry_run(config, e, chosen_t=1.0) for e in entries]
     return {"table": config["tables"][table], "tolerance": config["tolerance"],
-            "stand_ins": config.get("stand_ins"), "seeds": seeds(config),
+            "stand_ins": config.get("stand_ins"), "seeds": seeds(config), "weights": table_weights(config, table),
             "attacks": sorted({repr(attack(config, r.dataset, r.method)) for r in runs if methods.get(r.method).attack})}
 
 
@@ -272,14 +297,21 @@ def soft_label_mode(config: dict[str, Any], dataset: str) -> str:
 
 
 def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
-            beta: float, seed: int | None = None, labels: str | None = None) -> Run:
+            beta: float, seed: int | None = None, labels: str | None = None, precision: str | None = None) -> Run:
     soft = methods.get(method).soft_labels
     if soft and temperature is None:
         raise ValueError(f"method {method!r} needs a temperature")
     t = float(temperature) if soft else None
     seed = config["seed"] if seed is None else seed
     mode = (labels or soft_label_mode(config, dataset)) if soft else None
-    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta), labels=mode)
+    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta), labels=mode,
+               precision=precision)
+
+
+def own_precision(config: dict[str, Any], dataset: str, precision: str | None) -> str | None:
+    """A table entry's precision as its run records it: None where it is its data set's
+    students' default (the run is the default one, shared with other tables)."""
+    return None if precision in (None, schedule(config, "students", dataset)["precision"]) else precision
 
 
 def with_temperature(run: Run, t: float) -> Run:
@@ -300,6 +332,9 @@ class Entry:
     beta: float
     label: str
     labels: str | None = None  # the entry's own soft-label mode where it differs from its data set's; else None
+    precision: str | None = None  # the entry's own training precision where it differs from its data set's
+    runs_on: str | None = None  # the data set its runs use (stand-ins applied); None: ``dataset``
+    trains_in: str | None = None  # the precision its schedule asks for (its own or its data set's)
 
     @property
     def is_auto(self) -> bool:
@@ -307,8 +342,9 @@ class Entry:
 
     def matches(self, fields: dict[str, Any]) -> bool:
         """Whether a row of config/paper_results.yaml (``fields``: method, arch,
-        temperature, beta — only those the paper states) describes this entry."""
-        mine = {"method": self.method, "arch": self.arch, "temperature": self.temperature, "beta": self.beta}
+        temperature, beta, precision — only those the paper states) describes this entry."""
+        mine = {"method": self.method, "arch": self.arch, "temperature": self.temperature, "beta": self.beta,
+                "precision": self.trains_in}
         return all(mine[k] == (float(v) if k in ("temperature", "beta") else v) for k, v in fields.items())
 
 
@@ -326,7 +362,8 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
     if table not in config["tables"]:
         raise KeyError(f"tables.{table}: no such table; the config defines {', '.join(config['tables'])}")
     spec = config["tables"][table]
-    default_mode = soft_label_mode(config, stand_in(config, "datasets", spec["dataset"]))
+    runs_on = table_dataset(config, table)
+    default_mode = soft_label_mode(config, runs_on)
     raw = []
     for i, e in enumerate(spec["entries"]):
         where = f"tables.{table}.entries[{i}]"
@@ -339,17 +376,18 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             raise ValueError(f"{where}: method {e['method']!r} needs a temperature")
         if not soft and temps is not None:
             raise ValueError(f"{where}: method {e['method']!r} takes no temperature")
-        # the entry's own soft-label mode: None unless it differs from its data set's default
+        # the entry's own soft-label mode and precision: None unless they differ from its data set's
         mode = e.get("soft_labels") if soft else None
         mode = None if mode == default_mode else mode
+        precision = own_precision(config, runs_on, e.get("precision"))
         for beta in _as_list(e.get("beta", config["beta"])):
             for t in _as_list(temps):
                 t = t if t in (None, "auto") else float(t)
-                raw.append((arch, e["method"], t, float(beta), mode))
+                raw.append((arch, e["method"], t, float(beta), mode, precision))
     show_arch = len({r[0] for r in raw}) > 1
     show_beta = len({r[3] for r in raw}) > 1
     rows = []
-    for arch, method, t, beta, mode in raw:
+    for arch, method, t, beta, mode, precision in raw:
         label = methods.get(method).label
         if show_arch:
             label += f" {arch_label(arch)}"
@@ -357,9 +395,11 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
             label += f" T={t if t == 'auto' else fmt_num(t)}"
         if show_beta:
             label += f" β={fmt_num(beta)}"
-        if mode:  # a row made otherwise than its data set's default
-            label += f" ({mode.replace('_', ' ')})"
-        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, mode))
+        made = [p for p in (mode and mode.replace("_", " "), precision) if p]
+        if made:  # a row made otherwise than its data set's default
+            label += f" ({', '.join(made)})"
+        trains_in = precision or schedule(config, "students", runs_on)["precision"]
+        rows.append(Entry(spec["dataset"], arch, method, t, beta, label, mode, precision, runs_on, trains_in))
     return rows
 
 
@@ -371,13 +411,44 @@ def entry_run(config: dict[str, Any], entry: Entry, chosen_t: float | None = Non
         if chosen_t is None:
             raise ValueError("an 'auto' entry needs the temperature chosen by the search")
         t = chosen_t
-    return student(config, stand_in(config, "datasets", entry.dataset), stand_in(config, "archs", entry.arch),
-                   entry.method, t, entry.beta, seed, labels=entry.labels)
+    return student(config, entry.runs_on or stand_in(config, "datasets", entry.dataset),
+                   stand_in(config, "archs", entry.arch), entry.method, t, entry.beta, seed, labels=entry.labels,
+                   precision=entry.precision)
 
 
 def table_dataset(config: dict[str, Any], table: str) -> str:
-    """The data set a table's runs use (its stand-in in the demo)."""
-    return stand_in(config, "datasets", config["tables"][table]["dataset"])
+    """The data set a table's runs use: its stand-in in the demo (``stand_ins.tables`` for
+    this table, else ``stand_ins.datasets``)."""
+    own = ((config.get("stand_ins") or {}).get("tables") or {}).get(table)
+    return own or stand_in(config, "datasets", config["tables"][table]["dataset"])
+
+
+def table_weights(config: dict[str, Any], table: str) -> str:
+    """Which weights a table's evaluations take: its ``weights``, else ``evaluation.weights``
+    of its data set (default ``last``). ``best`` needs the training curves' PGD monitor."""
+    dataset = table_dataset(config, table)
+    ev = evaluation(config, dataset)
+    weights = config["tables"][table].get("weights") or ev.get("weights") or "last"
+    if weights == "best" and not (ev.get("monitor") or {}).get("n_examples"):
+        raise ValueError(f"tables.{table}: weights `best` are the epoch with the best monitored PGD accuracy, but "
+                         f"evaluation.monitor.n_examples is 0 for {dataset!r}: switch the monitor on or write "
+                         "weights: last")
+    return weights
+
+
+def evaluation_file(weights: str) -> str:
+    """A student's evaluation of its ``weights`` (``WEIGHTS``): autoattack.json or autoattack_best.json."""
+    return f"{WEIGHTS[weights][1]}.json"
+
+
+def with_weights(path: str, weights: str) -> str:
+    """A last-epoch evaluation's path for other ``weights``: .../autoattack.json -> .../autoattack_best.json."""
+    return path.removesuffix(evaluation_file("last")) + evaluation_file(weights)
+
+
+def weights_of(evaluation_stem: str) -> str:
+    """The weights an evaluation file's stem (autoattack, autoattack_best) names."""
+    return next(w for w, (_, stem) in WEIGHTS.items() if stem == evaluation_stem)
 
 
 def datasets_in_use(config: dict[str, Any]) -> list[str]:
@@ -393,12 +464,13 @@ def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) 
     """Name of the temperature search an ``auto`` row depends on (one per seed)."""
     probe = entry_run(config, entry, chosen_t=1.0, seed=seed)
     fly = "_fly" if probe.labels == "on_the_fly" else ""
-    return f"{probe.dataset}_{probe.arch}_{probe.method}{fly}_b{fmt_num(probe.beta)}_s{probe.seed}"
+    precision = f"_{probe.precision}" if probe.precision else ""
+    return f"{probe.dataset}_{probe.arch}_{probe.method}{fly}{precision}_b{fmt_num(probe.beta)}_s{probe.seed}"
 
 
 _GROUP_RE = re.compile(
-    rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+?)(?P<fly>_fly)?_b(?P<beta>{_NUM})"
-    rf"_s(?P<seed>\d+)$")
+    rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+?)(?P<fly>_fly)?"
+    rf"(?:_(?P<precision>fp16|bf16|fp32))?_b(?P<beta>{_NUM})_s(?P<seed>\d+)$")
 
 
 def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
@@ -411,8 +483,8 @@ def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
     if ts is None:
         raise ValueError(f"an 'auto' temperature on {m['dataset']!r} needs datasets.{m['dataset']}.temperature_search")
     labels = "on_the_fly" if m["fly"] else "precomputed"
-    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]), labels)
-            for t in ts["grid"]]
+    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]), labels,
+                    m["precision"]) for t in ts["grid"]]
 
 
 def table_students(config: dict[str, Any], table: str) -> Iterator[Run]:

@@ -14,9 +14,13 @@ import torch
 
 from . import gpu_slots
 
-# Autocast's dtypes. No fp16: it would need a GradScaler (bf16 has fp32's range), which the
-# AWP proxy's and the attacks' gradients would complicate for no gain on current GPUs.
-AMP_DTYPES = {"bf16": torch.bfloat16}
+# Autocast's dtypes (ltd.experiments.PRECISIONS names them for the config). fp16 trains with
+# a GradScaler (``grad_scaler``), as torch.cuda.amp does it: the paper's "mixed precision"
+# (PyTorch 1.11). bf16 has fp32's exponent range: nothing underflows, no scaler. The
+# attacks' and AWP's proxy gradients are taken under autocast, unscaled, as a plain AMP
+# training script takes them (in fp16 a tiny input gradient underflows to exactly zero:
+# the stalled attacks ltd.train counts).
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # Lock files of the GPUs jobs on this machine hold (see gpu_slots); relative to the
@@ -130,17 +134,36 @@ def allow_tf32(device: torch.device, allowed: bool) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """Autocast to ``precision`` ("bf16"; "fp32": none) on the device's type, CPU
+    """Autocast to ``precision`` ("bf16", "fp16"; "fp32": none) on the device's type, CPU
     included: the caller decides (the workflow's jobs ask ``effective_precision``)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[precision])
 
 
-def effective_precision(device: torch.device, precision: str) -> str:
-    """What a workflow job trains in: its schedule's precision on a GPU, fp32 on the CPU
-    (bf16 there is slow, and the demo's numbers are fp32)."""
-    return precision if device.type == "cuda" else "fp32"
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """torch.amp's GradScaler for fp16 (its defaults: scale 2^16, halved on a step with
+    non-finite gradients, which it skips, doubled after 2000 good steps); a disabled one,
+    whose calls pass through, for bf16 and fp32."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
+
+
+def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
+    """The scaler's current loss scale as the device tensor it keeps (None while disabled
+    or before its first ``scale``), read without a host synchronisation: a step the scaler
+    skipped is one after which the scale fell. GradScaler has no public accessor that does
+    not synchronise (``get_scale`` calls ``.item()``), hence the private attribute."""
+    return scaler._scale if scaler.is_enabled() else None
+
+
+def effective_precision(device: torch.device, precision: str, explicit: bool = False) -> str:
+    """What a workflow job trains in. On a GPU: ``precision``. On the CPU: fp32 for the
+    schedule's precision (the config's, a data set's or a role's: the CPU runs the paper
+    config's fp16 in fp32, and the offline demo's numbers are fp32), but an ``explicit``
+    one (a table entry's own ``precision``, in its run's name) as asked: CPU autocast does
+    fp16 and bf16, so a table comparing precisions compares them on the CPU too (fp16
+    convolutions are slow there: no fast kernel without AVX512-FP16/AMX)."""
+    return precision if device.type == "cuda" or explicit else "fp32"
 
 
 def describe(device: torch.device) -> dict:

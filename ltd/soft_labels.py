@@ -3,7 +3,7 @@
 The precomputed mode (rules/temperature.smk) stores ``softmax(z / T)`` of the teacher's
 logits on the un-augmented training images once; crop and flip then act on the input
 alone. On the fly, a loader wrapper runs the teacher (eval mode, no gradients, frozen,
-under the training precision's autocast: bf16 on the GPU) on the very batch the student
+under the training precision's autocast, fp16 or bf16 on the GPU) on the very batch the student
 gets, so the label follows the augmentation. One more forward per image per step.
 """
 

@@ -7,6 +7,13 @@ scalar tensors (no host synchronisation: the loop keeps running totals on the de
 everything else: autocast, backward, the optimiser, checkpoints. The two hooks are
 called by the loop for every step (no-ops unless a step needs them).
 
+Every step with a training attack reports, besides its loss terms, ``attack_stats``:
+``stalled`` (the fraction of the batch whose x' never left its random start: an input
+gradient exactly zero at every attack step, as fp16 underflow gives at high T) and
+``adv_accuracy`` (accuracy on x', from the logits of x' the step computes anyway). The
+loop keeps them as history keys ``train_stalled`` and ``train_adv_accuracy`` (TRADES's
+and MART's KL term is ``train_robust``).
+
 BatchNorm: each step leaves the running statistics as its official loop does
 (``ltd.batchnorm``: the official TRADES update runs f(x) twice, we once and replay its
 statistics update; PGD-AT's official attack makes one more forward of x' than ours,
@@ -21,7 +28,7 @@ import torch
 
 from . import awp as awp_lib
 from . import distributed
-from .attacks import mart_attack, pgd_delta, trades_attack
+from .attacks import mart_attack, pgd_delta, pgd_start, random_start, stalled, trades_attack
 from .batchnorm import CleanForwardReplay
 from .losses import mart_loss, natural_loss, trades_kl, trades_loss
 from .methods import Method
@@ -64,17 +71,25 @@ class NaturalStep(Step):
         return loss, logits, {"loss": loss.detach()}
 
 
-def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict) -> torch.Tensor:
-    """x' for the TRADES KL term. The clean logits the attack aims away from are
-    computed once per batch in eval mode (as the official attack runs), not re-computed
-    at each of its steps. The model's train/eval mode is restored."""
+def attack_stats(stalled_mask: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The training attack's statistics (fractions of the batch, detached device scalars):
+    ``stalled`` (x' never left its random start) and ``adv_accuracy`` (f(x') right)."""
+    return {"stalled": stalled_mask.float().mean(), "adv_accuracy": (logits_adv.detach().argmax(1) == y).float().mean()}
+
+
+def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict,
+                       start: torch.Tensor | None = None) -> torch.Tensor:
+    """x' for the TRADES KL term, from ``start`` (the random start; drawn here if None).
+    The clean logits the attack aims away from are computed once per batch in eval mode
+    (as the official attack runs), not re-computed at each of its steps. The model's
+    train/eval mode is restored."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             logits_clean = model(x).float()
         x_adv = trades_attack(model, x, logits_clean, eps=attack["eps"], step_size=attack["step_size"],
-                              steps=attack["steps"])
+                              steps=attack["steps"], start=start)
     finally:
         model.train(was_training)
     return x_adv
@@ -112,11 +127,13 @@ class TradesStep(Step):
         return logits_nat, logits_adv
 
     def __call__(self, model, x, y, q):
-        x_adv = trades_adversarial(model, x, self.attack)
+        start = random_start(x)
+        x_adv = trades_adversarial(model, x, self.attack, start=start)
         target = natural_target(self.method, y, q)
         logits_nat, logits_adv = self.loss(model, x, x_adv, target)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
-        return loss, logits_nat, {"loss": loss.detach(), **parts}
+        stuck = stalled(x_adv, start, x, self.attack["eps"])
+        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
 
 
 class AWPStep(TradesStep):
@@ -178,7 +195,8 @@ class AWPStep(TradesStep):
             return super().__call__(model, x, y, q)
         if self._delta is not None:
             raise RuntimeError("AWP step called again before after_update removed the previous weight perturbation")
-        x_adv = trades_adversarial(model, x, self.attack)
+        start = random_start(x)
+        x_adv = trades_adversarial(model, x, self.attack, start=start)
         target = natural_target(self.method, y, q)
 
         def objective(net):  # the TRADES(+LTD) loss the weights are perturbed to increase
@@ -191,7 +209,8 @@ class AWPStep(TradesStep):
         self._delta = delta
         logits_nat, logits_adv = self.loss(model, x, x_adv, target)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
-        return loss, logits_nat, {"loss": loss.detach(), **parts}
+        stuck = stalled(x_adv, start, x, self.attack["eps"])
+        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
 
     def after_update(self, model: torch.nn.Module) -> None:
         if self._delta is not None:
@@ -246,8 +265,9 @@ class PgdStep(Step):
         training = model.training
         if self._eval_attack:
             model.eval()
+        start = pgd_start(x, self.attack["eps"])
         try:
-            delta = pgd_delta(model, x, y, **self.attack)
+            delta = pgd_delta(model, x, y, start=start, **self.attack)
         finally:
             model.train(training)
         attacked_in_train_mode = training and not self._eval_attack
@@ -264,7 +284,8 @@ class PgdStep(Step):
         if training:
             device = x.device.type
             self._pending = (x, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return loss, logits_adv, {"loss": loss.detach()}
+        stuck = (delta == start).flatten(1).all(1)
+        return loss, logits_adv, {"loss": loss.detach(), **attack_stats(stuck, logits_adv, y)}
 
     def after_update(self, model: torch.nn.Module) -> None:
         """The official post-update forward of x in train mode (its BN statistics update)."""
@@ -294,8 +315,10 @@ class MartStep(Step):
 
     def __call__(self, model, x, y, q):
         target = natural_target(self.method, y, q) if self.method.soft_labels else None
-        x_adv = mart_attack(model, x, y, **self.attack)
+        start = random_start(x)
+        x_adv = mart_attack(model, x, y, start=start, **self.attack)
         logits_nat = model(x)
         logits_adv = model(x_adv)
         loss, parts = mart_loss(logits_nat.float(), logits_adv.float(), y, self.beta, target)
-        return loss, logits_nat, {"loss": loss.detach(), **parts}
+        stuck = stalled(x_adv, start, x, self.attack["eps"])
+        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}

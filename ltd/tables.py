@@ -19,6 +19,10 @@ from .files import write_text
 COLUMNS = ["Row", "Source", "Clean (ours)", "AA (ours)", "Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
 SPREAD = ["± Clean", "± AA", "Seeds"]
 MARK = "†"  # a difference beyond the configured tolerance
+# A table's optional `columns`: our rows' training numbers (the last epoch, ``training``
+# of each evaluation: what ltd.jobs.evaluate copied from the run's metrics.json).
+TRAINING_COLUMNS = {"precision": "Precision", "stalled": "Stalled % (train)", "adv_accuracy": "x' acc. % (train)",
+                    "robust": "KL (train)"}
 
 
 def _pct(x: float | None) -> float | None:
@@ -39,6 +43,17 @@ def _row(label: str, source: str, clean=None, robust=None, paper_clean=None, pap
     return {"label": label, "source": source, "run": None, "clean": clean, "robust": robust,
             "paper_clean": paper_clean, "paper_robust": paper_robust,
             "d_clean": _diff(clean, paper_clean), "d_robust": _diff(robust, paper_robust), **extra}
+
+
+def _training(results: list[dict]) -> dict:
+    """A row's training numbers from its seeds' evaluations (``training``, the last epoch):
+    the precision(s) its epochs ran in, and the means of the attack's statistics."""
+    ts = [r.get("training") or {} for r in results]
+    out: dict = {"precision": "/".join(sorted({p for t in ts for p in t.get("precisions", [])})) or None}
+    for key in ("stalled", "adv_accuracy", "robust"):
+        values = [t[key] for t in ts if t.get(key) is not None]
+        out[key] = statistics.fmean(values) if len(values) == len(ts) else None
+    return out
 
 
 def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], tmax: dict | None = None,
@@ -69,7 +84,7 @@ def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], t
         return _row(label, "this run", clean, robust, p_clean, p_robust, run=rs[0]["run"],
                     runs=[r["run"] for r in rs], run_role="students", clean_sd=clean_sd, robust_sd=robust_sd,
                     seeds=len(rs), temperature=None if e.is_auto else e.temperature, beta=e.beta, auto=e.is_auto,
-                    labels=e.labels)
+                    labels=e.labels, own_precision=e.precision, trains_in=e.trains_in, training=_training(rs))
 
     for p in paper_rows:
         if "reported" in p:
@@ -107,20 +122,25 @@ def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], t
 PAPER_COLUMNS = ["Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
 
 
-def frame(rows: list[dict], paper: bool = True) -> pd.DataFrame:
+def frame(rows: list[dict], paper: bool = True, columns: list[str] = ()) -> pd.DataFrame:
     """The table's cells; "±" columns only where some row has several seeds; no paper
-    columns for a table the paper does not have."""
+    columns for a table the paper does not have; ``columns``: TRAINING_COLUMNS to add."""
     spread = any((r.get("seeds") or 1) > 1 for r in rows)
     out = []
     for r in rows:
         cells = {"Row": r["label"] + (f" {MARK}" if r.get("beyond_tolerance") else ""), "Source": r["source"],
                  "Clean (ours)": r["clean"], "AA (ours)": r["robust"], "Clean (paper)": r["paper_clean"],
                  "AA (paper)": r["paper_robust"], "Δ Clean": r["d_clean"], "Δ AA": r["d_robust"]}
+        training = r.get("training") or {}
+        for c in columns:
+            v = training.get(c)
+            cells[TRAINING_COLUMNS[c]] = 100 * v if c in ("stalled", "adv_accuracy") and v is not None else v
         if spread:
             cells.update({"± Clean": r.get("clean_sd"), "± AA": r.get("robust_sd"), "Seeds": r.get("seeds")})
         out.append(cells)
-    columns = [c for c in COLUMNS if paper or c not in PAPER_COLUMNS] + (SPREAD if spread else [])
-    return pd.DataFrame(out, columns=columns)
+    names = [c for c in COLUMNS if paper or c not in PAPER_COLUMNS]
+    names = names[:4] + [TRAINING_COLUMNS[c] for c in columns] + names[4:] + (SPREAD if spread else [])
+    return pd.DataFrame(out, columns=names)
 
 
 def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str], demo: bool = False,

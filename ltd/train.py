@@ -2,15 +2,31 @@
 
 What differs between roles is the step (ltd/steps.py, chosen by ltd/methods.py). The
 loop owns the optimiser (SGD, Nesterov, piecewise-constant LR as in the paper's
-Appendix A), mixed precision, a progress bar, a NaN guard, and a checkpoint written
-atomically at the end of every epoch with optimiser, scheduler and RNG state, from
-which it resumes.
+Appendix A), mixed precision (bf16, or fp16 with torch.amp's GradScaler), a progress
+bar, TensorBoard event files, a NaN guard, the stalled-attack alarm, and a checkpoint
+written atomically at the end of every epoch with optimiser, scheduler, loss-scaler and
+RNG state, from which it resumes.
 
 No host synchronisation per step (the airbench habit): the running totals (loss,
 correct predictions, the step's own statistics) stay on the device and the host reads
 them every ``SYNC_EVERY`` steps and at the end of the epoch, for the progress bar and
 the NaN guard. A non-finite loss is therefore caught up to ``SYNC_EVERY`` steps late;
-the checkpoint on disk is always one whose totals were checked.
+the checkpoint on disk is always one whose totals were checked. (Under fp16 the
+GradScaler itself reads its inf check on the host once per step, as torch.amp does.)
+
+fp16: a step whose gradients are not finite is skipped by the GradScaler (its weights
+stay; the scale halves), as AMP is designed to, and the run goes on; such a step's
+loss, often inf itself, is left out of the epoch's means and counted
+(``train_skipped_steps``). The NaN guard stops a run where AMP could not recover: a
+non-finite loss whose update was *not* skipped (bf16 and fp32 have no scaler: every
+non-finite loss), or a non-finite loss at every step since the last sync point (the
+forward itself overflows: no loss scale helps).
+
+Stalled attacks: steps with a training attack report the fraction of examples whose x'
+never left its random start (``train_stalled``). An epoch where at least
+``stalled_attacks.warn`` of them stalled warns loudly in the job's log (the run has
+become natural training: in fp16, the input gradient underflowed to zero);
+``stalled_attacks.stop`` stops it with ``StalledAttacks`` after the epoch's checkpoint.
 
 Preemption: SIGTERM (Slurm, before preemption or the time limit) makes the loop write a
 checkpoint after the optimiser step in progress — position within the epoch and the
@@ -40,15 +56,24 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed, runtime
+from .board import Board
 from .steps import Step
 
-# Steps between two reads of the device's running totals (bar, NaN guard; under
-# torch.distributed also the SIGTERM vote). A read stalls the GPU's queue: rarely.
+# Steps between two reads of the device's running totals (bar, NaN guard, TensorBoard's
+# running values; under torch.distributed also the SIGTERM vote). A read stalls the GPU's
+# queue: rarely.
 SYNC_EVERY = 25
+# `train.stalled_attacks` when a schedule leaves it out: warn when half of an epoch's
+# training attacks stalled, never stop.
+STALLED_DEFAULTS = {"warn": 0.5, "stop": None}
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class StalledAttacks(RuntimeError):
+    """``train.stalled_attacks.stop`` of an epoch's training attacks never moved x'."""
 
 
 class Preempted(RuntimeError):
@@ -136,6 +161,8 @@ def fit(
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
     log_path: str | Path | None = None,
     desc: str = "train",
+    board_dir: str | Path | None = None,
+    best: tuple[str, str | Path] | None = None,
 ) -> list[dict]:
     """Train for ``sched['epochs']`` epochs, resuming from ``ckpt_path`` if it holds a
     checkpoint of the same ``fingerprint`` (a hash of everything that defines the run;
@@ -143,16 +170,20 @@ def fit(
 
     ``loader``: ``len(loader)`` batches per epoch, ``loader.epoch(e)`` yields (x, y, q),
     deterministic in (seed, e) — under torch.distributed this process's slice of each
-    global batch, whose bounds are ``loader.bounds``. ``precision``: "fp32", or "bf16"
-    for autocast (the caller decides what the device runs: ``runtime.effective_precision``).
-    ``evaluate`` runs in every process (it may shard and all-reduce). Returns the
-    per-epoch history (also appended as JSON lines to ``log_path``). Raises ``Preempted``
-    after SIGTERM, ``NonFiniteLoss`` on a NaN/inf loss.
+    global batch, whose bounds are ``loader.bounds``. ``precision``: "fp32", or "bf16" /
+    "fp16" for autocast (fp16 with a GradScaler; the caller decides what the device runs:
+    ``runtime.effective_precision``). ``evaluate`` runs in every process (it may shard and
+    all-reduce). ``board_dir``: TensorBoard event files (rank 0), per epoch and the running
+    values at each sync point, on the axis of optimiser steps. ``best``: (a key of
+    ``evaluate``'s record, a path): the weights of the epoch where that value was highest
+    are kept there (the first such epoch). Returns the per-epoch history (also appended as
+    JSON lines to ``log_path``). Raises ``Preempted`` after SIGTERM, ``NonFiniteLoss`` on a
+    NaN/inf loss AMP would not recover from, ``StalledAttacks`` (``sched['stalled_attacks']``).
     """
     world, main = distributed.world_size(), distributed.is_main()
     model.to(device)
     # GPU speed switches (schedule keys, not part of a run's identity): channels_last
-    # suits cuDNN's convolutions under bf16; torch.compile is opt-in (measure first).
+    # suits cuDNN's convolutions under bf16 and fp16; torch.compile is opt-in (measure first).
     channels_last = device.type == "cuda" and sched.get("channels_last", False)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -163,6 +194,8 @@ def fit(
         else:
             print(f"{desc}: train.compile ignored: {type(step).__name__} copies the model", file=sys.stderr)
     opt, lr_sched = make_optimizer(model, sched)
+    scaler = runtime.grad_scaler(device, precision)
+    alarm = {**STALLED_DEFAULTS, **(sched.get("stalled_attacks") or {})}
     history: list[dict] = []
     start, skip, partial = 0, 0, None
     ckpt_path = Path(ckpt_path)
@@ -172,6 +205,8 @@ def fit(
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             lr_sched.load_state_dict(state["scheduler"])
+            if state.get("scaler") and scaler.is_enabled():  # fp16: the loss scale it had reached
+                scaler.load_state_dict(state["scaler"])
             _set_rng_state(state["rng"])
             history = json.loads(state["history"])
             start, skip, partial = state["epoch"], state.get("step", 0), state.get("totals")
@@ -181,6 +216,14 @@ def fit(
         elif main:
             print(f"{desc}: ignoring {ckpt_path} (written for other settings)", file=sys.stderr)
     distributed.broadcast_state(model)  # one starting point, whatever each rank's init drew
+    steps_per_epoch = len(loader)
+    # TensorBoard: a resumed run rewrites the steps after its checkpoint; events an earlier
+    # attempt logged from there on are purged (all of them for a fresh start).
+    board = Board(board_dir, purge_step=start * steps_per_epoch + skip + 1, enabled=main and board_dir is not None)
+    best_key, best_path = best if best else (None, None)
+    best_value = max((r[best_key] for r in history if best_key in r), default=None) if best else None
+    if best_value is not None and not Path(best_path).exists():
+        best_value = None  # its file is gone: the next epoch's weights are kept instead
 
     def save(epoch_done: int, step_done: int = 0, totals: dict | None = None) -> None:
         if main:
@@ -188,6 +231,7 @@ def fit(
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": lr_sched.state_dict(),
+                "scaler": scaler.state_dict(),  # {} unless fp16
                 "rng": _rng_state(),
                 "epoch": epoch_done,  # finished epochs
                 "step": step_done,  # finished steps of the next epoch (preemption only)
@@ -201,7 +245,7 @@ def fit(
         return Preempted(ckpt_path, where)
 
     tty = sys.stderr.isatty()
-    with _sigterm_flag() as term:
+    with board, _sigterm_flag() as term:
         for epoch in range(start, sched["epochs"]):
             model.train()
             step.begin_epoch(epoch)  # e.g. AWP switches on after its warm-up epochs
@@ -211,54 +255,63 @@ def fit(
             batches = _epoch_from(loader, epoch, skip)
             bar = tqdm(batches, total=len(loader), initial=skip, desc=f"{desc} epoch {epoch + 1}/{sched['epochs']}",
                        leave=tty, mininterval=0.5 if tty else 30, file=sys.stderr, disable=not main)
-            checked = skip  # steps whose totals were read and found finite
+            checked, seen = skip, dict(partial or {})  # steps whose totals were read and found finite
             for i, (x, y, q) in enumerate(bar, start=skip):
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with runtime.autocast(device, precision):
                     loss, logits, stats = step(net, x, y, q)
-                totals.add(loss, logits, y, stats)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()  # fp16: the scaled loss; otherwise the loss itself
                 if world > 1:
                     a, b = loader.bounds[i]  # the global batch: gradients are its example-weighted mean
                     distributed.average_gradients(model, len(y), b - a)
                     distributed.average_buffers(model)  # BN running stats: identical everywhere
-                opt.step()
+                before = runtime.scale_tensor(scaler)
+                before = None if before is None else before.clone()  # update() changes it in place
+                scaler.step(opt)  # fp16: skipped if a gradient is inf/nan (then the scale halves)
+                scaler.update()
                 step.after_update(model)  # e.g. AWP removes its weight perturbation
+                skipped = None if before is None else runtime.scale_tensor(scaler) < before
+                totals.add(loss, logits, y, stats, skipped)
                 # One process sees SIGTERM at the very next step. Several stop after the same
                 # step, agreed at a sync point (torchrun and Slurm signal the processes at
                 # slightly different moments).
                 stop = world == 1 and term["set"]
-                if stop or (i + 1) % SYNC_EVERY == 0 or i + 1 == len(loader):
+                if stop or (i + 1) % SYNC_EVERY == 0 or i + 1 == steps_per_epoch:
                     summed, votes = totals.read(world, term["set"])
-                    _check_finite(summed, desc, epoch, checked, i, ckpt_path)
-                    checked, stop = i + 1, stop or votes > 0
-                    bar.set_postfix(loss=f"{summed['loss'] / summed['n']:.4f}",
-                                    acc=f"{summed['correct'] / summed['n']:.3f}", refresh=False)
-                if stop and i + 1 < len(loader):
+                    _check_finite(summed, seen, world, desc, epoch, checked, i, ckpt_path)
+                    checked, seen, stop = i + 1, summed, stop or votes > 0
+                    running = totals.means(summed)
+                    bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running['accuracy']:.3f}", refresh=False,
+                                    **({"stalled": f"{running['stalled']:.2f}"} if "stalled" in running else {}))
+                    board.scalars("running", running, epoch * steps_per_epoch + i + 1)
+                if stop and i + 1 < steps_per_epoch:
                     bar.close()
                     save(epoch, i + 1, {**summed, "seconds": seconds_before + time.time() - t0})
                     raise preempted(f"at epoch {epoch + 1}, step {i + 1}")
             bar.close()
             summed, _ = totals.read(world, False)
-            _check_finite(summed, desc, epoch, checked, len(loader) - 1, ckpt_path)
+            _check_finite(summed, seen, world, desc, epoch, checked, steps_per_epoch - 1, ckpt_path)
             skip, partial = 0, None
             lr = opt.param_groups[0]["lr"]
             lr_sched.step()
-            n = max(summed["n"], 1)
             record = {
                 "epoch": epoch + 1,
                 "lr": lr,
                 "precision": precision,  # what this epoch ran in (a resumed run may change device)
-                "train_loss": summed["loss"] / n,
-                "train_accuracy": summed["correct"] / n,
-                **{f"train_{k}": summed[k] / n for k in totals.keys},
+                **{f"train_{k}": v for k, v in totals.means(summed).items()},
                 "seconds": seconds_before + time.time() - t0,
             }
+            if scaler.is_enabled():
+                record["train_skipped_steps"] = int(summed["skipped"])
+                record["loss_scale"] = scaler.get_scale()  # once an epoch: a host read, like the totals'
             if evaluate is not None:
                 record.update(evaluate(model))
             history.append(record)
+            if best and main and best_key in record and (best_value is None or record[best_key] > best_value):
+                best_value = record[best_key]
+                checkpoint.save(model.state_dict(), best_path)  # before the checkpoint that counts this epoch
             save(epoch + 1)
             if main:
                 if log_path is not None:
@@ -266,34 +319,74 @@ def fit(
                         f.write(json.dumps(record) + "\n")
                 print(f"{desc}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in record.items()), file=sys.stderr)
+                board.scalars("epoch", {k: v for k, v in record.items() if k != "epoch"}, (epoch + 1) * steps_per_epoch)
+                board.flush()
+            _stalled_alarm(record, alarm, desc, ckpt_path, main, board)
             # SIGTERM in the epoch's last step or its evaluation: the epoch's checkpoint is written.
             if epoch + 1 < sched["epochs"] and distributed.all_reduce_sum([float(term["set"])], device)[0]:
                 raise preempted(f"after epoch {epoch + 1}")
     return history
 
 
+def _stalled_alarm(record: dict, alarm: dict, desc: str, ckpt_path: Path, main: bool, board: Board) -> None:
+    """Warn loudly (and with ``alarm['stop']`` stop) when an epoch's training attacks stalled."""
+    stalled = record.get("train_stalled")
+    if stalled is None:
+        return  # no training attack (teachers, substitutes)
+    warn, stop = alarm.get("warn"), alarm.get("stop")
+    stopping = stop is not None and stalled >= stop
+    if not stopping and (warn is None or stalled < warn):
+        return
+    what = (f"{100 * stalled:.1f} % of epoch {record['epoch']}'s training attacks never left their random start "
+            f"(input gradient exactly zero at every attack step; robust accuracy on x' in training "
+            f"{100 * record.get('train_adv_accuracy', float('nan')):.1f} %): this run is training naturally, "
+            f"not adversarially")
+    why = ("in fp16 a small input gradient underflows to zero (students of nearly uniform soft labels, high T, "
+           "have small logits); bf16 has fp32's range" if record.get("precision") == "fp16" else
+           "the model's outputs do not depend on its input near x (saturated or constant outputs)")
+    bar = "!" * 100
+    if main:
+        print(f"\n{bar}\nWARNING {desc}: {what}.\nLikely cause: {why}.\n{bar}", file=sys.stderr, flush=True)
+        board.text("alarm/stalled_attacks", f"epoch {record['epoch']}: {what}", record["epoch"])
+    if stopping:
+        raise StalledAttacks(f"{desc}: {what}; stopped by train.stalled_attacks.stop = {stop}. The checkpoint of "
+                             f"epoch {record['epoch']} is kept in {ckpt_path}: to train on, set stop: null; to "
+                             "let the attack move, train in bf16 or fp32 (precision:)")
+
+
 class _Totals:
     """An epoch's running sums on the device: loss x n, correct predictions, n, and each
-    of the step's statistics x n (float64). ``read`` is the only host synchronisation."""
+    of the step's statistics x n (float64), over the steps whose loss is finite; and
+    three step counts: skipped by the GradScaler, non-finite loss but not skipped, non-finite
+    loss. ``read`` is the only host synchronisation."""
+
+    COUNTS = ("skipped", "nonfinite_applied", "nonfinite")
 
     def __init__(self, device: torch.device, restored: dict | None = None):
         self.device, self.restored = device, restored or {}
         self.keys: list[str] = []
         self.sums: torch.Tensor | None = None
+        self._no = torch.zeros((), dtype=torch.bool, device=device)
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, stats: dict) -> None:
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, stats: dict,
+            skipped: torch.Tensor | None = None) -> None:
+        """``skipped``: whether the GradScaler skipped this step's update (None: no scaler)."""
         n = len(y)
         if self.sums is None:
             self.keys = [k for k in stats if k != "loss"]
-            self.sums = torch.zeros(3 + len(self.keys), dtype=torch.float64, device=self.device)
-        self.sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                                  torch.tensor(float(n), dtype=torch.float64, device=self.device),
-                                  *(stats[k].double() * n for k in self.keys)])
+            self.sums = torch.zeros(3 + len(self.keys) + len(self.COUNTS), dtype=torch.float64, device=self.device)
+        finite = torch.isfinite(loss.detach())
+        skipped = self._no if skipped is None else skipped
+        sums = torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+                            torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                            *(stats[k].double() * n for k in self.keys)])
+        counts = torch.stack([skipped, ~finite & ~skipped, ~finite]).double()
+        self.sums += torch.cat([torch.where(finite, sums, 0.0), counts])
 
     def read(self, world: int, stop: bool) -> tuple[dict, float]:
         """The totals summed over processes (plus what a resumed epoch had before), and
         how many processes got SIGTERM."""
-        names = ["loss", "correct", "n", *self.keys]
+        names = ["loss", "correct", "n", *self.keys, *self.COUNTS]
         local = ([] if self.sums is None else self.sums.tolist()) or [0.0] * len(names)
         values = local + [float(stop)]
         if world > 1:
@@ -301,9 +394,22 @@ class _Totals:
         summed = {k: v + self.restored.get(k, 0.0) for k, v in zip(names, values)}
         return summed, values[-1]
 
+    def means(self, summed: dict) -> dict:
+        """Per-example means of what ``read`` gave: loss, accuracy and the step's statistics."""
+        n = max(summed["n"], 1)
+        return {"loss": summed["loss"] / n, "accuracy": summed["correct"] / n, **{k: summed[k] / n for k in self.keys}}
 
-def _check_finite(summed: dict, desc: str, epoch: int, checked: int, i: int, ckpt_path: Path) -> None:
-    if not all(math.isfinite(v) for v in summed.values()):
+
+def _check_finite(summed: dict, before: dict, world: int, desc: str, epoch: int, checked: int, i: int,
+                  ckpt_path: Path) -> None:
+    """The NaN guard over steps ``checked + 1`` to ``i + 1`` (``before``: the totals read at
+    the last sync point; counts are summed over the ``world`` processes): a non-finite loss
+    the update went ahead with, or one at every step (see the module's docstring)."""
+    new_bad = summed["nonfinite"] - before.get("nonfinite", 0.0)
+    every_step = new_bad >= (i + 1 - checked) * world > 0
+    if summed["nonfinite_applied"] > 0 or every_step or not all(math.isfinite(v) for v in summed.values()):
+        skipped = summed["skipped"] - before.get("skipped", 0.0)
+        amp = f" (the loss scaler skipped {skipped:.0f} of them)" if skipped else ""
         raise NonFiniteLoss(
-            f"{desc}: loss is {summed['loss'] / max(summed['n'], 1)} at epoch {epoch + 1}, within steps "
-            f"{checked + 1}-{i + 1}; the last good checkpoint is kept in {ckpt_path}")
+            f"{desc}: loss is nan or inf at epoch {epoch + 1}, within steps {checked + 1}-{i + 1}: "
+            f"{new_bad:.0f} non-finite{amp}; the last good checkpoint is kept in {ckpt_path}")

@@ -316,14 +316,15 @@ def published_model(w):
 
 
 def table_evaluations(table):
-    """AutoAttack results behind a table's rows, in row order, each row's seeds together."""
-    paths = []
+    """AutoAttack results behind a table's rows, in row order, each row's seeds together,
+    of the weights the table evaluates (autoattack.json: last epoch; autoattack_best.json)."""
+    paths, evaluation = [], ex.evaluation_file(ex.table_weights(config, table))
     for entry in ex.table_entries(config, table):
         for seed in ex.seeds(config):
             if entry.is_auto:
-                paths.append(f"{R}/temperature/{ex.search_group(config, entry, seed)}/autoattack.json")
+                paths.append(f"{R}/temperature/{ex.search_group(config, entry, seed)}/{evaluation}")
             else:
-                paths.append(run_path(ex.entry_run(config, entry, seed=seed), "autoattack.json"))
+                paths.append(run_path(ex.entry_run(config, entry, seed=seed), evaluation))
     return paths
 
 

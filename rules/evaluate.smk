@@ -1,16 +1,19 @@
 rule evaluate:
-    """Clean, PGD and AutoAttack accuracy of a student on the test set (fp32, or TF32 with
-    evaluation.tf32), with its gradient-masking diagnostics. params.identity: everything
-    besides the model that defines the numbers (test images, evaluation settings)."""
+    """Clean, PGD and AutoAttack accuracy of a student's last epoch (model.pt) on the test
+    set (fp32, or TF32 with evaluation.tf32), with its gradient-masking diagnostics and
+    what its training recorded (metrics.json: precision, stalled attacks). params.identity:
+    everything besides the model that defines the numbers (test images, evaluation settings)."""
     conda:
         "../envs/torch.yaml"
     input:
         model=f"{R}/students/{{name}}/model.pt",
+        metrics=f"{R}/students/{{name}}/metrics.json",
     output:
         f"{R}/students/{{name}}/autoattack.json",
         report=f"{R}/students/{{name}}/evaluation_report.csv",
     params:
         identity=lambda w: ex.evaluation_identity(config, dataset_of("students")(w)),
+        weights="last",
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
@@ -20,3 +23,30 @@ rule evaluate:
         f"{R}/logs/evaluate/{{name}}.log",
     script:
         "../workflow_scripts/evaluate.py"
+
+
+# A table with `weights: best` evaluates best.pt: the epoch with the best monitored PGD
+# accuracy (ltd.experiments.WEIGHTS), in its own files beside the last epoch's.
+use rule evaluate as evaluate_best with:
+    input:
+        model=f"{R}/students/{{name}}/best.pt",
+        metrics=f"{R}/students/{{name}}/metrics.json",
+    output:
+        f"{R}/students/{{name}}/autoattack_best.json",
+        report=f"{R}/students/{{name}}/evaluation_report_best.csv",
+    params:
+        identity=lambda w: ex.evaluation_identity(config, dataset_of("students")(w)),
+        weights="best",
+    log:
+        f"{R}/logs/evaluate/{{name}}.best.log",
+
+
+# An `auto` row of such a table: the chosen student's best-epoch evaluation.
+use rule resolve_auto as resolve_auto_best with:
+    input:
+        evaluation=lambda w: ex.with_weights(selected_evaluation(w), "best"),
+        selection=f"{R}/temperature/{{group}}/selection.json",
+    output:
+        f"{R}/temperature/{{group}}/autoattack_best.json",
+    log:
+        f"{R}/logs/temperature/{{group}}.resolve_best.log",

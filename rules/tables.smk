@@ -62,7 +62,8 @@ rule figure_tmax:
 
 
 rule curves:
-    """Training curves (loss, clean and PGD test accuracy per epoch) of a table's students."""
+    """Training curves of a table's students (loss, clean and PGD test accuracy, the training
+    attack's stalled fraction and accuracy on x' per epoch); each run draws its own too."""
     input:
         lambda w: [run_path(r, "metrics.json") for r in ex.table_students(config, w.table)],
     output:

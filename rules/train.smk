@@ -1,6 +1,9 @@
 # Teachers, substitutes and students: one training script, the role from the rule.
 # params.identity is everything that defines the trained model (ltd.experiments):
-# editing any of it reruns the run and what depends on it.
+# editing any of it reruns the run and what depends on it. Besides its outputs a job
+# writes history.jsonl (per epoch, as it goes), curves.png/.pdf (when it finishes) and
+# TensorBoard files (tensorboard/training/) into its run folder: `tensorboard --logdir
+# results/<run>`.
 
 
 rule train_teacher:
@@ -51,6 +54,7 @@ use rule train_teacher as train_student with:
     output:
         model=f"{R}/students/{{name}}/model.pt",
         metrics=f"{R}/students/{{name}}/metrics.json",
+        best=f"{R}/students/{{name}}/best.pt",  # the epoch with the best monitored PGD accuracy
     params:
         role="students",
         identity=training_identity("students"),

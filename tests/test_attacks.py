@@ -74,3 +74,68 @@ def test_trades_attack_raises_the_kl(trained):
     start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
     x_adv = trades_attack(model, x, logits, eps=EPS, step_size=0.02, steps=10)
     assert kl(x_adv) > 10 * kl(start) and kl(x_adv) > 0.1
+
+
+class SmallLogits(nn.Module):
+    """Logits of a few hundredths, as a student of nearly uniform soft labels (high T) has."""
+
+    def __init__(self, scale=0.05):
+        super().__init__()
+        self.conv, self.fc, self.scale = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), scale
+
+    def forward(self, x):
+        return self.scale * self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("attack", ["trades", "mart", "pgd"])
+def test_stalled_is_exactly_the_examples_whose_attack_never_moved(trained, attack):
+    """A model whose output ignores half the batch's input: their gradient is exactly zero,
+    their x' stays at its random start; the others move."""
+    from ltd import attacks
+
+    model, x, y = trained
+    x, y = x[:16], y[:16]
+    blind = torch.zeros(16, dtype=torch.bool)
+    blind[::2] = True
+
+    class HalfBlind(nn.Module):  # examples in `blind` see a constant image
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, inp):
+            return self.model(torch.where(blind[:, None, None, None], torch.full_like(inp, 0.5), inp))
+
+    half_blind = HalfBlind().eval()
+    torch.manual_seed(0)
+    kw = {"eps": EPS, "step_size": 0.02, "steps": 3}
+    if attack == "pgd":
+        start = attacks.pgd_start(x, EPS)
+        stuck = (attacks.pgd_delta(half_blind, x, y, start=start, **kw) == start).flatten(1).all(1)
+    else:
+        start = attacks.random_start(x)
+        with torch.no_grad():
+            logits = half_blind(x)
+        x_adv = (trades_attack(half_blind, x, logits, start=start, **kw) if attack == "trades"
+                 else attacks.mart_attack(half_blind, x, y, start=start, **kw))
+        stuck = attacks.stalled(x_adv, start, x, EPS)
+    assert torch.equal(stuck, blind)
+
+
+def test_an_fp16_attack_stalls_on_small_logits_where_fp32_moves():
+    """The mechanism behind Table IV's T >= 15 rows: from x + 0.001 N(0, 1) the KL's input
+    gradient is second order; with small logits it underflows fp16 (not fp32) to zero."""
+    from ltd import attacks, runtime
+
+    torch.manual_seed(0)
+    model, x = SmallLogits(), torch.rand(32, 3, 16, 16)
+    fractions = {}
+    for precision in ("fp16", "fp32"):
+        torch.manual_seed(1)
+        with runtime.autocast(torch.device("cpu"), precision):
+            with torch.no_grad():
+                logits = model(x).float()
+            start = attacks.random_start(x)
+            x_adv = trades_attack(model, x, logits, eps=8 / 255, step_size=2 / 255, steps=2, start=start)
+        fractions[precision] = attacks.stalled(x_adv, start, x, 8 / 255).float().mean().item()
+    assert fractions == {"fp16": 1.0, "fp32": 0.0}

@@ -274,7 +274,7 @@ def test_awp_ltd_uses_q_in_the_perturbation(setup, monkeypatch):
     from ltd import steps
     model0, x, y = setup
     x_adv = (x + 0.02 * torch.randn_like(x)).clamp(0, 1)
-    monkeypatch.setattr(steps, "trades_adversarial", lambda model, x, attack: x_adv)
+    monkeypatch.setattr(steps, "trades_adversarial", lambda model, x, attack, start=None: x_adv)
     seen = []
     real = awp_lib.compute_perturbation
 

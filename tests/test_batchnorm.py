@@ -89,10 +89,11 @@ def _train(step, model, batches):
     return model
 
 
-def official_attack(model, x, attack):
-    """The official TRADES attack (eval mode; f(x) recomputed at every step)."""
+def official_attack(model, x, attack, start=None):
+    """The official TRADES attack (eval mode; f(x) recomputed at every step), from the
+    random start our step drew (``start``), else its own x + 0.001 N(0, 1)."""
     model.eval()
-    x_adv = x.detach() + 0.001 * torch.randn_like(x)
+    x_adv = x.detach() + 0.001 * torch.randn_like(x) if start is None else start.detach()
     for _ in range(attack["steps"]):
         x_adv.requires_grad_(True)
         target = F.softmax(model(x), 1)

@@ -16,8 +16,9 @@ def paper_estimate(paper_config):
 
 def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
     total = paper_estimate.loc["total"]
-    # 24 students for the paper's six tables, 4 more (PGD-AT, MART, +LTD) for table7
-    assert (total.students, total.teachers, total.substitutes, total.evaluations, total.validations) == (28, 5, 4, 28, 0)
+    # 24 students for the paper's six tables, 4 more (PGD-AT, MART, +LTD) for table7, 5 (bf16) for table8
+    counts = (total.students, total.teachers, total.substitutes, total.evaluations, total.validations)
+    assert counts == (33, 5, 4, 33, 0)
     # the CIFAR teachers' precomputed soft labels serve LTD students or substitutes; ImageNet's
     # students label their batches on the fly (config.yaml: datasets.imagenet.soft_labels)
     assert total["teacher logits"] == 3
@@ -30,9 +31,11 @@ def test_table4_has_ten_students_and_shares_with_table1(paper_config, paper_esti
     assert (row.students, row.teachers, row.substitutes, row.evaluations) == (10, 1, 2, 10)
     shared = budget.shared_jobs(paper_config)
     assert shared["student:cifar10_wrn-34-10_trades_b6_s0"] == ["table1", "table4", "table7"]
-    assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4", "table7"]
-    assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5", "table7"]
-    assert row.shared == 8  # 2 students, their 2 evaluations, the teacher and its logits, 2 substitutes
+    assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4", "table7", "table8"]
+    assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5", "table7", "table8"]
+    # 2 students with table1, 4 more with table8 (its fp16 rows), their 6 evaluations, the
+    # teacher and its logits, 2 substitutes
+    assert row.shared == 16
 
 
 def test_forward_flops_are_the_briefs(paper_config):

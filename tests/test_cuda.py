@@ -160,6 +160,11 @@ def test_every_method_trains_in_bf16_with_channels_last(device, tmp_path):
             h = fit(model, step, loader, {**SCHED, "epochs": 1}, ckpt_path=tmp_path / f"{name}{fly}.pt",
                     device=device, precision="bf16")
             assert h[0]["precision"] == "bf16" and math.isfinite(h[0]["train_loss"]), (name, fly)
+            if m.attack:  # every method with a training attack reports its attack's numbers
+                assert {"train_stalled", "train_adv_accuracy"} <= set(h[0]), (name, h[0])
+                assert 0 <= h[0]["train_stalled"] <= 1 and 0 <= h[0]["train_adv_accuracy"] <= 1
+            if m.attack in ("trades", "awp", "mart"):
+                assert h[0]["train_robust"] >= 0  # the KL term
             state = model.state_dict()
             assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), (name, fly)
             assert any(not torch.equal(v.cpu(), before[k]) for k, v in state.items() if k.endswith("weight"))

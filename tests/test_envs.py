@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
 # conda-forge names that differ from PyPI's
 CONDA_TO_PYPI = {"matplotlib-base": "matplotlib", "pytorch": "torch"}
-# Only the training/evaluation jobs need these (data sets, AutoAttack).
-NOT_FOR_REPORTS = {"torchvision", "pyautoattack", "scikit-learn"}
+# Only the training/evaluation jobs need these (data sets, AutoAttack, event files).
+NOT_FOR_REPORTS = {"torchvision", "pyautoattack", "scikit-learn", "tensorboard"}
 SPEC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(==?|>=|<=|~=|>|<)?\s*([^\s#;]*)")
 
 

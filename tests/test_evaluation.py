@@ -216,13 +216,34 @@ def test_assess_on_the_papers_numbers(paper_config):
     sound = diagnostics.assess(clean=0.8492, robust=0.5308, pgd=0.56, thresholds=t,
                                black_box={"square_accuracy": 0.60, "apgd_ce_accuracy": 0.55},
                                gradients={"zero_fraction": 0.0, "nonfinite_fraction": 0.0})
-    assert sound["flags"] == [] and not sound["flagged"] and sound["not_run"] == []
+    assert sound["flags"] == [] and not sound["flagged"] and sound["not_run"] == ["stalled_training"]
     weak_pgd = diagnostics.assess(clean=0.85, robust=0.30, pgd=0.55, thresholds=t,
                                   black_box={"square_accuracy": 0.25, "apgd_ce_accuracy": 0.50})
-    assert weak_pgd["flags"] == ["pgd_gap", "black_box"] and weak_pgd["not_run"] == ["zero_gradients"]
+    assert weak_pgd["flags"] == ["pgd_gap", "black_box"]
+    assert weak_pgd["not_run"] == ["zero_gradients", "stalled_training"]
+    assert weak_pgd["cause"] == "masked at evaluation" and masked["cause"] == "robustness near zero"
     assert weak_pgd["pgd_gap"]["gap"] == pytest.approx(0.25)
     strict = diagnostics.assess(clean=0.85, robust=0.30, pgd=0.55, thresholds={**t, "pgd_gap": 0.3})
     assert strict["flags"] == []
+
+
+def test_a_stalled_training_attack_is_told_apart_from_masking(paper_config):
+    """Table IV's T = 15 numbers twice: once from a student whose training attacks moved
+    (near-zero robustness, cause unknown), once from one whose x' never moved in training
+    (history train_stalled): then the attack failed during training, not at evaluation."""
+    t = paper_config["evaluation"]["diagnostics"]
+    moved = diagnostics.assess(clean=0.9472, robust=0.0, pgd=0.01, thresholds=t,
+                               training={"stalled": 0.02, "adv_accuracy": 0.55, "epoch": 120})
+    assert moved["flags"] == ["near_zero_robust"] and not moved["stalled_training"]["flagged"]
+    stalled = diagnostics.assess(clean=0.9472, robust=0.0, pgd=0.01, thresholds=t,
+                                 training={"stalled": 0.97, "adv_accuracy": 0.99, "epoch": 120, "precisions": ["fp16"]})
+    assert stalled["flags"] == ["near_zero_robust", "stalled_training"]
+    assert stalled["cause"] == "attack failed during training" and "failed during training" in stalled["summary"]
+    row = diagnostics.report_row({"run": "r", "clean_accuracy": 0.9472, "robust_accuracy": 0.0, "diagnostics": stalled,
+                                  "training": {"stalled": 0.97, "adv_accuracy": 0.99, "precisions": ["fp16"]},
+                                  "autoattack": {"eps": 8 / 255, "n_examples": 10, "attacks": [],
+                                                 "robust_accuracy_after": {}}})
+    assert (row["Trained in"], row["Stalled (train)"], row["Cause"]) == ("fp16", 97.0, "attack failed during training")
 
 
 def tiny_config(eps=EPS, **diag):

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from ltd import experiments as ex
@@ -10,6 +12,11 @@ from ltd.experiments import Run
     Run("students", "cifar100", "wrn-34-10", 0, method="trades-ltd", temperature=0.5, beta=6.0, labels="precomputed"),
     Run("students", "cifar10", "wrn-34-10", 0, method="awp-ltd", temperature=5.0, beta=6.0, labels="on_the_fly"),
     Run("students", "digits", "preact-resnet18", 3, method="trades", beta=3.5),
+    Run("students", "cifar10", "wrn-34-10", 0, method="trades-ltd", temperature=20.0, beta=6.0, labels="precomputed",
+        precision="bf16"),
+    Run("students", "cifar10", "wrn-34-10", 0, method="awp-ltd", temperature=5.0, beta=6.0, labels="on_the_fly",
+        precision="fp16"),
+    Run("students", "cifar10", "wrn-34-10", 0, method="trades", beta=6.0, precision="fp32"),
 ])
 def test_names_round_trip(run):
     assert Run.parse(run.role, run.name) == run
@@ -76,7 +83,10 @@ def test_all_tables_share_runs(paper_config):
     table1_wrn34_10 = {r for r in runs["table1"] if "_wrn-34-10_" in r}
     assert table1_wrn34_10 < runs["table7"] and len(runs["table7"] - table1_wrn34_10) == 4
     assert {r.split("_")[2] for r in runs["table7"] - runs["table1"]} == {"pgd-at", "pgd-at-ltd", "mart", "mart-ltd"}
-    assert len(set().union(*runs.values())) == 28
+    # table8 (beyond the paper): Table IV's fp16 runs and their five bf16 twins
+    bf16 = runs["table8"] - runs["table4"]
+    assert len(bf16) == 5 and all(r.endswith("_bf16_b6_s0") for r in bf16)
+    assert len(set().union(*runs.values())) == 33
     labels = [e.label for e in ex.table_entries(paper_config, "table5")]
     assert labels == [f"AWP+LTD T=5 β={b}" for b in (3, 4, 5, 6, 7)]
     assert ex.table_figures(paper_config, "table5") == ["beta"] and ex.table_figures(paper_config, "table4") == ["temperature"]
@@ -105,6 +115,55 @@ def test_datasets_in_use_are_the_tables_and_the_published(demo_config, paper_con
     """What sets the Slurm retries (rules/common.smk): the tables' data sets as they run
     (stand-ins) and each published checkpoint's data set as written (its rule evaluates there)."""
     assert ex.datasets_in_use(paper_config) == ["cifar10", "cifar100", "imagenet"]
-    assert ex.datasets_in_use(demo_config) == ["digits", "digits12", "digitsfolder"]  # no ImageNet entry
+    assert ex.datasets_in_use(demo_config) == ["digits", "digits12", "digitsp", "digitsfolder"]  # no ImageNet entry
     published = {**demo_config, "published": [{"name": "m", "dataset": "cifar10", "arch": "wrn-34-10"}]}
-    assert ex.datasets_in_use(published) == ["cifar10", "digits", "digits12", "digitsfolder"]
+    assert ex.datasets_in_use(published) == ["cifar10", "digits", "digits12", "digitsp", "digitsfolder"]
+
+
+def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_default(paper_config, demo_config):
+    """Like `_fly`: the paper config trains in fp16, so table8's fp16 rows are Table IV's
+    runs (same names, same jobs) and its bf16 rows new ones, named `_bf16`."""
+    entries = ex.table_entries(paper_config, "table8")
+    assert [e.label for e in entries] == [f"TRADES+LTD T={t}" for t in (1, 5, 10, 15, 20)] + [
+        f"TRADES+LTD T={t} (bf16)" for t in (1, 5, 10, 15, 20)]
+    runs = list(ex.table_students(paper_config, "table8"))
+    assert runs[:5] == [r for r in ex.table_students(paper_config, "table4") if r.temperature in (1, 5, 10, 15, 20)]
+    assert runs[9].name == "cifar10_wrn-34-10_trades-ltd_T20_bf16_b6_s0"
+    assert ex.run_schedule(paper_config, runs[9])["precision"] == "bf16"
+    assert ex.run_schedule(paper_config, runs[0])["precision"] == "fp16"
+    assert ex.training_identity(paper_config, runs[9])["schedule"]["precision"] == "bf16"
+    assert [e.trains_in for e in entries] == ["fp16"] * 5 + ["bf16"] * 5
+    # the demo trains in fp32 by default: both its precisions are the entries' own, on table8's own data set
+    demo = list(ex.table_students(demo_config, "table8"))
+    assert [r.name for r in demo[::3]] == ["digitsp_wrn-10-2_trades-ltd_T1_fp16_b6_s0",
+                                           "digitsp_wrn-10-2_trades-ltd_T1_bf16_b6_s0"]
+    assert ex.table_dataset(demo_config, "table8") == "digitsp" and ex.table_dataset(demo_config, "table4") == "digits"
+    # an `auto` row keeps its precision through the search
+    demo_config["tables"]["table4"]["entries"] = [{"method": "trades-ltd", "temperature": "auto", "precision": "bf16"}]
+    auto = ex.table_entries(demo_config, "table4")[0]
+    group = ex.search_group(demo_config, auto)
+    assert group == "digits_wrn-10-2_trades-ltd_bf16_b6_s0"
+    assert {c.precision for c in ex.search_candidates(demo_config, group)} == {"bf16"}
+
+
+def test_the_stalled_alarm_is_not_part_of_a_run_identity(paper_config):
+    paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
+    run = next(ex.table_students(paper_config, "table4"))
+    before = ex.training_identity(paper_config, run)
+    paper_config["train"]["stalled_attacks"] = {"warn": 0.2, "stop": 0.9}
+    assert ex.training_identity(paper_config, run) == before
+    paper_config["train"]["precision"] = "bf16"
+    assert ex.training_identity(paper_config, run) != before
+
+
+def test_a_table_evaluates_last_or_best_weights(paper_config):
+    paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
+    assert ex.table_weights(paper_config, "table4") == "last"
+    assert ex.evaluation_file("last") == "autoattack.json" and ex.evaluation_file("best") == "autoattack_best.json"
+    assert ex.weights_of("autoattack_best") == "best" and ex.WEIGHTS["best"][0] == "best.pt"
+    paper_config["tables"]["table4"]["weights"] = "best"
+    assert ex.table_weights(paper_config, "table4") == "best"
+    assert ex.table_identity(paper_config, "table4")["weights"] == "best"
+    paper_config["evaluation"]["monitor"]["n_examples"] = 0  # no monitor, no best epoch
+    with pytest.raises(ValueError, match="tables.table4: weights `best` .* monitor"):
+        ex.table_weights(paper_config, "table4")

@@ -46,7 +46,7 @@ def test_dry_run_writes_every_part(dry):
     train = records["train"]["result"]
     for method, fe in (("trades-ltd", 27.0), ("awp-ltd", 33.0)):  # 2k + 7 (+ AWP's 6), k = 10 (config.yaml)
         r = train[method]
-        assert r["forward_equivalents"] == fe and r["precision"] == "bf16" and r["losses_finite"]
+        assert r["forward_equivalents"] == fe and r["precision"] == "fp16" and r["losses_finite"]
         assert r["images_per_s"] > 0 and r["tflop_per_s"] > 0 and r["mfu"] is None  # no peak for a CPU
         assert len(r["step_seconds"]) == r["steps"] and r["attack"]["steps"] == 10
         run = r["run"]

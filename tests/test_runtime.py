@@ -105,7 +105,7 @@ def test_gpu_job_with_cuda_hidden_fails_in_a_real_process(tmp_path):
     assert f"torch {torch.__version__}" in out.stderr and "CUDA_VISIBLE_DEVICES=''" in out.stderr
 
 
-@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_autocast_honours_the_precision_on_the_cpu(precision, dtype):
     layer = torch.nn.Linear(4, 3)
     x = torch.randn(2, 4)
@@ -113,8 +113,12 @@ def test_autocast_honours_the_precision_on_the_cpu(precision, dtype):
         assert layer(x).dtype == dtype
     with runtime.autocast(torch.device("cpu"), "fp32"):
         assert layer(x).dtype == torch.float32
-    # the workflow's jobs keep fp32 on the CPU: that is effective_precision's decision
+    # the workflow's jobs train a schedule's precision in fp32 on the CPU, a table entry's
+    # own (explicit) one as asked: that is effective_precision's decision
     assert runtime.effective_precision(torch.device("cpu"), precision) == "fp32"
+    assert runtime.effective_precision(torch.device("cpu"), precision, explicit=True) == precision
     assert runtime.effective_precision(torch.device("cuda"), precision) == precision
-    with pytest.raises(KeyError):  # fp16 is gone (it would need a GradScaler); the schema refuses it too
-        runtime.autocast(torch.device("cpu"), "fp16")
+    # only fp16 has a loss scaler
+    assert runtime.grad_scaler(torch.device("cpu"), precision).is_enabled() == (precision == "fp16")
+    with pytest.raises(KeyError):  # no such precision (the schema refuses it first)
+        runtime.autocast(torch.device("cpu"), "fp8")

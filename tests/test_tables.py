@@ -106,3 +106,33 @@ def test_rows_made_otherwise_are_drawn_beside_the_curve(demo_config, tmp_path, m
     monkeypatch.undo()
     table_jobs.render_figure(tmp_path / "table4.json", "temperature", tmp_path / "fig")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_table_by_precision_has_a_curve_per_precision_and_its_training_columns(paper_config, tmp_path, monkeypatch):
+    """Paper config's table8: the fp16 rows (Table IV's runs) take the paper's numbers and
+    the main curve, the bf16 rows a curve of their own; the training columns come from
+    each evaluation's `training` (the evaluated epoch of the run's history)."""
+    from ltd import figures
+    from ltd.files import save_json
+    from ltd.jobs import tables as table_jobs
+
+    entries = ex.table_entries(paper_config, "table8")
+    results = [[{**result(ex.entry_run(paper_config, e), 0.9, 0.5 - i / 100)[0],
+                 "training": {"precisions": [e.trains_in], "stalled": 0.9 if e.trains_in == "fp16" else 0.0,
+                              "adv_accuracy": 0.95, "robust": 0.01}}] for i, e in enumerate(entries)]
+    rows = tables.assemble(entries, results, PAPER["table8"]["rows"])
+    df = tables.frame(rows, columns=["precision", "stalled", "adv_accuracy"])
+    assert list(df.columns[:7]) == ["Row", "Source", "Clean (ours)", "AA (ours)", "Precision", "Stalled % (train)",
+                                    "x' acc. % (train)"]
+    assert list(df["Precision"]) == ["fp16"] * 5 + ["bf16"] * 5
+    assert list(df["Stalled % (train)"]) == [90.0] * 5 + [0.0] * 5
+    assert list(df["Clean (paper)"])[:5] == [84.51, 86.20, 84.72, 94.72, 94.39] and df["Clean (paper)"][5:].isna().all()
+    save_json({"table": "table8", "dataset": "cifar10", "paper_dataset": "CIFAR-10", "tmax": None, "rows": rows},
+              tmp_path / "table8.json")
+    drawn = {}
+    monkeypatch.setattr(figures, "accuracy_against", lambda kind, points, paper, baseline, tmax, title, stem, **kw:
+                        drawn.update(points=points, paper=paper, **kw))
+    table_jobs.render_figure(tmp_path / "table8.json", "temperature", tmp_path / "fig")
+    assert [p["x"] for p in drawn["points"]] == [1, 5, 10, 15, 20] and len(drawn["paper"]) == 5
+    assert [v["label"] for v in drawn["variants"]] == ["bf16"] and len(drawn["variants"][0]["points"]) == 5
+    assert drawn["apart"] == [] and drawn["name"] == "this run, fp16"

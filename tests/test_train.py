@@ -168,7 +168,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(tiny, tmp_path):
     config, _ = tiny
     config["train"].update(lr=1e6, epochs=2)
     run = Run("teachers", "digits", "wrn-10-1", 0)
-    with pytest.raises(RuntimeError, match=r"loss is (nan|inf) at epoch \d+, within steps \d+-\d+"):
+    with pytest.raises(RuntimeError, match=r"loss is nan or inf at epoch \d+, within steps \d+-\d+"):
         train.train_run(config, run, out_dir=tmp_path / "nan", device=torch.device("cpu"))
     assert not (tmp_path / "nan" / "model.pt").exists()
 
@@ -190,7 +190,8 @@ def test_history_numbers_equal_per_step_host_sums(tmp_path):
     class Recording(type(base)):
         def __call__(self, model, x, y, q):
             loss, logits, stats = super().__call__(model, x, y, q)
-            seen.append((loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y), stats["robust"].item()))
+            seen.append((loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y), stats["robust"].item(),
+                         stats["stalled"].item(), stats["adv_accuracy"].item()))
             return loss, logits, stats
 
     step = Recording(base.method, beta=6.0, attack=base.attack)
@@ -210,3 +211,38 @@ def test_history_numbers_equal_per_step_host_sums(tmp_path):
         assert h["train_loss"] == pytest.approx(sum(s[0] for s in steps) / n, rel=1e-12)
         assert h["train_accuracy"] == sum(s[1] for s in steps) / n
         assert h["train_robust"] == pytest.approx(sum(s[3] * s[2] for s in steps) / n, rel=1e-6)
+        assert h["train_stalled"] == pytest.approx(sum(s[4] * s[2] for s in steps) / n, abs=1e-12)
+        assert h["train_adv_accuracy"] == pytest.approx(sum(s[5] * s[2] for s in steps) / n, abs=1e-12)
+
+
+def _stalling_fit(tmp_path, alarm, name):
+    """TRADES in fp16 on a model with logits of a few hundredths (tests/test_attacks.py):
+    every attack's input gradient underflows, x' never moves."""
+    from ltd import train as loop
+    from ltd.data import DeviceLoader, Split
+    from ltd.methods import build_step
+
+    from .test_attacks import SmallLogits
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
+    torch.manual_seed(0)
+    sched = dict(epochs=2, lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True, lr_milestones=[], lr_gamma=0.1,
+                 stalled_attacks=alarm)
+    step = build_step("trades", beta=6.0, attack={"eps": 8 / 255, "step_size": 2 / 255, "steps": 2})
+    return loop.fit(SmallLogits(), step, DeviceLoader(Split(x, y, None), 32, seed=1), sched,
+                    ckpt_path=tmp_path / f"{name}.pt", device=torch.device("cpu"), precision="fp16", desc=name)
+
+
+def test_stalled_attacks_warn_loudly_and_can_stop_the_run(tmp_path, capsys):
+    from ltd import train as loop
+
+    history = _stalling_fit(tmp_path, {"warn": 0.5, "stop": None}, "warned")
+    assert [h["train_stalled"] for h in history] == [1.0, 1.0]
+    err = capsys.readouterr().err
+    assert err.count("WARNING warned: 100.0 % of epoch") == 2 and "in fp16 a small input gradient underflows" in err
+    _stalling_fit(tmp_path, {"warn": None, "stop": None}, "quiet")
+    assert "WARNING" not in capsys.readouterr().err
+    with pytest.raises(loop.StalledAttacks, match="stopped by train.stalled_attacks.stop = 0.9"):
+        _stalling_fit(tmp_path, {"warn": 0.5, "stop": 0.9}, "stopped")
+    assert checkpoint.load(tmp_path / "stopped.pt")["epoch"] == 1  # the stopped epoch's checkpoint is kept

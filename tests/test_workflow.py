@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,6 +72,10 @@ def finished(workdir):
 def test_table4_is_rendered_from_this_run(finished):
     md = (finished / "tables" / "table4.md").read_text()
     assert "OFFLINE DEMO" in md and "'digits' data set, NOT on CIFAR-10" in md and "wrn-10-1 for wrn-34-10" in md
+    # how the rows were trained and evaluated, and how the paper's baseline number was obtained
+    assert "The paper's TRADES row: RobustBench's AutoAttack of the official TRADES checkpoint" in md
+    assert "Our rows, baselines included, are trained with this config's schedule: 2 epochs, batch 64" in md
+    assert "Training precision: fp32" in md and "Evaluated: each run's last epoch (model.pt)" in md
     all_rows = list(csv.DictReader(open(finished / "tables" / "table4.csv")))
     # the paper's rows in its order; those this reduced run did not train say so
     assert [r["Row"] for r in all_rows if r["Source"] == "not run"] == [
@@ -171,6 +176,11 @@ EDITS = {
     "resources": ({"resources": {"train": {"mem_mb": 3000, "runtime": 60}}}, {}),
     "threads": ({"threads": 2}, {}),
     "speed switches": ({"train": {"channels_last": False, "compile": True, "eval_batch_size": 100}}, {}),
+    "stalled-attack alarm": ({"train": {"stalled_attacks": {"warn": 0.1, "stop": 0.9}}}, {}),
+    "training precision": ({"train": {"precision": "bf16"}}, {**TEACHER, **STUDENTS}),
+    "students' precision": ({"student": {"precision": "bf16"}}, STUDENTS),
+    "evaluated weights": ({"tables": {"table4": {"weights": "best"}}},
+                          {"evaluate_best": 4, "resolve_auto_best": 1, **DOWNSTREAM}),
     "training curves' monitor": ({"evaluation": {"monitor": {"n_examples": 10}}}, {}),
     "AWP (not in Table IV)": ({"awp": {"gamma": 0.01}}, {}),
 }
@@ -194,7 +204,7 @@ def test_editing_a_setting_reruns_exactly_what_it_defines(finished, workdir, tmp
 
 @pytest.fixture(scope="module")
 def finished_more(workdir):
-    proc = snakemake(workdir, "table3", "table5", "table7", "table9", "simulation")
+    proc = snakemake(workdir, "table3", "table5", "table7", "table8", "table9", "simulation")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return workdir / "results" / "test"
 
@@ -333,9 +343,10 @@ def test_paper_config_plans_all_six_tables_sharing_runs(workdir):
         # I: 5 (its TRADES and TRADES+LTD T=5 rows are Table IV's, AWP+LTD beta 6 is Table V's)
         # + IV: 8 more + V: 4 more + II: 1 + VI: 4 more + III: 2; table7 (beyond the paper):
         # PGD-AT, MART and their LTD variants (its TRADES and AWP rows are Table I's)
-        "train_student": 28, "evaluate": 28,
-        "render_table": 7, "figure": 3, "figure_tmax": 2, "curves": 7, "simulation": 1, "evaluation_report": 1,
-        "all": 1, "total": 109,
+        # table8 (beyond the paper): Table IV's fp16 runs and five bf16 twins
+        "train_student": 33, "evaluate": 33,
+        "render_table": 8, "figure": 4, "figure_tmax": 2, "curves": 8, "simulation": 1, "evaluation_report": 1,
+        "all": 1, "total": 122,
     }
 
 
@@ -356,3 +367,67 @@ def test_budget_counts_the_jobs_snakemake_plans(workdir, overlay):
         plan["train_student"], plan["train_teacher"], plan["train_substitute"], plan["teacher_logits"],
         plan.get("validate", 0))
     assert total.evaluations == plan["evaluate"] + plan.get("resolve_auto", 0)
+
+
+def test_table_by_precision_trains_fp16_and_bf16_on_the_cpu_and_shows_stalled_attacks(finished_more):
+    """table8 in miniature: a table entry's own precision runs as asked on the CPU (fp16
+    with its loss scaler, bf16), in its own run (`_fp16`, `_bf16`); the table shows each
+    run's precision and its stalled-attack fraction beside its accuracies, the paper's
+    Table IV numbers beside the fp16 row, and says how the rows were trained. Its
+    `weights: best` evaluates each run's best.pt: the epoch of best monitored PGD accuracy."""
+    rows = list(csv.DictReader(open(finished_more / "tables" / "table8.csv")))
+    ours = {r["Precision"]: r for r in rows if r["Source"] == "this run"}
+    assert set(ours) == {"fp16", "bf16"}
+    assert list(rows[0])[:7] == ["Row", "Source", "Clean (ours)", "AA (ours)", "Precision", "Stalled % (train)",
+                                 "x' acc. % (train)"]
+    assert ours["fp16"]["Clean (paper)"] == "84.51" and ours["bf16"]["Clean (paper)"] == ""
+    for precision, row in ours.items():
+        run = finished_more / "students" / f"digits_wrn-10-1_trades-ltd_T1_{precision}_b6_s0"
+        metrics, ev = load_json(run / "metrics.json"), load_json(run / "autoattack_best.json")
+        assert not (run / "autoattack.json").exists()  # no table evaluates its last epoch
+        assert metrics["precision"] == precision and {h["precision"] for h in metrics["history"]} == {precision}
+        assert ("loss_scale" in metrics["history"][-1]) == (precision == "fp16")
+        best = max(metrics["history"], key=lambda h: h["test_pgd_accuracy"])  # the first of equals
+        assert ev["training"]["weights"] == "best"
+        assert ev["training"]["epoch"] == best["epoch"] == metrics["best"]["epoch"]
+        assert float(row["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
+        assert float(row["Stalled % (train)"]) == pytest.approx(100 * best["train_stalled"], abs=0.006)
+        assert float(row["x' acc. % (train)"]) == pytest.approx(100 * best["train_adv_accuracy"], abs=0.006)
+        assert ev["training"]["precisions"] == [precision] and ev["diagnostics"]["stalled_training"] is not None
+        assert (run / "evaluation_report_best.csv").exists()
+    md = (finished_more / "tables" / "table8.md").read_text()
+    assert "Training precision: fp16 (autocast + loss scaler): TRADES+LTD T=1 (fp16)" in md
+    assert "Our rows are trained with this config's schedule: 2 epochs" in md
+    assert "Evaluated: each run's epoch with the best monitored PGD-5 accuracy" in md
+    assert (finished_more / "figures" / "table8_curves.png").exists()
+
+
+def test_every_job_writes_tensorboard_files_and_each_run_its_own_curves(finished, finished_more):
+    """tensorboard --logdir results/<run>: per epoch and at each sync point for training,
+    the final numbers for an evaluation; a run's curves are drawn when it finishes."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = finished / "students" / "digits_wrn-10-1_trades-ltd_T5_b6_s0"
+    training = EventAccumulator(str(run / "tensorboard" / "training"))
+    training.Reload()
+    tags = set(training.Tags()["scalars"])
+    for key in ("train_loss", "train_stalled", "train_adv_accuracy", "train_robust", "test_pgd_accuracy"):
+        assert f"epoch/{key}" in tags, key
+    assert {"running/loss", "running/accuracy", "running/stalled"} <= tags
+    history = load_json(run / "metrics.json")["history"]
+    steps_per_epoch = 5  # 300 images, batch 64
+    assert [(e.step, e.value) for e in training.Scalars("epoch/train_stalled")] == [
+        (h["epoch"] * steps_per_epoch, pytest.approx(h["train_stalled"])) for h in history]
+    evaluation = EventAccumulator(str(run / "tensorboard" / "autoattack"))
+    evaluation.Reload()
+    ev = load_json(run / "autoattack.json")
+    assert evaluation.Scalars("evaluation/autoattack_accuracy")[0].value == pytest.approx(ev["robust_accuracy"])
+    # as the README says: `tensorboard --inspect --logdir results/<run>` (the virtualenv's)
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    proc = subprocess.run([str(tensorboard), "--inspect", "--logdir", "results/test"], cwd=finished.parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "epoch/train_stalled" in proc.stdout and "running/stalled" in proc.stdout
+    assert f"{run.name}/tensorboard/autoattack" in proc.stdout
+    for role, name in (("teachers", "digits_wrn-10-1_s0"), ("students", "digits_wrn-10-1_trades-ltd_T1_fp16_b6_s0")):
+        png = finished_more / role / name / "curves.png"
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG", name

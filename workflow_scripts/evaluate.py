@@ -1,4 +1,5 @@
-"""AutoAttack a student; a state file beside the output lets a killed run resume."""
+"""AutoAttack a student's last or best weights (params.weights); a state file beside the
+output lets a killed run resume."""
 from pathlib import Path
 
 from ltd import runtime
@@ -11,4 +12,5 @@ device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snake
                        job=snakemake.log[0])
 out = Path(snakemake.output[0])
 evaluate.evaluate_run(snakemake.config, Run.parse("students", snakemake.wildcards.name), snakemake.input.model, out,
-                  state_path=out.with_name("autoattack_state.json"), device=device)
+                      state_path=out.with_name(f"{out.stem}_state.json"), device=device,
+                      metrics_path=snakemake.input.metrics, weights=snakemake.params.weights)

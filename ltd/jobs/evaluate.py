@@ -1,6 +1,9 @@
 """rules/evaluate.smk: a model's clean, PGD and AutoAttack accuracy with its
 gradient-masking diagnostics (students here; published checkpoints through the same
-``evaluate_model``)."""
+``evaluate_model``). A student's evaluation also carries what its training recorded
+(``training``: precision, stalled attacks, accuracy on x', which epoch's weights), so the
+report can tell a model masked at evaluation from one whose training attack never moved.
+Event files for TensorBoard go to ``tensorboard/<evaluation>`` beside the output."""
 
 from __future__ import annotations
 
@@ -11,27 +14,49 @@ import torch
 
 from .. import data, diagnostics, evaluate, experiments, runtime, tables
 from ..autoattack import run_autoattack
+from ..board import Board
 from ..experiments import Run
-from ..files import save_json
+from ..files import load_json, save_json
 from ..provenance import provenance
 from .common import load_model, split_tensors
 
+# What of a run's schedule the tables state as its recipe.
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_milestones", "lr_gamma", "momentum", "weight_decay", "nesterov",
+               "precision")
+
+
+def training_summary(metrics: dict, weights: str) -> dict:
+    """What a student's training recorded, for its evaluation: the precision(s) its epochs
+    ran in, its schedule, the evaluated epoch (``weights``: last, or best.pt's) and that
+    epoch's training-attack numbers (stalled fraction, accuracy on x', KL term)."""
+    history = metrics["history"]
+    epoch = history[-1]["epoch"] if weights == "last" else metrics["best"]["epoch"]
+    h = next(r for r in history if r["epoch"] == epoch)
+    return {"weights": weights, "epoch": epoch, "epochs": metrics["epochs"],
+            "precisions": sorted({r["precision"] for r in history if r.get("precision")}),
+            "schedule": {k: metrics["schedule"][k] for k in RECIPE_KEYS if k in metrics["schedule"]},
+            "stalled": h.get("train_stalled"), "adv_accuracy": h.get("train_adv_accuracy"),
+            "robust": h.get("train_robust"), "skipped_steps": sum(r.get("train_skipped_steps", 0) for r in history)}
+
 
 def evaluate_run(config: dict, run: Run, model_path: str | Path, out: str | Path, *, state_path: str | Path,
-                 device: torch.device) -> dict:
+                 device: torch.device, metrics_path: str | Path | None = None, weights: str = "last") -> dict:
     """Clean accuracy, PGD, AutoAttack and the gradient-masking diagnostics on the first
-    ``n_examples`` test images."""
+    ``n_examples`` test images, of the ``weights`` at ``model_path``; ``metrics_path``: the
+    run's metrics.json (its training numbers go into the result and the diagnostics)."""
     model = load_model(config, run, model_path, device)
+    training = training_summary(load_json(metrics_path), weights) if metrics_path else None
     return evaluate_model(config, run.dataset, run.name, model, out, state_path=state_path, device=device,
-                          model_path=model_path)
+                          model_path=model_path, training=training)
 
 
 def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module, out: str | Path, *,
                    state_path: str | Path, device: torch.device, model_path: str | Path | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, training: dict | None = None) -> dict:
     """The evaluation of any model (our students, published checkpoints) on a data set of
-    the config: writes ``out`` (JSON) and ``evaluation_report.csv`` beside it. AutoAttack
-    and the diagnostics' Square/APGD-CE runs resume from their state files."""
+    the config: writes ``out`` (JSON) and its one-row report beside it (``report_stem``).
+    AutoAttack and the diagnostics' Square/APGD-CE runs resume from their state files.
+    ``training``: ``training_summary`` of the model."""
     t_start = time.time()
     ev = experiments.evaluation(config, dataset)
     state_path = Path(state_path)
@@ -47,6 +72,7 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
     x, y = split_tensors(config, dataset, "test", device, bs, n=ev.get("n_examples"))
     result = {"run": name, "dataset": dataset, "n_examples": len(y), "eps": ev["eps"], "norm": "Linf",
               "precision": evaluate.numeric_precision(device), **(extra or {}),
+              **({"training": training} if training else {}),
               "clean_accuracy": evaluate.clean_accuracy(model, x, y, bs)}
     t0 = time.time()
     result["pgd"] = {"steps": ev["pgd_steps"], "step_size": ev["pgd_step_size"], "eps": ev["eps"],
@@ -65,7 +91,7 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
         model, x, y, clean=result["clean_accuracy"], robust=result["robust_accuracy"],
         pgd=result["pgd"]["accuracy"], eps=ev["eps"], seed=ev["seed"], batch_size=bs, device=device,
         cfg=ev["diagnostics"], state_stem=stem,
-        apgd_ce_flags=flags["apgd-ce"] if record["attacks"][0] == "apgd-ce" else None)
+        apgd_ce_flags=flags["apgd-ce"] if record["attacks"][0] == "apgd-ce" else None, training=training)
     result["report"] = diagnostics.report_row(result)
     result["provenance"] = provenance(config, device, gpus=int(device.type == "cuda"),
                                       wall_seconds=time.time() - t_start, seed=ev["seed"],
@@ -74,7 +100,28 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
                                       splits=data.describe(experiments.dataset_cfg(config, dataset),
                                                            config["data_dir"], ("test",)))
     save_json(result, out)
-    tables.render(diagnostics.report_frame([result]), "", Path(out).with_name("evaluation_report"), formats=("csv",))
+    tables.render(diagnostics.report_frame([result]), "", report_stem(out), formats=("csv",))
+    _board(result, Path(out))
     for f in stale:
         f.unlink(missing_ok=True)
     return result
+
+
+def report_stem(out: str | Path) -> Path:
+    """The one-row CSV report beside an evaluation: evaluation_report(.csv) for
+    autoattack.json, evaluation_report_best for autoattack_best.json."""
+    out = Path(out)
+    return out.with_name("evaluation_report" + out.stem.removeprefix("autoattack"))
+
+
+def _board(result: dict, out: Path) -> None:
+    """The evaluation's numbers as TensorBoard scalars (``tensorboard/<out stem>``): at
+    step 1 the accuracies, at step k the robust accuracy after AutoAttack's k-th attack."""
+    with Board(out.parent / "tensorboard" / out.stem, purge_step=0) as board:
+        aa = result["autoattack"]
+        board.scalars("evaluation", {"clean_accuracy": result["clean_accuracy"],
+                                     "pgd_accuracy": result["pgd"]["accuracy"],
+                                     "autoattack_accuracy": result["robust_accuracy"]}, 1)
+        for k, attack in enumerate(aa["attacks"], start=1):
+            board.scalars("evaluation", {"robust_accuracy_after_attack": aa["robust_accuracy_after"].get(attack)}, k)
+        board.text("evaluation/diagnostics", result["diagnostics"]["summary"], 1)

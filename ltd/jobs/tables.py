@@ -31,6 +31,64 @@ def training_attack_note(config: dict, entries: list) -> str | None:
     return "Training attack: " + "; ".join(f"{', '.join(labels)} rows {a}" for a, labels in families.items())
 
 
+def _schedule_text(s: dict) -> str:
+    ms = [str(m) for m in s["lr_milestones"] if m < s["epochs"]]
+    decay = f" (x{s['lr_gamma']:g} after epoch{'s' if len(ms) > 1 else ''} {', '.join(ms)})" if ms else ""
+    return (f"{s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']:g}{decay}, momentum {s['momentum']:g}"
+            f"{', Nesterov' if s['nesterov'] else ''}, weight decay {s['weight_decay']:g}")
+
+
+def recipe_notes(rows: list[dict], loaded: list[dict], paper_rows: list[dict], entries: list) -> list[str]:
+    """How our rows were trained (the schedule each evaluation's run recorded) and, for the
+    paper's baseline rows, how the numbers beside them were obtained (paper_results.yaml)."""
+    schedules: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("run_role") != "students":
+            continue
+        s = next((e.get("training") or {} for e in loaded if e["run"] == r["run"]), {}).get("schedule")
+        if s:
+            schedules.setdefault(_schedule_text(s), []).append(r["label"])
+    notes = []
+    baselines = any(not methods.get(e.method).soft_labels for e in entries)
+    ours = "Our rows, baselines included," if baselines else "Our rows"
+    if len(schedules) == 1:
+        notes.append(f"{ours} are trained with this config's schedule: {next(iter(schedules))}")
+    elif schedules:
+        notes.append("Our rows are trained with: " + "; ".join(f"{t} ({', '.join(ls)})" for t, ls in schedules.items()))
+    methods_ran = {e.method for e in entries}
+    for p in paper_rows:
+        if p.get("recipe") and (p.get("ours") or {}).get("method") in methods_ran:
+            notes.append(f"The paper's {methods.get(p['ours']['method']).label} row: {p['recipe']}")
+    return notes
+
+
+def weights_note(loaded: list[dict], weights: str, ev: dict) -> str:
+    """Which weights the evaluations took (``weights``), with the epochs where they are best."""
+    if weights == "last":
+        return "Evaluated: each run's last epoch (model.pt)"
+    mon = ev.get("monitor") or {}
+    epochs = ", ".join(f"{(e.get('training') or {}).get('epoch', '?')}/{(e.get('training') or {}).get('epochs', '?')}"
+                       for e in loaded)
+    return (f"Evaluated: each run's epoch with the best monitored PGD-{mon.get('pgd_steps')} accuracy on the first "
+            f"{mon.get('n_examples')} test images (best.pt; chosen on test images, as AWP's scripts do), epochs "
+            f"{epochs} in row order")
+
+
+def precision_note(rows: list[dict]) -> str | None:
+    """The precision our rows trained in (as their epochs recorded it)."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        p = (r.get("training") or {}).get("precision")
+        if p:
+            by.setdefault(p, []).append(r["label"])
+    if not by:
+        return None
+    amp = {"fp16": "fp16 (autocast + loss scaler)", "bf16": "bf16 (autocast)", "fp32": "fp32"}
+    if len(by) == 1:
+        return f"Training precision: {amp.get(next(iter(by)), next(iter(by)))}"
+    return "Training precision: " + "; ".join(f"{amp.get(p, p)}: {', '.join(ls)}" for p, ls in by.items())
+
+
 def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: str | Path | None,
                  paper_path: str | Path, stem: str | Path) -> None:
     """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
@@ -60,9 +118,22 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     attack_note = training_attack_note(config, entries)
     if attack_note:
         notes.append(attack_note)
+    notes += recipe_notes(rows, loaded, paper["rows"] if paper else [], entries)
+    precision = precision_note(rows)
+    if precision:
+        notes.append(precision)
+    weights = experiments.table_weights(config, table)
+    notes.append(weights_note(loaded, weights, experiments.evaluation(config, dataset)))
+    columns = spec.get("columns") or []
+    if {"stalled", "adv_accuracy"} & set(columns):
+        notes.append("Stalled: the fraction of the evaluated epoch's training attacks whose x' never left its random "
+                     "start (input gradient exactly zero at every step); x' acc.: training accuracy on those x'")
     stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
                  for old, new in (config.get("stand_ins") or {}).get(kind, {}).items()
-                 if old in {spec["dataset"], *(e.arch for e in entries)}]
+                 if old in {spec["dataset"], *(e.arch for e in entries)}
+                 and not (kind == "datasets" and new != dataset)]
+    if dataset != experiments.stand_in(config, "datasets", spec["dataset"]):  # this table's own stand-in
+        stand_ins.insert(0, f"{dataset} for {spec['dataset']}")
     if stand_ins:
         notes.append("Stand-ins: " + ", ".join(stand_ins))
     if any(r["beyond_tolerance"] for r in rows):
@@ -79,7 +150,7 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
                                    {"dataset": spec["dataset"]}))["dataset"]
     caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"],
                                  paper=paper is not None)
-    tables.render(tables.frame(rows, paper=paper is not None), caption, stem)
+    tables.render(tables.frame(rows, paper=paper is not None, columns=columns), caption, stem)
     save_json({"provenance": provenance(config, settings={"table": spec, "tolerance": config["tolerance"]},
                                         evaluations=[str(p) for p in evals]),
                "table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper_dataset,
@@ -102,11 +173,27 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
         return sorted(({"x": r[kind], "clean": r[clean], "robust": r[robust]} for r in rows
                        if r[clean] is not None), key=lambda p: p["x"])
 
-    # Rows made otherwise than the data set's default (soft labels on the fly, say) are
-    # points beside the curve, not on it: the curve varies T or beta alone.
-    apart = [{"x": r[kind], "clean": r["clean"], "robust": r["robust"], "label": r["label"]}
-             for r in points if r.get("labels") and r["clean"] is not None]
-    points = [r for r in points if not r.get("labels")]
+    # Rows made otherwise than the data set's default (soft labels on the fly, another
+    # precision) form their own curve where several vary T or beta alike, else points
+    # beside the curve: each curve varies T or beta alone.
+    groups: dict[tuple, list[dict]] = {}
+    for r in points:
+        groups.setdefault((r.get("labels"), r.get("own_precision")), []).append(r)
+    main = (None, None) if (None, None) in groups else next(iter(groups), (None, None))
+    variants, apart = [], []
+    for key, rows in groups.items():
+        if key == main:
+            continue
+        made = ", ".join(p for p in (key[0] and key[0].replace("_", " "), key[1]) if p)
+        if len(rows) > 1:
+            variants.append({"label": made, "points": pts(rows, "clean", "robust")})
+        else:
+            apart += [{"x": r[kind], "clean": r["clean"], "robust": r["robust"], "label": r["label"]}
+                      for r in rows if r["clean"] is not None]
+    points = groups.get(main, [])
+    name = "this run"
+    if any(k[1] for k in groups) and points and points[0].get("trains_in"):  # precisions differ: name the main one's
+        name += f", {points[0]['trains_in']}"
     paper = [r for r in points if r["paper_clean"] is not None and r["paper_robust"] is not None]
     figures.accuracy_against(
         kind, pts(points, "clean", "robust"), pts(paper, "paper_clean", "paper_robust"),
@@ -114,7 +201,7 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
                                        "label": baseline["label"]},
         t["tmax"] if kind == "temperature" else None,
         f"{t['table']}: accuracy against {'teacher temperature T' if kind == 'temperature' else 'β'} ({t['dataset']})",
-        stem, paper_dataset=t["paper_dataset"], apart=apart)
+        stem, paper_dataset=t["paper_dataset"], apart=apart, variants=variants, name=name)
 
 
 def render_tmax_figure(tmax_path: str | Path, stem: str | Path) -> None:

@@ -1,5 +1,12 @@
 """rules/train.smk: train a teacher, a substitute or a student, in one process or as
-``processes`` torch.distributed processes under torchrun (``ltd.jobs.worker``)."""
+``processes`` torch.distributed processes under torchrun (``ltd.jobs.worker``).
+
+What a training job leaves in its run folder: model.pt (the last epoch), best.pt
+(students: the epoch with the best monitored PGD accuracy), metrics.json, history.jsonl
+(one line per epoch, as it ends), curves.png/.pdf (drawn when the run finishes),
+tensorboard/training/ (event files: per epoch, and the running values every
+``ltd.train.SYNC_EVERY`` steps); its log is results/<run>/logs/<role>/<name>.log.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from ..files import save_json
 from ..models import count_parameters
 from ..provenance import fingerprint, provenance
 from ..soft_labels import TeacherLabels
-from ..train import Preempted, fit
+from ..train import Preempted, StalledAttacks, fit
 from .common import dataset, load_model, new_model, tensors
 
 PREEMPTED_EXIT = Preempted.exit_code
@@ -25,16 +32,20 @@ PREEMPTED_EXIT = Preempted.exit_code
 def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str | Path | None = None,
               teacher: str | Path | None = None, device: torch.device) -> dict:
     """Train a teacher, substitute or student; writes model.pt (a plain state dict, the
-    RobustBench layout), metrics.json and history.jsonl into ``out_dir``. Resumes from
-    ``out_dir/checkpoint.pt`` if a previous attempt with the same identity left one.
-    A soft-label run takes precomputed ``soft_labels`` (a file of q_T), or, when its
-    labels are made on the fly, the ``teacher``'s model.pt."""
+    RobustBench layout; students also best.pt), metrics.json, history.jsonl, the run's
+    curves and TensorBoard files into ``out_dir``. Resumes from ``out_dir/checkpoint.pt``
+    if a previous attempt with the same identity left one. A soft-label run takes
+    precomputed ``soft_labels`` (a file of q_T), or, when its labels are made on the fly,
+    the ``teacher``'s model.pt."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     method = methods.get(run.method)
-    sched = experiments.schedule(config, run.role, run.dataset)
+    sched = experiments.run_schedule(config, run)
     ds, data_dir = dataset(config, run), config["data_dir"]
-    precision = runtime.effective_precision(device, sched["precision"])
+    precision = runtime.effective_precision(device, sched["precision"], explicit=run.precision is not None)
+    if precision != sched["precision"] and distributed.is_main():
+        print(f"{run.name}: trains in {precision}, not the schedule's {sched['precision']}, on the {device.type} "
+              "(a table entry's own precision would run as asked)", file=sys.stderr)
     on_the_fly = run.labels == "on_the_fly"
     q = None
     if method.soft_labels and not on_the_fly:
@@ -72,19 +83,23 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
 
     t0 = time.time()
     ckpt = out_dir / "checkpoint.pt"
+    best = out_dir / experiments.WEIGHTS["best"][0]
     history = fit(model, step, loader, sched, ckpt_path=ckpt, device=device, precision=precision,
                   fingerprint=fingerprint(identity), evaluate=eval_clean, log_path=out_dir / "history.jsonl",
-                  desc=run.name)
+                  desc=run.name, board_dir=out_dir / "tensorboard" / "training",
+                  best=(BEST_KEY, best) if run.role == "students" else None)
     if not distributed.is_main():
         return {}  # rank 0 writes model.pt/metrics.json and removes the checkpoint
     checkpoint.save(model.state_dict(), out_dir / "model.pt")
+    if run.role == "students" and not monitor_n:  # no monitor, no best epoch: best.pt is the last one
+        checkpoint.save(model.state_dict(), best)
     gpus = distributed.world_size() if device.type == "cuda" else 0
     metrics = {
         "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
         "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
         "clean_accuracy": history[-1]["test_accuracy"], "epochs": len(history),
         "schedule": sched, "attack": attack, "awp": identity.get("awp"), "soft_labels": run.labels,
-        "precision": precision,
+        "precision": precision, "best": best_epoch(history) if run.role == "students" else None,
         "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
         "history": history,
@@ -94,7 +109,32 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     }
     save_json(metrics, out_dir / "metrics.json")
     ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
+    draw_curves(run.name, history, out_dir / "curves")
     return metrics
+
+
+# The training curves' monitor (students' per-epoch PGD accuracy) chooses best.pt.
+BEST_KEY = "test_pgd_accuracy"
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch best.pt holds: the first with the highest monitored PGD accuracy, else the last."""
+    scored = [h for h in history if BEST_KEY in h]
+    if not scored:
+        return {"epoch": history[-1]["epoch"], "by": None}
+    top = max(scored, key=lambda h: h[BEST_KEY])  # max keeps the first of equal values
+    return {"epoch": top["epoch"], "by": BEST_KEY, BEST_KEY: top[BEST_KEY]}
+
+
+def draw_curves(name: str, history: list[dict], stem: Path) -> None:
+    """The run's own training curves, drawn as it finishes (a table's curves wait for all
+    its runs). A figure that fails to draw never fails the finished training."""
+    try:
+        from .. import figures
+
+        figures.training_curves({name: history}, f"{name}: training curves", stem)
+    except Exception as e:  # noqa: BLE001 - a figure is not worth a finished run
+        print(f"{name}: the training curves could not be drawn: {e!r}", file=sys.stderr)
 
 
 def launch_train(nprocs: int, config: dict, run: Run, out_dir: str | Path, soft_labels: str | Path | None = None,
@@ -125,6 +165,9 @@ def train_job(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT
+    except StalledAttacks as e:
+        print(e, file=sys.stderr)
+        return 1
     except subprocess.CalledProcessError as e:
         if e.returncode == PREEMPTED_EXIT:
             print(f"{run.name}: preempted; rerun to continue from its checkpoint", file=sys.stderr)

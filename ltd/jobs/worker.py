@@ -10,7 +10,7 @@ import torch
 from .. import distributed, runtime
 from ..experiments import Run
 from ..files import load_json
-from ..train import Preempted
+from ..train import Preempted, StalledAttacks
 from .train import PREEMPTED_EXIT, train_run
 
 
@@ -27,6 +27,9 @@ def main(argv: list[str]) -> int:
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT
+    except StalledAttacks as e:  # every process stops after the same epoch
+        print(e, file=sys.stderr)
+        return 1
     finally:
         distributed.destroy()
     return 0
