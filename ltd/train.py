@@ -287,7 +287,8 @@ class _Totals:
             self.keys = [k for k in stats if k != "loss"]
             self.sums = torch.zeros(3 + len(self.keys), dtype=torch.float64, device=self.device)
         self.sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                                  torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                                  # full, not tensor: a fill kernel, no copy of host data (no sync)
+                                  torch.full((), float(n), dtype=torch.float64, device=self.device),
                                   *(stats[k].double() * n for k in self.keys)])
 
     def read(self, world: int, stop: bool) -> tuple[dict, float]:
