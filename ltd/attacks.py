@@ -36,23 +36,25 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def trades_attack(model: torch.nn.Module, x: torch.Tensor, logits_nat: torch.Tensor, *, eps: float,
-                  step_size: float, steps: int, init_std: float = 0.001) -> torch.Tensor:
+                  step_size: float, steps: int, init_std: float = 0.001, forward=None) -> torch.Tensor:
     """max_{||x'-x||_inf <= eps} KL(f(x) || f(x')) by sign-gradient ascent from x + N(0, init_std^2).
 
     ``logits_nat`` = f(x), computed once by the caller: the official loop recomputes it
-    at every step, which costs one forward per step and changes nothing.
+    at every step, which costs one forward per step and changes nothing. ``forward``:
+    what computes f(x') (default the model; ltd.compiled.AttackForward's compiled call).
     """
     log_p_nat = F.log_softmax(logits_nat.detach().float(), dim=1)
 
     def kl(logits):
         return F.kl_div(F.log_softmax(logits.float(), dim=1), log_p_nat, reduction="sum", log_target=True)
 
-    x_adv = _sign_ascent(model, x, x + init_std * _noise_like(x).normal_(), kl, eps=eps, step_size=step_size, steps=steps)
+    x_adv = _sign_ascent(model, x, x + init_std * _noise_like(x).normal_(), kl, eps=eps, step_size=step_size, steps=steps,
+                         forward=forward)
     return _project(x_adv, x, eps)
 
 
 def mart_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
-                steps: int, init_std: float = 0.001) -> torch.Tensor:
+                steps: int, init_std: float = 0.001, forward=None) -> torch.Tensor:
     """MART's inner maximisation (YisenWang/MART mart.py): cross-entropy on the true
     label y (batch mean), sign-gradient ascent from x + N(0, init_std^2), each step
     projected on the eps-ball and [0, 1]; the result clamped to [0, 1] (as officially:
@@ -60,19 +62,22 @@ def mart_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     def ce(logits):
         return F.cross_entropy(logits.float(), y)
 
-    x_adv = _sign_ascent(model, x, x + init_std * _noise_like(x).normal_(), ce, eps=eps, step_size=step_size, steps=steps)
+    x_adv = _sign_ascent(model, x, x + init_std * _noise_like(x).normal_(), ce, eps=eps, step_size=step_size, steps=steps,
+                         forward=forward)
     return x_adv.clamp(0.0, 1.0)
 
 
 def _sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, loss_fn, *, eps: float,
-                 step_size: float, steps: int) -> torch.Tensor:
+                 step_size: float, steps: int, forward=None) -> torch.Tensor:
     """``steps`` sign-gradient steps up ``loss_fn(model(x_adv))`` from ``x_adv``, each
-    projected on the eps-ball around x and [0, 1], in eval mode."""
+    projected on the eps-ball around x and [0, 1], in eval mode. ``forward`` (default
+    the model) computes the logits: e.g. a compiled call without weight gradients."""
+    forward = model if forward is None else forward
     x_adv = x_adv.detach()
     with _eval_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)
+            (grad,) = torch.autograd.grad(loss_fn(forward(x_adv)), x_adv)
             x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()
 

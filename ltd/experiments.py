@@ -139,7 +139,7 @@ def schedule(config: dict[str, Any], role: str, dataset: str) -> dict[str, Any]:
 # resources, threads, loader workers, `processes` and the schedule's speed switches
 # below change how fast a job runs, not what it computes.
 
-SPEED_KEYS = ("channels_last", "compile", "eval_batch_size")
+SPEED_KEYS = ("channels_last", "compile", "compile_attack", "eval_batch_size")
 # The keys of a data set's section that define its images, per split. digits carves its
 # test set out of one pool, so there test_size changes the training images too.
 _SPLIT_KEYS = {
@@ -177,15 +177,21 @@ def training_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
     return out
 
 
+# The evaluated model's layout and compilation: speed switches, like the schedule's.
+EVALUATION_SPEED_KEYS = ("channels_last", "compile")
+
+
 def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """Everything that defines an evaluation's numbers besides the model: the test images
     and the evaluation settings (eps, n_examples, batch size, PGD, AutoAttack, seed,
     precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting."""
-    ev = {k: v for k, v in evaluation(config, dataset).items() if k != "monitor"}
+    ev = {k: v for k, v in evaluation(config, dataset).items() if k not in ("monitor", *EVALUATION_SPEED_KEYS)}
+    if ev.get("precision") in ("fp32", "tf32"):  # as the boolean it replaced: finished evaluations keep their
+        ev["tf32"] = ev.pop("precision") == "tf32"  # identity (no rerun); pytorch_default is new
     return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
 
 
-# The evaluation settings a validation uses (not n_examples, tf32 or the test-set AutoAttack).
+# The evaluation settings a validation uses (not n_examples, precision or the test-set AutoAttack).
 _VALIDATION_KEYS = ("eps", "batch_size", "pgd_steps", "pgd_step_size", "seed", "diagnostics")
 
 

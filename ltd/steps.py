@@ -31,6 +31,8 @@ class Step(Protocol):
     """The interface the loop drives. Subclass it to inherit the no-op hooks."""
 
     supports_compile: bool = True  # False: the step copies the model, torch.compile would not see it
+    # train.compile_attack: an ltd.compiled.AttackForward for the TRADES/AWP/MART attacks' forwards
+    compiled_attack = None
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -64,17 +66,19 @@ class NaturalStep(Step):
         return loss, logits, {"loss": loss.detach()}
 
 
-def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict) -> torch.Tensor:
+def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict, compiled=None) -> torch.Tensor:
     """x' for the TRADES KL term. The clean logits the attack aims away from are
     computed once per batch in eval mode (as the official attack runs), not re-computed
-    at each of its steps. The model's train/eval mode is restored."""
+    at each of its steps. The model's train/eval mode is restored. ``compiled``: an
+    ltd.compiled.AttackForward that runs these forwards (no weight gradients)."""
     was_training = model.training
     model.eval()
+    forward = model if compiled is None else compiled.bind(model)
     try:
         with torch.no_grad():
-            logits_clean = model(x).float()
+            logits_clean = forward(x).float()
         x_adv = trades_attack(model, x, logits_clean, eps=attack["eps"], step_size=attack["step_size"],
-                              steps=attack["steps"])
+                              steps=attack["steps"], forward=forward)
     finally:
         model.train(was_training)
     return x_adv
@@ -112,7 +116,7 @@ class TradesStep(Step):
         return logits_nat, logits_adv
 
     def __call__(self, model, x, y, q):
-        x_adv = trades_adversarial(model, x, self.attack)
+        x_adv = trades_adversarial(model, x, self.attack, self.compiled_attack)
         target = natural_target(self.method, y, q)
         logits_nat, logits_adv = self.loss(model, x, x_adv, target)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
@@ -178,7 +182,7 @@ class AWPStep(TradesStep):
             return super().__call__(model, x, y, q)
         if self._delta is not None:
             raise RuntimeError("AWP step called again before after_update removed the previous weight perturbation")
-        x_adv = trades_adversarial(model, x, self.attack)
+        x_adv = trades_adversarial(model, x, self.attack, self.compiled_attack)
         target = natural_target(self.method, y, q)
 
         def objective(net):  # the TRADES(+LTD) loss the weights are perturbed to increase
@@ -294,7 +298,8 @@ class MartStep(Step):
 
     def __call__(self, model, x, y, q):
         target = natural_target(self.method, y, q) if self.method.soft_labels else None
-        x_adv = mart_attack(model, x, y, **self.attack)
+        forward = None if self.compiled_attack is None else self.compiled_attack.bind(model)
+        x_adv = mart_attack(model, x, y, **self.attack, forward=forward)
         logits_nat = model(x)
         logits_adv = model(x_adv)
         loss, parts = mart_loss(logits_nat.float(), logits_adv.float(), y, self.beta, target)

@@ -1,6 +1,6 @@
 rule evaluate:
     """Clean, PGD and AutoAttack accuracy of a student on the test set (fp32, or TF32 with
-    evaluation.tf32), with its gradient-masking diagnostics. params.identity: everything
+    evaluation.precision), with its gradient-masking diagnostics. params.identity: everything
     besides the model that defines the numbers (test images, evaluation settings)."""
     conda:
         "../envs/torch.yaml"

@@ -224,8 +224,8 @@ def test_autoattack_finds_exactly_the_known_answer_on_the_cpu(known_answer):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tf32", [False, True])
-def test_autoattack_on_cuda_equals_the_cpu(known_answer, tf32):
+@pytest.mark.parametrize("precision", ["fp32", "pytorch_default", "tf32"])
+def test_autoattack_on_cuda_equals_the_cpu(known_answer, precision):
     """"Equal" across devices: on this model every example lies at least 0.005 (in mean
     intensity) from the eps threshold, far beyond any rounding (below 1e-3 even in TF32),
     so the per-example flags after each attack must be identical on CPU and GPU, and equal
@@ -234,12 +234,12 @@ def test_autoattack_on_cuda_equals_the_cpu(known_answer, tf32):
     x, y, clean, robust = known_answer
     cpu_record, cpu_flags = _autoattack("cpu", x, y)
     device = _device("cuda")
-    runtime.allow_tf32(device, tf32)
+    runtime.allow_tf32(device, precision)
     try:
         record, flags = _autoattack(device, x, y)
     finally:
         runtime.allow_tf32(device, False)
-    assert record["precision"] == ("tf32" if tf32 else "fp32")
+    assert record["precision"] == precision
     for attack in cpu_flags:
         assert torch.equal(flags[attack], cpu_flags[attack]), attack
     assert torch.equal(flags["square"], robust)
