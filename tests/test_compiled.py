@@ -79,6 +79,15 @@ def test_compiled_attack_equals_eager_and_computes_no_weight_gradient():
     for (k, a), b in zip(eager.state_dict().items(), comp.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=k)  # weights and BN running statistics
     assert comp.training  # the attack's eval mode was restored
+    # BatchNorm's running statistics are read through shared storage: an in-place update
+    # (as a training forward makes) is what the next compiled call sees, without a recompile
+    bn = next(m for m in comp.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    x = _batch(seed=9)[0]
+    comp.eval()
+    with torch.no_grad():
+        bn.running_mean.add_(0.5)
+        torch.testing.assert_close(compiled.bind(comp)(x), comp(x))
+    comp.train()
     masks = rec.conv_backward_masks()
     n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in base.modules())
     assert len(masks) == n_convs, masks  # the attack's backward, traced once, covers every convolution
