@@ -186,8 +186,9 @@ def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     and the evaluation settings (eps, n_examples, batch size, PGD, AutoAttack, seed,
     precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting."""
     ev = {k: v for k, v in evaluation(config, dataset).items() if k not in ("monitor", *EVALUATION_SPEED_KEYS)}
-    if ev.get("precision") in ("fp32", "tf32"):  # as the boolean it replaced: finished evaluations keep their
-        ev["tf32"] = ev.pop("precision") == "tf32"  # identity (no rerun); pytorch_default is new
+    if ev.get("precision") in ("fp32", "tf32"):  # as the boolean it replaced, in its place (params compare
+        # by repr): finished evaluations keep their identity, no rerun; pytorch_default is new
+        ev = {("tf32" if k == "precision" else k): (v == "tf32" if k == "precision" else v) for k, v in ev.items()}
     return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
 
 

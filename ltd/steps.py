@@ -105,6 +105,12 @@ class TradesStep(Step):
         self.method, self.beta, self.attack = method, beta, attack
         self.replay = _Replay()
 
+    def adversarial(self, model, x):
+        """x' (``trades_adversarial``); through ``compiled_attack`` when train.compile_attack set one."""
+        if self.compiled_attack is None:
+            return trades_adversarial(model, x, self.attack)
+        return trades_adversarial(model, x, self.attack, self.compiled_attack)
+
     def loss(self, model, x, x_adv, target):
         """The TRADES(+LTD) loss at the model's current weights, BN updated as officially:
         TRADES's x, x', x (AWPStep overrides the order)."""
@@ -116,7 +122,7 @@ class TradesStep(Step):
         return logits_nat, logits_adv
 
     def __call__(self, model, x, y, q):
-        x_adv = trades_adversarial(model, x, self.attack, self.compiled_attack)
+        x_adv = self.adversarial(model, x)
         target = natural_target(self.method, y, q)
         logits_nat, logits_adv = self.loss(model, x, x_adv, target)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
@@ -182,7 +188,7 @@ class AWPStep(TradesStep):
             return super().__call__(model, x, y, q)
         if self._delta is not None:
             raise RuntimeError("AWP step called again before after_update removed the previous weight perturbation")
-        x_adv = trades_adversarial(model, x, self.attack, self.compiled_attack)
+        x_adv = self.adversarial(model, x)
         target = natural_target(self.method, y, q)
 
         def objective(net):  # the TRADES(+LTD) loss the weights are perturbed to increase
