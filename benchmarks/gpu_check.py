@@ -61,6 +61,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -726,15 +727,15 @@ def _run_workers(ctx: Context, k: int, folder: Path, env: dict | None) -> dict:
     folder.mkdir(parents=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(ctx.out), "--steps", str(ctx.steps),
            "--warmup", str(ctx.warmup), "--window", str(ctx.window)] + (["--dry"] if ctx.dry else [])
+    logs = [open(folder / f"w{i}.log", "w") for i in range(k)]  # a file, not a pipe nobody reads
     procs = [subprocess.Popen(cmd + ["--worker", str(folder / f"w{i}")], cwd=ROOT, env=env or os.environ,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(k)]
+                              stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
     deadline = time.time() + max(30.0, min(120.0, ctx.left() - 10))
     try:
         while not all((folder / f"w{i}.ready").exists() for i in range(k)):
             if time.time() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                raise RuntimeError(f"{k} worker(s) did not get ready: "
-                                   + " | ".join((p.communicate(timeout=5)[0] or "")[-400:] if p.poll() is not None
-                                                else "running" for p in procs))
+                raise RuntimeError(f"{k} worker(s) did not get ready: " + " | ".join(
+                    (folder / f"w{i}.log").read_text()[-400:] for i in range(k)))
             time.sleep(0.1)
         (folder / "go").write_text(str(time.time() + 0.2))  # all start the window together
         for p in procs:
@@ -743,6 +744,8 @@ def _run_workers(ctx: Context, k: int, folder: Path, env: dict | None) -> dict:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        for log in logs:
+            log.close()
     workers = [load_json(folder / f"w{i}.json") for i in range(k)]
     return {"k": k, "mps": env is not None, "workers": workers,
             "aggregate_images_per_s": sum(w["images_per_s"] for w in workers),
@@ -777,7 +780,8 @@ def worker(ctx: Context) -> None:
 
 def part_jobs_per_gpu(ctx: Context) -> dict:
     folder = ctx.out / "jobs_per_gpu"
-    env, why_not = _mps(ctx, folder / "mps") if len(ctx.ks) > 1 else (None, "k = 1 only")
+    # the daemon's pipes (FIFOs) outside <out>: <out> is copied back as plain files
+    env, why_not = _mps(ctx, Path(tempfile.mkdtemp(prefix="ltd-mps-"))) if len(ctx.ks) > 1 else (None, "k = 1 only")
     out = {"window_seconds": ctx.window, "method": "trades-ltd", "mps": why_not or "started", "runs": {}}
     try:
         for k in ctx.ks:
