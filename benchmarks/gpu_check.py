@@ -151,10 +151,11 @@ class Context:
             self.window, self.ks, self.backend = args.window or 6.0, (1, 2, 3), "inductor"
         # evaluation precisions and layouts AutoAttack is measured in (TF32 exists on CUDA only):
         # (precision, channels_last, run it on the known-answer model). tf32's flags: the tests part
-        # (tests/test_cuda.py), its fractions attacked: fp32's (the flags are the same)
+        # (tests/test_cuda.py), its fractions attacked: fp32's (the flags are the same); --dry:
+        # channels_last's flags are tests/test_evaluation.py's
         self.eval_variants = ([("fp32", False, True), ("pytorch_default", False, True), ("pytorch_default", True, True),
                                ("tf32", False, False)]
-                              if self.device.type == "cuda" else [("fp32", False, True), ("fp32", True, True)])
+                              if self.device.type == "cuda" else [("fp32", False, True), ("fp32", True, False)])
         self.aa_batch = int(self.evaluation["batch_size"])  # AutoAttack's batch, as the evaluate rule
         self.precision = str(self.sched["precision"])  # bf16: what config.yaml trains in on a GPU (--dry: on the CPU)
         self.channels_last = bool(self.sched.get("channels_last", True))
@@ -645,7 +646,7 @@ def part_autoattack(ctx: Context) -> dict:
                                 "flags_equal_the_known_answer": known, "seconds": record["seconds"],
                                 "square_queries": record["square_queries"], "per_attack": per_attack,
                                 "peak_memory_gib": peak_memory_gib(ctx.device)}
-            else:  # the flags: tests/test_cuda.py (the tests part); the fractions attacked: fp32's
+            else:  # the flags: tests/test_cuda.py / test_evaluation.py; the fractions attacked: fp32's
                 per_attack = out["runs"]["fp32"]["known_answer_model"]["per_attack"]
         rates = eval_rates(ctx, precision, channels_last=channels_last)
         projection = project_autoattack(ctx, plan, per_attack, rates)
@@ -747,25 +748,29 @@ def _run_workers(ctx: Context, k: int, folder: Path, env: dict | None) -> dict:
         for log in logs:
             log.close()
     workers = [load_json(folder / f"w{i}.json") for i in range(k)]
-    return {"k": k, "mps": env is not None, "workers": workers,
+    return {"k": k, "mps": env is not None, "in_process": False, "workers": workers,
             "aggregate_images_per_s": sum(w["images_per_s"] for w in workers),
             "peak_memory_gib": max((w["peak_memory_gib"] or 0.0) for w in workers)}
 
 
-def worker(ctx: Context) -> None:
-    """A jobs_per_gpu worker: the TRADES+LTD step warmed up, then as many steps as fit in
-    the window that starts when ``go`` appears."""
-    path = Path(ctx.args.worker)
+def _warm_runner(ctx: Context):
+    """The TRADES+LTD loop (ltd.train.fit's per-batch code, as in ``train``), warmed up."""
+    reset_memory(ctx.device)
     run, _, _ = loop_runner(ctx, "trades-ltd", today=False)
     for _ in range(ctx.warmup):
         run()
     sync(ctx.device)
     reset_memory(ctx.device)
-    path.with_suffix(".ready").touch()
-    go = path.parent / "go"
-    while not go.exists():
-        time.sleep(0.01)
-    time.sleep(max(0.0, float(go.read_text() or 0) - time.time()))
+    return run
+
+
+def _window(ctx: Context, run, go: Path | None = None) -> dict:
+    """As many steps of ``run`` as fit in ``ctx.window`` seconds, from the time written to
+    ``go`` once it appears (the start every worker shares), or from now."""
+    if go is not None:
+        while not go.exists():
+            time.sleep(0.01)
+        time.sleep(max(0.0, float(go.read_text() or 0) - time.time()))
     t0, steps = time.time(), 0
     while time.time() - t0 < ctx.window:
         run()
@@ -774,8 +779,16 @@ def worker(ctx: Context) -> None:
             sync(ctx.device)  # stay within a step or two of the clock: the window is shared
     sync(ctx.device)
     seconds = time.time() - t0
-    save_json({"steps": steps, "seconds": seconds, "images_per_s": steps * ctx.batch / seconds,
-               "peak_memory_gib": peak_memory_gib(ctx.device)}, path.with_suffix(".json"))
+    return {"steps": steps, "seconds": seconds, "images_per_s": steps * ctx.batch / seconds,
+            "peak_memory_gib": peak_memory_gib(ctx.device)}
+
+
+def worker(ctx: Context) -> None:
+    """A jobs_per_gpu worker process: ready once warmed up, then timed over the shared window."""
+    path = Path(ctx.args.worker)
+    run = _warm_runner(ctx)
+    path.with_suffix(".ready").touch()
+    save_json(_window(ctx, run, path.parent / "go"), path.with_suffix(".json"))
 
 
 def part_jobs_per_gpu(ctx: Context) -> dict:
@@ -786,6 +799,12 @@ def part_jobs_per_gpu(ctx: Context) -> dict:
     try:
         for k in ctx.ks:
             use_mps = env is not None and k > 1
+            if k == 1:  # alone on the GPU: in this process (no MPS), sparing a process start
+                w = _window(ctx, _warm_runner(ctx))
+                out["runs"]["1"] = {"k": 1, "mps": False, "in_process": True, "workers": [w],
+                                    "aggregate_images_per_s": w["images_per_s"], "peak_memory_gib": w["peak_memory_gib"]}
+                report(f"  k = 1: {w['images_per_s']:.1f} images/s")
+                continue
             try:
                 r = _run_workers(ctx, k, folder / f"k{k}", env if use_mps else None)
             except Exception as e:  # MPS refused a client, say: without it, then
@@ -801,7 +820,7 @@ def part_jobs_per_gpu(ctx: Context) -> dict:
             _stop_mps(env)
     one = out["runs"]["1"]["aggregate_images_per_s"]
     out["throughput"] = [out["runs"][str(k)]["aggregate_images_per_s"] / one for k in ctx.ks]  # budget.jobs_per_gpu_throughput
-    out["peak_memory_gib"] = max(r["peak_memory_gib"] for r in out["runs"].values())
+    out["peak_memory_gib"] = max(_mem(r) for r in out["runs"].values())
     return out
 
 

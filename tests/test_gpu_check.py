@@ -39,9 +39,10 @@ def test_dry_run_writes_every_part(dry):
     assert summary["status"] == {p: "ok" for p in PARTS} and summary["environment"]["dry"]
     # each part's result is printed as it comes, the table last, then the issue's targets as ratios
     assert stdout.index("[train] ok") < stdout.index("[autoattack] ok") < stdout.index("| part")
-    assert "target training step: " in stdout and "target AutoAttack: " in stdout
-    assert set(summary["targets"]) == {"training step", "AutoAttack"}
-    assert summary["targets"]["training step"]["target"] == 1.25 and summary["targets"]["AutoAttack"]["target"] == 1.3
+    assert "target training step: " in stdout and summary["targets"]["training step"]["target"] == 1.25
+    # AutoAttack's target needs a faster variant with the known answer's flags: on the CPU
+    # only fp32 runs the known-answer model (channels_last's flags: tests/test_evaluation.py)
+    assert "AutoAttack" not in summary["targets"]
 
     tests = records["tests"]["result"]
     assert tests["failed"] == 0 and tests["skipped"] > 0 and tests["passed"] == 0  # no CUDA here: all skipped
@@ -74,6 +75,7 @@ def test_dry_run_writes_every_part(dry):
 
     jobs = records["jobs_per_gpu"]["result"]
     assert list(jobs["runs"]) == ["1", "2"] and jobs["mps"] == "no CUDA (--dry)"
+    assert jobs["runs"]["1"]["in_process"] and not jobs["runs"]["2"]["in_process"]
     assert [len(r["workers"]) for r in jobs["runs"].values()] == [1, 2] and jobs["throughput"][0] == 1.0
     assert all(w["steps"] > 0 and w["images_per_s"] > 0 for r in jobs["runs"].values() for w in r["workers"])
 
@@ -83,7 +85,9 @@ def test_dry_run_writes_every_part(dry):
 
     aa = records["autoattack"]["result"]
     assert list(aa["runs"]) == ["fp32", "fp32+channels_last"]  # TF32 exists on CUDA only
-    assert all(r["known_answer_model"]["flags_equal_the_known_answer"] for r in aa["runs"].values())
+    cl = aa["runs"]["fp32+channels_last"]  # rates only, the fractions attacked fp32's (as tf32 on a GPU)
+    assert not cl["known_answer_model"]["ran"] and cl["model_rates"]["channels_last"]
+    assert cl["projection"]["projected_hours"] > 0 and aa["speedup_over_fp32"]["fp32"] == 1.0
     run = aa["runs"]["fp32"]
     known = run["known_answer_model"]
     assert known["flags_equal_the_known_answer"] and 0 < known["robust_accuracy"] == known["expected_robust_accuracy"]
