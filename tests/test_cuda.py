@@ -445,21 +445,3 @@ def test_a_cpu_job_trains_in_fp32_and_records_it(demo_config, tmp_path):
     # reported clean accuracy is the fp32 pass (here the monitor's own)
     assert [h["monitor_precision"] for h in metrics["history"]] == ["fp32"]
     assert metrics["clean_accuracy"] == metrics["history"][-1]["test_accuracy"]
-
-
-@pytest.mark.cuda
-def test_a_gpu_job_monitors_in_tf32_and_reports_fp32(demo_config, tmp_path):
-    """The per-epoch monitors run in TF32 on a GPU (recorded); the flags are fp32 again
-    afterwards, for the training and for metrics.json's clean accuracy (an fp32 pass)."""
-    from ltd.experiments import Run
-    from ltd.jobs import train
-
-    device = _device("cuda")
-    config = demo_config
-    config["datasets"]["digits"].update(train_size=64, image_size=16)
-    config["train"].update(epochs=1, batch_size=32)
-    config["teacher"] = {}
-    metrics = train.train_run(config, Run("teachers", "digits", "wrn-10-1", 0), out_dir=tmp_path, device=device)
-    assert [h["monitor_precision"] for h in metrics["history"]] == ["tf32"]
-    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-    assert 0 <= metrics["clean_accuracy"] <= 1
