@@ -53,12 +53,13 @@ def stalled(x_adv: torch.Tensor, start: torch.Tensor, x: torch.Tensor, eps: floa
 
 def trades_attack(model: torch.nn.Module, x: torch.Tensor, logits_nat: torch.Tensor, *, eps: float,
                   step_size: float, steps: int, init_std: float = INIT_STD,
-                  start: torch.Tensor | None = None) -> torch.Tensor:
+                  start: torch.Tensor | None = None, forward=None) -> torch.Tensor:
     """max_{||x'-x||_inf <= eps} KL(f(x) || f(x')) by sign-gradient ascent from x + N(0, init_std^2)
     (``start``: that random start, drawn by the caller to tell stalled attacks, ``stalled``).
 
     ``logits_nat`` = f(x), computed once by the caller: the official loop recomputes it
-    at every step, which costs one forward per step and changes nothing.
+    at every step, which costs one forward per step and changes nothing. ``forward``:
+    what computes f(x') (default the model; ltd.compiled.AttackForward's compiled call).
     """
     log_p_nat = F.log_softmax(logits_nat.detach().float(), dim=1)
 
@@ -66,12 +67,13 @@ def trades_attack(model: torch.nn.Module, x: torch.Tensor, logits_nat: torch.Ten
         return F.kl_div(F.log_softmax(logits.float(), dim=1), log_p_nat, reduction="sum", log_target=True)
 
     start = random_start(x, init_std) if start is None else start
-    x_adv = _sign_ascent(model, x, start, kl, eps=eps, step_size=step_size, steps=steps)
+    x_adv = _sign_ascent(model, x, start, kl, eps=eps, step_size=step_size, steps=steps, forward=forward)
     return _project(x_adv, x, eps)
 
 
 def mart_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
-                steps: int, init_std: float = INIT_STD, start: torch.Tensor | None = None) -> torch.Tensor:
+                steps: int, init_std: float = INIT_STD, start: torch.Tensor | None = None,
+                forward=None) -> torch.Tensor:
     """MART's inner maximisation (YisenWang/MART mart.py): cross-entropy on the true
     label y (batch mean), sign-gradient ascent from x + N(0, init_std^2) (``start``, if
     the caller drew it), each step projected on the eps-ball and [0, 1]; the result
@@ -80,19 +82,21 @@ def mart_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         return F.cross_entropy(logits.float(), y)
 
     start = random_start(x, init_std) if start is None else start
-    x_adv = _sign_ascent(model, x, start, ce, eps=eps, step_size=step_size, steps=steps)
+    x_adv = _sign_ascent(model, x, start, ce, eps=eps, step_size=step_size, steps=steps, forward=forward)
     return x_adv.clamp(0.0, 1.0)
 
 
 def _sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, loss_fn, *, eps: float,
-                 step_size: float, steps: int) -> torch.Tensor:
+                 step_size: float, steps: int, forward=None) -> torch.Tensor:
     """``steps`` sign-gradient steps up ``loss_fn(model(x_adv))`` from ``x_adv``, each
-    projected on the eps-ball around x and [0, 1], in eval mode."""
+    projected on the eps-ball around x and [0, 1], in eval mode. ``forward`` (default
+    the model) computes the logits: e.g. a compiled call without weight gradients."""
+    forward = model if forward is None else forward
     x_adv = x_adv.detach()
     with _eval_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)
+            (grad,) = torch.autograd.grad(loss_fn(forward(x_adv)), x_adv)
             x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()
 

@@ -12,7 +12,7 @@ single uninterrupted ``run_standard_evaluation``.
 
 Reported robust accuracy is never computed under autocast (bf16 logits make gradient
 attacks weaker and the number optimistic); the record states what the matmuls and
-convolutions ran in ("fp32", or "tf32" with ``evaluation.tf32``).
+convolutions ran in ("fp32", "pytorch_default" or "tf32": ``evaluation.precision``).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def run_autoattack(
                 # a state file resumes only under the same numerics (TF32 on/off changes results)
                 "precision": numeric_precision(device)}
     t0 = time.time()
-    fp = fingerprint_tensors(x, y, model=model, extra=settings) if state_path else ""
+    # of the module itself: a compiled wrapper (evaluation.compile, a speed switch) resumes its state
+    fp = fingerprint_tensors(x, y, model=getattr(model, "_orig_mod", model), extra=settings) if state_path else ""
     state_path = Path(state_path) if state_path else None
     state = _load_state(state_path, fp) if state_path else None
     resumed = sorted(state["done"]) if state else []

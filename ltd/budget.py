@@ -167,6 +167,43 @@ def evaluation_forward_equivalents(ev: dict, classes: int, accuracy: tuple[float
     return out
 
 
+# ---- evaluation precision and jobs per GPU ---------------------------------------------
+
+# AutoAttack jobs' (peak, MFU) keys per evaluation.precision. pytorch_default runs the
+# convolutions (all of a WRN's FLOPs but its last layer's) in TF32: priced as TF32 unless
+# budget.mfu.eval_pytorch_default holds its own measured MFU.
+EVAL_PRECISION_KEYS = {"fp32": ("fp32_peak_tflops", "eval_fp32"),
+                       "pytorch_default": ("tf32_peak_tflops", "eval_pytorch_default"),
+                       "tf32": ("tf32_peak_tflops", "eval_tf32")}
+
+
+def eval_peak_mfu(s: dict, precision: str) -> tuple[float, float]:
+    """(peak TFLOP/s, MFU) of an evaluation in ``precision``, from the budget section ``s``."""
+    peak_key, mfu_key = EVAL_PRECISION_KEYS[precision]
+    return s[peak_key], s["mfu"].get(mfu_key) or s["mfu"]["eval_tf32"]
+
+
+def jobs_per_gpu_throughput(config: dict) -> float:
+    """Aggregate throughput of ``jobs_per_gpu`` jobs sharing a GPU, relative to one job per
+    GPU (budget.jobs_per_gpu_throughput, measured by benchmarks/gpu_check.py for k = 1, 2,
+    3); 1.0, the one-job figures, where none was measured for this k."""
+    k = int(config.get("jobs_per_gpu", 1))
+    measured = config["budget"].get("jobs_per_gpu_throughput") or [1.0]
+    return float(measured[k - 1]) if k <= len(measured) else 1.0
+
+
+def with_evaluation_precision(config: dict, precision: str) -> dict:
+    """``config`` with every evaluation section (the defaults and each data set's) in ``precision``."""
+    import copy
+
+    out = copy.deepcopy(config)
+    out["evaluation"]["precision"] = precision
+    for ds in out["datasets"].values():
+        if isinstance(ds.get("evaluation"), dict) and "precision" in ds["evaluation"]:
+            ds["evaluation"]["precision"] = precision
+    return out
+
+
 # ---- jobs -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -236,12 +273,13 @@ def job_cost(config: dict, job: Job) -> Cost:
             steps = int(ex.attack(config, run.dataset, run.method)["steps"])
             search_aa = {**ev, "autoattack": {"version": "custom", "attacks": ex.search(config, run.dataset)["attacks"]}}
             fe = evaluation_forward_equivalents(search_aa, classes, acc)["total"] + 1 + 2 * steps + 1
-        epochs, flop = 1, fwd * fe * n
-        # evaluation.tf32 switches the AutoAttack jobs (only) from strict fp32 to TF32
-        tf32 = job.kind == "evaluation" and ev.get("tf32")
-        peak, procs = s["tf32_peak_tflops" if tf32 else "fp32_peak_tflops"], 1
-        mfu = s["mfu"]["eval_tf32" if tf32 else "eval_fp32"]
-    gpu_hours = flop / (mfu * peak * 1e12) / 3600
+        epochs, flop, procs = 1, fwd * fe * n, 1
+        # evaluation.precision switches the AutoAttack jobs (only) from strict fp32 to TF32
+        peak, mfu = eval_peak_mfu(s, ev["precision"] if job.kind == "evaluation" else "fp32")
+    throughput = jobs_per_gpu_throughput(config)
+    if throughput != 1.0:
+        notes.append(f"jobs_per_gpu: {throughput:g}x the aggregate rate of one job per GPU (measured)")
+    gpu_hours = flop / (mfu * peak * 1e12) / 3600 / throughput
     return Cost(job, run.arch, run.dataset, run.method, fwd / 1e9, fe, n, epochs, flop, peak, gpu_hours, procs, notes)
 
 
@@ -349,6 +387,19 @@ def shared_jobs(config: dict) -> dict[str, list[str]]:
     return {job.name: tables for job, tables in job_tables(config).items() if len(tables) > 1}
 
 
+def precision_lines(config: dict, small: bool = False) -> list[str]:
+    """What the AutoAttack evaluations would cost in each evaluation.precision, and the
+    jobs-per-GPU assumption."""
+    f = ".4f" if small else ".1f"
+    hours = {p: estimate(with_evaluation_precision(config, p))["eval GPU-h"].iloc[-1] for p in EVAL_PRECISION_KEYS}
+    configured = config["evaluation"]["precision"]
+    k, throughput = int(config.get("jobs_per_gpu", 1)), jobs_per_gpu_throughput(config)
+    per_gpu = (f"{k} jobs per GPU at {throughput:g}x the aggregate rate of one (measured)" if throughput != 1.0 else
+               f"{k} job(s) per GPU, priced at one job's rate" + (" (not measured for this k)" if k > 1 else ""))
+    return [f"`eval GPU-h` in total by evaluation.precision (configured: {configured}): "
+            + ", ".join(f"{p} {h:{f}}" for p, h in hours.items()) + f". GPU-hours assume {per_gpu}."]
+
+
 def render(config: dict, jobs: bool = True) -> str:
     """budget.md: the per-table estimate, the shared jobs and (``jobs``) every job's cost."""
     s = config["budget"]
@@ -362,12 +413,14 @@ def render(config: dict, jobs: bool = True) -> str:
         f"Estimated from counted FLOPs (ltd/flops.py): one {s['gpu']} at {s['peak_tflops']:g} TFLOP/s "
         f"(bf16 training, MFU {s['mfu']['train']:g}) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation, "
         f"MFU {s['mfu']['eval_fp32']:g}; {s['tf32_peak_tflops']:g} at MFU {s['mfu']['eval_tf32']:g} with "
-        "evaluation.tf32), the MFUs measured by benchmarks/gpu_check.py (docs/performance.md). `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
+        "evaluation.precision tf32 or pytorch_default), the MFUs measured by benchmarks/gpu_check.py (docs/performance.md). `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
         "evaluations, validations of `auto` candidates, teacher-logit passes. GPU-hours are per GPU (a training job on `processes` GPUs takes that many "
         "times fewer hours of wall time). A table's row counts every job it needs; `shared` of them are "
         "needed by another table too; `total` counts each job once.",
         "",
         table.to_markdown(**fmt),
+        "",
+        *precision_lines(config, small),
         "",
         "## Shared jobs",
         "",

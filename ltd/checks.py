@@ -71,6 +71,9 @@ def units(config: dict) -> None:
         if isinstance(ts, dict):
             fraction(f"datasets.{name}.temperature_search.threshold", ts.get("threshold"))
     for where, ev in _evaluations(config):
+        if isinstance(ev, dict) and "tf32" in ev:  # renamed: the schema's own message would not say to what
+            problems.append(f"{where}.tf32 is now {where}.precision: write precision: "
+                            f"{'tf32' if ev['tf32'] else 'fp32'} (or pytorch_default: TF32 convolutions only)")
         if isinstance(ev, dict):
             for k in ("eps", "pgd_step_size"):
                 pixel(f"{where}.{k}", ev.get(k))
@@ -327,8 +330,11 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
                             f"write a smaller number")
         n = ex.processes(config, name)
         per_node = config.get("gpus_per_node")
+        k = int(config.get("jobs_per_gpu", 1))  # --resources gpu counts slots, k per GPU: GPUs = gpu // k
+        devices = (gpus, "--resources gpu") if k == 1 or gpus is None else \
+            (gpus // k, f"--resources gpu / jobs_per_gpu = {gpus} / {k}")
         if config["device"] != "cpu" and name in scope.train:
-            for limit, what in ((gpus, "--resources gpu"), (per_node, "gpus_per_node")):
+            for limit, what in (devices, (per_node, "gpus_per_node")):
                 if limit is not None and n > limit:
                     problems.append(f"datasets.{name}.processes = {n}: a training job holds one GPU per process, "
                                     f"but {what} = {limit}; write processes <= {limit} (batch_size is global, "

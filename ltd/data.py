@@ -299,6 +299,9 @@ def _crop_flip_params(b: int, padding: int, generator: torch.Generator):
 
 
 def _apply_crop_flip(x: torch.Tensor, padding: int, dy, dx, flip) -> torch.Tensor:
+    """Crop (offsets dy, dx into the zero-padded image) and flip each image. The
+    parameters should already be on x's device: a CPU tensor is copied here, and a copy
+    from the host makes the host wait for the device (DeviceLoader copies an epoch's once)."""
     b, _, h, w = x.shape
     dev = x.device
     if padding > 0:
@@ -315,13 +318,33 @@ def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torc
     return _apply_crop_flip(x, padding, *_crop_flip_params(len(x), padding, generator))
 
 
+def _epoch_draws(generator: torch.Generator, n: int, shuffle: bool, bounds: list[tuple[int, int]], padding: int,
+                 augment: bool, device: torch.device) -> tuple[torch.Tensor, tuple]:
+    """An epoch's order and every batch's crop/flip parameters (by position in the epoch),
+    on the device in one copy. Drawn from ``generator`` in the order the batches once drew
+    them one at a time (the order, then each global batch's dy, dx, flip), so the batches
+    are bitwise those of per-batch draws; but no batch copies parameters from the host,
+    which would make the host wait for the device at every step."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if not augment or not bounds:
+        return order.to(device), (None, None, None)
+    draws = [_crop_flip_params(stop - start, padding, generator) for start, stop in bounds]
+    parts = [order] + [torch.cat([d[k] for d in draws]).long() for k in range(3) if draws[0][k] is not None]
+    packed = torch.cat(parts).to(device)  # the epoch's one host-to-device copy
+    order, rest = packed[:n], packed[n:].view(len(parts) - 1, -1)
+    dy, dx = (rest[0], rest[1]) if padding > 0 else (None, None)
+    return order, (dy, dx, rest[-1].bool())
+
+
 class DeviceLoader:
     """Batches of (x, y, soft_labels or None) from tensors already on the device.
 
     The order and augmentation of epoch e depend only on (seed, e), so a run resumed
     at an epoch boundary sees exactly the batches an uninterrupted run would. With
     ``world_size`` > 1, process ``rank`` gets its slice of every global batch; the global
-    batches (and each image's crop/flip) are the same for any world size.
+    batches (and each image's crop/flip) are the same for any world size. No host
+    synchronisation per batch: the epoch's order and crop/flip parameters reach the
+    device in one copy when the epoch starts.
     """
 
     def __init__(
@@ -351,17 +374,15 @@ class DeviceLoader:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        n = len(self.split)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(self.split.x.device)
+        # drawn for each whole global batch: a shard's augmentation ignores world size
+        order, params = _epoch_draws(g, len(self.split), self.shuffle, self.bounds, self.padding, self.augment,
+                                     self.split.x.device)
         for start, stop in self.bounds:
             lo, hi = _shard(start, stop, self.rank, self.world_size)
             idx = order[lo:hi]
             x = self.split.x[idx]
             if self.augment:
-                # drawn for the whole global batch: a shard's augmentation ignores world size
-                params = _crop_flip_params(stop - start, self.padding, g)
-                x = _apply_crop_flip(x, self.padding, *(p if p is None else p[lo - start : hi - start] for p in params))
+                x = _apply_crop_flip(x, self.padding, *(p if p is None else p[lo:hi] for p in params))
             yield x, self.split.y[idx], None if self.q is None else self.q[idx]
 
 
@@ -398,7 +419,8 @@ class StreamLoader:
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=shards, num_workers=self.workers,
                                              pin_memory=self.device.type == "cuda", generator=torch.Generator())
         for x, y, i in loader:
-            q = None if self.q is None else self.q[i.to(self.q.device)]
+            # i is pinned (pin_memory): copied without making the host wait
+            q = None if self.q is None else self.q[i.to(self.q.device, non_blocking=True)]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), q
 
 

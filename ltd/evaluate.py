@@ -3,7 +3,8 @@ and the precision flags every evaluation records. AutoAttack: ``ltd.autoattack``
 
 Reported robust accuracy is never computed under autocast: bf16 logits make
 gradient-based attacks weaker and the number optimistic. ``numeric_precision`` states
-what the matmuls and convolutions actually ran in ("fp32", or "tf32" when TF32 is on).
+what the matmuls and convolutions actually ran in: "fp32", "pytorch_default" (TF32
+convolutions, PyTorch's default) or "tf32" (``evaluation.precision``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,35 @@ from typing import Iterator
 
 import torch
 
+from . import runtime
 from .attacks import pgd_attack, trades_attack
 from .data import batches
 from .losses import soft_cross_entropy, trades_kl
+
+
+def evaluation_model(model: torch.nn.Module, *, channels_last: bool = False, compile: bool = False,
+                     backend="inductor") -> torch.nn.Module:
+    """The model as evaluated: eval mode, weights frozen (the attacks' backward computes
+    input gradients only: FAB-T's ``.backward()`` would otherwise also compute every
+    weight's), optionally in channels_last (cuDNN's faster layout on a GPU; reorders
+    float sums only) and through ``torch.compile`` (compiled frozen, so its backward too
+    computes input gradients only). Both are speed switches (evaluation.channels_last,
+    evaluation.compile): not part of a result's identity, recorded as its ``layout``."""
+    model = model.eval().requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model, backend=backend)
+    return model
+
+
+def layout(model: torch.nn.Module) -> dict:
+    """How an evaluated model runs: {"channels_last": ..., "compiled": ...}."""
+    inner = getattr(model, "_orig_mod", model)
+    weights = [p for p in inner.parameters() if p.dim() == 4]
+    channels_last = (all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+                     and any(not p.is_contiguous() for p in weights))  # (a 1x1 kernel is both)
+    return {"channels_last": channels_last, "compiled": inner is not model}
 
 
 @torch.no_grad()
@@ -83,11 +110,32 @@ def eq9_kl(model, x, q, *, beta, eps, step_size, steps, batch_size, seed: int) -
 
 
 def numeric_precision(device: torch.device | str) -> str:
-    """"tf32" if TF32 is enabled for CUDA matmuls or cuDNN convolutions, else "fp32"
-    (the CPU never uses TF32). Read from torch's flags at the time of the call."""
+    """What fp32 matmuls and convolutions run in, named as ``evaluation.precision`` names
+    it (ltd.runtime.TF32_PRECISIONS): "fp32", "pytorch_default" (TF32 cuDNN convolutions
+    only) or "tf32" (both); "tf32_matmul" for TF32 matmuls alone (no setting asks for
+    it). The CPU never uses TF32: "fp32" there, whatever was asked. Read from torch's
+    flags at the time of the call."""
     if torch.device(device).type != "cuda":
         return "fp32"
-    return "tf32" if any(tf32_flags().values()) else "fp32"
+    f = tf32_flags()
+    matmul = (f["cuda.matmul.allow_tf32"] or f["float32_matmul_precision_not_highest"]
+              or f.get("cuda.matmul.fp32_precision_tf32", False))
+    conv = f["cudnn.allow_tf32"] or f.get("cudnn.conv.fp32_precision_tf32", False)
+    return {(False, False): "fp32", (False, True): "pytorch_default", (True, True): "tf32",
+            (True, False): "tf32_matmul"}[(matmul, conv)]
+
+
+@contextlib.contextmanager
+def fp32_precision(device: torch.device | str, precision: str) -> Iterator[str]:
+    """Inside: fp32 matmuls and convolutions on a CUDA ``device`` in ``precision``
+    ("fp32", "pytorch_default", "tf32"; ltd.runtime.allow_tf32), torch's flags as they
+    were afterwards. Yields what runs (``numeric_precision``: "fp32" on the CPU)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    runtime.allow_tf32(torch.device(device), precision)
+    try:
+        yield numeric_precision(device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def tf32_flags() -> dict[str, bool]:

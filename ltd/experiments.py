@@ -159,7 +159,7 @@ def run_schedule(config: dict[str, Any], run: "Run") -> dict[str, Any]:
 # resources, threads, loader workers, `processes` and the schedule's speed switches
 # below change how fast a job runs, not what it computes.
 
-SPEED_KEYS = ("channels_last", "compile", "eval_batch_size")
+SPEED_KEYS = ("channels_last", "compile", "compile_attack", "eval_batch_size")
 # Schedule keys that change no trained weights either: the stalled-attack alarm only warns,
 # or stops a run (whose checkpoint then continues to the same weights).
 NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks")
@@ -200,16 +200,24 @@ def training_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
     return out
 
 
+# The evaluated model's layout and compilation: speed switches, like the schedule's.
+EVALUATION_SPEED_KEYS = ("channels_last", "compile")
+
+
 def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """Everything that defines an evaluation's numbers besides the model: the test images
     and the evaluation settings (eps, n_examples, batch size, PGD, AutoAttack, seed,
     precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting, and
     ``weights`` is in the evaluation's file name (``evaluation_file``)."""
-    ev = {k: v for k, v in evaluation(config, dataset).items() if k not in ("monitor", "weights")}
+    ev = {k: v for k, v in evaluation(config, dataset).items()
+          if k not in ("monitor", "weights", *EVALUATION_SPEED_KEYS)}
+    if ev.get("precision") in ("fp32", "tf32"):  # as the boolean it replaced, in its place (params compare
+        # by repr): finished evaluations keep their identity, no rerun; pytorch_default is new
+        ev = {("tf32" if k == "precision" else k): (v == "tf32" if k == "precision" else v) for k, v in ev.items()}
     return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
 
 
-# The evaluation settings a validation uses (not n_examples, tf32 or the test-set AutoAttack).
+# The evaluation settings a validation uses (not n_examples, precision or the test-set AutoAttack).
 _VALIDATION_KEYS = ("eps", "batch_size", "pgd_steps", "pgd_step_size", "seed", "diagnostics")
 
 

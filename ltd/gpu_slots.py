@@ -2,9 +2,15 @@
 
 Snakemake only *counts* `--resources gpu=N` locally; it never says which GPU a job
 gets, so four concurrent `gpu=1` jobs would all land on GPU 0. Here a job takes GPU
-ids from a fixed list, one lock file per GPU held with flock(2). The kernel drops a
+ids from a fixed list, one lock file per slot held with flock(2). The kernel drops a
 flock when its holder exits or is killed (even by SIGKILL), so a dead job never leaves
 a stale slot behind and nothing needs cleaning up.
+
+A GPU has ``per_gpu`` slots (config ``jobs_per_gpu``, default 1): up to that many jobs
+share it, and a job on n GPUs holds one slot on each of n distinct GPUs. Snakemake then
+counts slots, not GPUs: with k jobs per GPU on N GPUs run ``--resources gpu=<k x N>``.
+Slot 0 of GPU g is ``gpu<g>.lock``, slot j > 0 ``gpu<g>.slot<j>.lock``; jobs take every
+GPU's first slot before any GPU's second, so they spread over the GPUs.
 
 Call this before CUDA is initialised in the process: CUDA reads CUDA_VISIBLE_DEVICES
 once, when it starts, and ignores later changes. The workflow scripts therefore call
@@ -65,21 +71,29 @@ def _check_cuda_not_initialised() -> None:
                            "ltd.runtime.setup() before any torch.cuda call in this process")
 
 
-def _try_take(n: int, gpus: list[str], slots_dir: Path) -> list[tuple[str, int]]:
-    """n free slots, locked, or none: all-or-nothing, because two multi-GPU jobs each
-    holding part of what they need while waiting for the rest would deadlock."""
+def slot_path(slots_dir: Path, gpu: str, slot: int) -> Path:
+    return slots_dir / (f"gpu{gpu}.lock" if slot == 0 else f"gpu{gpu}.slot{slot}.lock")
+
+
+def _try_take(n: int, gpus: list[str], slots_dir: Path, per_gpu: int = 1) -> list[tuple[str, int]]:
+    """A free slot on each of n distinct GPUs, locked, or none: all-or-nothing, because
+    two multi-GPU jobs each holding part of what they need while waiting for the rest
+    would deadlock. Returned in the order of ``gpus``."""
     held = []
-    for gpu in gpus:
-        # Opened, never truncated before locking: the file holds its owner's details.
-        fd = os.open(slots_dir / f"gpu{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        held.append((gpu, fd))
-        if len(held) == n:
-            return held
+    for slot in range(per_gpu):  # every GPU's first slot before any GPU's second
+        for gpu in gpus:
+            if any(g == gpu for g, _ in held):
+                continue
+            # Opened, never truncated before locking: the file holds its owner's details.
+            fd = os.open(slot_path(slots_dir, gpu, slot), os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            held.append((gpu, fd))
+            if len(held) == n:
+                return sorted(held, key=lambda h: gpus.index(h[0]))
     for _, fd in held:
         os.close(fd)  # closing the descriptor releases its lock
     return []
@@ -87,8 +101,9 @@ def _try_take(n: int, gpus: list[str], slots_dir: Path) -> list[tuple[str, int]]
 
 @contextlib.contextmanager
 def acquire(n: int, slots_dir: str | Path, gpus: list[str] | None = None, timeout: float | None = None,
-            job: str = "") -> Iterator[list[str]]:
-    """Take n GPUs that no other running job holds; yields their ids.
+            job: str = "", per_gpu: int = 1) -> Iterator[list[str]]:
+    """Take n GPUs that no other running job holds (a free slot on each: fewer than
+    ``per_gpu`` other jobs hold it); yields their ids.
 
     CUDA_VISIBLE_DEVICES is set to them inside (so subprocesses such as torchrun inherit
     it) and restored afterwards. Waits while fewer than n are free (TimeoutError after
@@ -106,12 +121,15 @@ def acquire(n: int, slots_dir: str | Path, gpus: list[str] | None = None, timeou
     slots_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
-    while not (held := _try_take(n, gpus, slots_dir)):
+    if per_gpu < 1:
+        raise ValueError(f"jobs_per_gpu must be at least 1, got {per_gpu}")
+    share = f" ({per_gpu} jobs per GPU)" if per_gpu > 1 else ""
+    while not (held := _try_take(n, gpus, slots_dir, per_gpu)):
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"no {n} of GPUs {','.join(gpus)} became free within {timeout:g} s "
+            raise TimeoutError(f"no {n} of GPUs {','.join(gpus)} became free{share} within {timeout:g} s "
                                f"(holders: {slots_dir}/gpu*.lock)")
         if not warned:
-            print(f"ltd.gpu_slots: waiting for {n} free GPU(s) of {','.join(gpus)}; "
+            print(f"ltd.gpu_slots: waiting for {n} free GPU(s) of {','.join(gpus)}{share}; "
                   f"the holders are named in {slots_dir}/gpu*.lock", file=sys.stderr, flush=True)
             warned = True
         time.sleep(POLL_S)
@@ -139,9 +157,9 @@ def acquire(n: int, slots_dir: str | Path, gpus: list[str] | None = None, timeou
 
 
 def hold(n: int, slots_dir: str | Path, gpus: list[str] | None = None, timeout: float | None = None,
-         job: str = "") -> list[str]:
+         job: str = "", per_gpu: int = 1) -> list[str]:
     """acquire() for the rest of the process; the OS releases the locks when it exits."""
-    cm = acquire(n, slots_dir, gpus, timeout, job)
+    cm = acquire(n, slots_dir, gpus, timeout, job, per_gpu)
     ids = cm.__enter__()
     _held_for_process.append(cm)  # a dropped generator would run its finally and unlock
     return ids

@@ -38,9 +38,10 @@ class NoCudaError(RuntimeError):
 
 
 def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
-          slots_dir: str | os.PathLike | None = None, job: str = "") -> torch.device:
+          slots_dir: str | os.PathLike | None = None, job: str = "", jobs_per_gpu: int = 1) -> torch.device:
     """The job's device. With gpus > 0 it first takes that many GPUs no other job holds
-    (ltd.gpu_slots) for the rest of the process: call it before anything touches CUDA.
+    (ltd.gpu_slots; a GPU has ``jobs_per_gpu`` slots) for the rest of the process: call
+    it before anything touches CUDA.
 
     ``device: auto`` is the GPU when torch sees one, else the CPU, except for a job that
     holds GPUs (gpus > 0): finding no CUDA there raises ``NoCudaError`` at once, naming
@@ -51,7 +52,7 @@ def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
     if gpus and device != "cpu" and not os.environ.get("LTD_GPU_SLOTS_HELD"):
         # First: CUDA reads CUDA_VISIBLE_DEVICES once, and torch.cuda.is_available() below starts it.
         base = slots_dir or os.environ.get("LTD_GPU_SLOTS", DEFAULT_SLOTS_DIR)
-        ids = gpu_slots.hold(int(gpus), gpu_slots.host_slots_dir(base), job=job)
+        ids = gpu_slots.hold(int(gpus), gpu_slots.host_slots_dir(base), job=job, per_gpu=jobs_per_gpu)
         if ids:
             os.environ["LTD_GPU_SLOTS_HELD"] = ",".join(ids)
             print(f"GPU slots: CUDA_VISIBLE_DEVICES={','.join(ids)}", file=sys.stderr, flush=True)
@@ -125,12 +126,22 @@ def no_cuda_message(gpus: int = 0) -> str:
     return "\n".join(lines)
 
 
-def allow_tf32(device: torch.device, allowed: bool) -> None:
+# fp32 precisions on the GPU (evaluation.precision): TF32 on for (CUDA matmuls, cuDNN
+# convolutions). "pytorch_default" is PyTorch's own default since 1.12 (convolutions in
+# TF32, matmuls not), what pyautoattack and RobustBench ran under unless told otherwise.
+TF32_PRECISIONS = {"fp32": (False, False), "pytorch_default": (False, True), "tf32": (True, True)}
+
+
+def allow_tf32(device: torch.device, allowed: bool | str) -> None:
     """TF32 for fp32 matmuls and convolutions on the GPU (about 7x the fp32 rate on an
-    H100, 10-bit mantissa); evaluation results record which precision ran."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = allowed
-        torch.backends.cudnn.allow_tf32 = allowed
+    H100, 10-bit mantissa): True or "tf32" for both, "pytorch_default" for convolutions
+    only, False or "fp32" for neither. Evaluation results record which precision ran."""
+    if isinstance(allowed, bool):
+        allowed = "tf32" if allowed else "fp32"
+    if allowed not in TF32_PRECISIONS:
+        raise ValueError(f"unknown precision {allowed!r}; expected one of {list(TF32_PRECISIONS)}")
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TF32_PRECISIONS[allowed]
 
 
 def autocast(device: torch.device, precision: str):

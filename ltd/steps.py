@@ -38,6 +38,8 @@ class Step(Protocol):
     """The interface the loop drives. Subclass it to inherit the no-op hooks."""
 
     supports_compile: bool = True  # False: the step copies the model, torch.compile would not see it
+    # train.compile_attack: an ltd.compiled.AttackForward for the TRADES/AWP/MART attacks' forwards
+    compiled_attack = None
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -78,18 +80,20 @@ def attack_stats(stalled_mask: torch.Tensor, logits_adv: torch.Tensor, y: torch.
 
 
 def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict,
-                       start: torch.Tensor | None = None) -> torch.Tensor:
+                       start: torch.Tensor | None = None, compiled=None) -> torch.Tensor:
     """x' for the TRADES KL term, from ``start`` (the random start; drawn here if None).
     The clean logits the attack aims away from are computed once per batch in eval mode
     (as the official attack runs), not re-computed at each of its steps. The model's
-    train/eval mode is restored."""
+    train/eval mode is restored. ``compiled``: an ltd.compiled.AttackForward that runs
+    these forwards (no weight gradients)."""
     was_training = model.training
     model.eval()
+    forward = model if compiled is None else compiled.bind(model)
     try:
         with torch.no_grad():
-            logits_clean = model(x).float()
+            logits_clean = forward(x).float()
         x_adv = trades_attack(model, x, logits_clean, eps=attack["eps"], step_size=attack["step_size"],
-                              steps=attack["steps"], start=start)
+                              steps=attack["steps"], start=start, forward=forward)
     finally:
         model.train(was_training)
     return x_adv
@@ -116,6 +120,13 @@ class TradesStep(Step):
         self.method, self.beta, self.attack = method, beta, attack
         self.replay = _Replay()
 
+    def adversarial(self, model, x, start):
+        """x' (``trades_adversarial``) from ``start``; through ``compiled_attack`` when
+        train.compile_attack set one (else called as before: tests replace it)."""
+        if self.compiled_attack is None:
+            return trades_adversarial(model, x, self.attack, start=start)
+        return trades_adversarial(model, x, self.attack, start=start, compiled=self.compiled_attack)
+
     def loss(self, model, x, x_adv, target):
         """The TRADES(+LTD) loss at the model's current weights, BN updated as officially:
         TRADES's x, x', x (AWPStep overrides the order)."""
@@ -128,7 +139,7 @@ class TradesStep(Step):
 
     def __call__(self, model, x, y, q):
         start = random_start(x)
-        x_adv = trades_adversarial(model, x, self.attack, start=start)
+        x_adv = self.adversarial(model, x, start)
         target = natural_target(self.method, y, q)
         logits_nat, logits_adv = self.loss(model, x, x_adv, target)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
@@ -196,7 +207,7 @@ class AWPStep(TradesStep):
         if self._delta is not None:
             raise RuntimeError("AWP step called again before after_update removed the previous weight perturbation")
         start = random_start(x)
-        x_adv = trades_adversarial(model, x, self.attack, start=start)
+        x_adv = self.adversarial(model, x, start)
         target = natural_target(self.method, y, q)
 
         def objective(net):  # the TRADES(+LTD) loss the weights are perturbed to increase
@@ -316,7 +327,8 @@ class MartStep(Step):
     def __call__(self, model, x, y, q):
         target = natural_target(self.method, y, q) if self.method.soft_labels else None
         start = random_start(x)
-        x_adv = mart_attack(model, x, y, start=start, **self.attack)
+        forward = None if self.compiled_attack is None else self.compiled_attack.bind(model)
+        x_adv = mart_attack(model, x, y, start=start, **self.attack, forward=forward)
         logits_nat = model(x)
         logits_adv = model(x_adv)
         loss, parts = mart_loss(logits_nat.float(), logits_adv.float(), y, self.beta, target)

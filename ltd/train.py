@@ -378,7 +378,8 @@ class _Totals:
         finite = torch.isfinite(loss.detach())
         skipped = self._no if skipped is None else skipped
         sums = torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                            torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                            # full, not tensor: a fill kernel, no copy of host data (no sync)
+                            torch.full((), float(n), dtype=torch.float64, device=self.device),
                             *(stats[k].double() * n for k in self.keys)])
         counts = torch.stack([skipped, ~finite & ~skipped, ~finite]).double()
         self.sums += torch.cat([torch.where(finite, sums, 0.0), counts])

@@ -1,8 +1,9 @@
 rule evaluate:
-    """Clean, PGD and AutoAttack accuracy of a student's last epoch (model.pt) on the test
-    set (fp32, or TF32 with evaluation.tf32), with its gradient-masking diagnostics and
-    what its training recorded (metrics.json: precision, stalled attacks). params.identity:
-    everything besides the model that defines the numbers (test images, evaluation settings)."""
+    """Clean, PGD and AutoAttack accuracy of a student's last epoch (model.pt), or its best
+    (best.pt, with evaluation.weights: best), on the test set (fp32, or TF32 as
+    evaluation.precision says), with its gradient-masking diagnostics and what its training
+    recorded (metrics.json: precision, stalled attacks). params.identity: everything besides
+    the model that defines the numbers (test images, evaluation settings)."""
     conda:
         "../envs/torch.yaml"
     input:

@@ -30,3 +30,10 @@ def test_evaluate_benchmark_runs(tmp_path):
 def test_simulation_benchmark_runs(tmp_path):
     r = _run("simulation.py", "--repeat", "1", "--n-examples", "2000", tmp_path=tmp_path)
     assert len(r["seconds"]) == 1 and r["n_examples"] == {"binary": 2000, "dirichlet": 2000}
+
+
+def test_compile_attack_benchmark_runs(tmp_path):
+    r = _run("compile_attack.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--steps", "1",
+             "--warmup", "0", "--attack-steps", "2", "--threads", "1", "--backend", "aot_eager",
+             "--variants", "eager", "attack", tmp_path=tmp_path)
+    assert r["attack"]["first_loss_relative_difference"] < 5e-3 and r["attack_over_eager"] > 0

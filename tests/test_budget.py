@@ -113,10 +113,30 @@ def test_tf32_evaluation_uses_the_tf32_peak(paper_config):
     from ltd import config as ltd_config
 
     strict = budget.estimate(paper_config)
-    tf32 = budget.estimate(ltd_config.merge(paper_config, {"evaluation": {"tf32": True}}))
+    tf32 = budget.estimate(ltd_config.merge(paper_config, {"evaluation": {"precision": "tf32"}}))
     ratio = strict["eval GPU-h"].iloc[-1] / tf32["eval GPU-h"].iloc[-1]
     assert 1 < ratio < 495 / 67  # AutoAttack jobs at the TF32 peak; teacher-logit passes stay fp32
     assert strict["train GPU-h"].iloc[-1] == pytest.approx(tf32["train GPU-h"].iloc[-1])
+    # PyTorch's default (TF32 convolutions) is priced as TF32 until its own MFU is measured
+    default = budget.estimate(ltd_config.merge(paper_config, {"evaluation": {"precision": "pytorch_default"}}))
+    assert default["eval GPU-h"].iloc[-1] == pytest.approx(tf32["eval GPU-h"].iloc[-1])
+    measured = ltd_config.merge(paper_config, {"evaluation": {"precision": "pytorch_default"},
+                                               "budget": {"mfu": {"eval_pytorch_default": 0.7}}})
+    assert budget.estimate(measured)["eval GPU-h"].iloc[-1] < default["eval GPU-h"].iloc[-1]
+    line = next(t for t in budget.render(paper_config, jobs=False).splitlines() if "by evaluation.precision" in t)
+    assert "(configured: fp32): fp32 " in line and "pytorch_default" in line and "one job's rate" in line
+
+
+def test_jobs_per_gpu_use_the_measured_throughput(paper_config):
+    from ltd import budget
+    from ltd import config as ltd_config
+
+    one = budget.estimate(paper_config)["total GPU-h"].iloc[-1]
+    unmeasured = ltd_config.merge(paper_config, {"jobs_per_gpu": 2})
+    assert budget.estimate(unmeasured)["total GPU-h"].iloc[-1] == pytest.approx(one)  # k = 1 figures, said so
+    assert "2 job(s) per GPU, priced at one job's rate (not measured for this k)" in budget.render(unmeasured)
+    measured = ltd_config.merge(unmeasured, {"budget": {"jobs_per_gpu_throughput": [1.0, 1.25]}})
+    assert budget.estimate(measured)["total GPU-h"].iloc[-1] == pytest.approx(one / 1.25)
 
 
 def test_autoattack_plan_per_iteration_costs_are_the_counted_ones():

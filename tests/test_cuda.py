@@ -229,8 +229,8 @@ def test_autoattack_finds_exactly_the_known_answer_on_the_cpu(known_answer):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tf32", [False, True])
-def test_autoattack_on_cuda_equals_the_cpu(known_answer, tf32):
+@pytest.mark.parametrize("precision", ["fp32", "pytorch_default", "tf32"])
+def test_autoattack_on_cuda_equals_the_cpu(known_answer, precision):
     """"Equal" across devices: on this model every example lies at least 0.005 (in mean
     intensity) from the eps threshold, far beyond any rounding (below 1e-3 even in TF32),
     so the per-example flags after each attack must be identical on CPU and GPU, and equal
@@ -239,12 +239,12 @@ def test_autoattack_on_cuda_equals_the_cpu(known_answer, tf32):
     x, y, clean, robust = known_answer
     cpu_record, cpu_flags = _autoattack("cpu", x, y)
     device = _device("cuda")
-    runtime.allow_tf32(device, tf32)
+    runtime.allow_tf32(device, precision)
     try:
         record, flags = _autoattack(device, x, y)
     finally:
         runtime.allow_tf32(device, False)
-    assert record["precision"] == ("tf32" if tf32 else "fp32")
+    assert record["precision"] == precision
     for attack in cpu_flags:
         assert torch.equal(flags[attack], cpu_flags[attack]), attack
     assert torch.equal(flags["square"], robust)
@@ -446,3 +446,7 @@ def test_a_cpu_job_trains_in_fp32_and_records_it(demo_config, tmp_path):
                               device=torch.device("cpu"))
     assert metrics["schedule"]["precision"] == "bf16" and metrics["precision"] == "fp32"
     assert [h["precision"] for h in metrics["history"]] == ["fp32"]
+    # the monitors' precision is recorded (TF32 on a GPU; the CPU has none), and the
+    # reported clean accuracy is the fp32 pass (here the monitor's own)
+    assert [h["monitor_precision"] for h in metrics["history"]] == ["fp32"]
+    assert metrics["clean_accuracy"] == metrics["history"][-1]["test_accuracy"]

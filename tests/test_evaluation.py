@@ -15,14 +15,16 @@ import pytest
 import torch
 import yaml
 
-from ltd import autoattack, checkpoint, diagnostics, evaluate, robustbench
+from ltd import autoattack, checkpoint, checks, diagnostics, evaluate, experiments, robustbench
 from ltd import config as ltd_config
 from ltd.data import load_split
 from ltd.files import load_json
 from ltd.jobs.evaluate import evaluate_model
+from ltd.known_answer import MeanIntensityNet, known_answer_data
 from ltd.models import build_model, count_parameters
 
 from .conftest import ROOT
+from .graphs import Recorder
 
 DIGITS = {"source": "digits", "image_size": 8, "test_size": 397}
 EPS = 8 / 255
@@ -137,9 +139,21 @@ def test_precision_is_read_from_the_flags():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
         assert evaluate.numeric_precision("cuda") == "fp32"
         torch.backends.cudnn.allow_tf32 = True  # convolutions in TF32 (torch's default)
-        assert evaluate.numeric_precision("cuda") == "tf32"
+        assert evaluate.numeric_precision("cuda") == "pytorch_default"
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
+        assert evaluate.numeric_precision("cuda") == "tf32_matmul"
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
         assert evaluate.numeric_precision("cuda") == "tf32"
+        # every setting of evaluation.precision reads back as itself (flags only: no GPU needed)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+        for name in ("fp32", "pytorch_default", "tf32"):
+            with evaluate.fp32_precision("cuda", name) as ran:
+                assert ran == name == evaluate.numeric_precision("cuda")
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+            with evaluate.fp32_precision("cpu", name) as ran:  # the CPU has no TF32: says what ran
+                assert ran == "fp32"
+        with pytest.raises(ValueError, match="unknown precision 'tf16'"):
+            evaluate.fp32_precision("cuda", "tf16").__enter__()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
@@ -253,7 +267,7 @@ def tiny_config(eps=EPS, **diag):
     cfg["datasets"]["tiny"] = {"source": "digits", "image_size": 8, "test_size": 397,
                                "attack": {"default": {"eps": EPS, "step_size": 2 / 255, "steps": 2}},
                                "evaluation": {"eps": eps, "n_examples": 40, "pgd_step_size": eps / 4}}
-    cfg["evaluation"] = {"batch_size": 40, "pgd_steps": 5, "seed": 0,
+    cfg["evaluation"] = {"batch_size": 40, "pgd_steps": 5, "seed": 0, "precision": "fp32",
                          "autoattack": {"version": "custom", "attacks": ["apgd-ce"]},
                          "diagnostics": {**cfg["evaluation"]["diagnostics"], "square_queries": 100,
                                          "square_n_examples": 40, **diag}}
@@ -275,6 +289,8 @@ def test_constant_model_is_flagged(tmp_path):
     csv = (tmp_path / "evaluation_report.csv").read_text().splitlines()
     assert csv[0].startswith("Run,eps,n,Precision,Clean,PGD-5,AA,after APGD-CE,PGD − AA,Square alone")
     assert not list(tmp_path.glob("*state*"))  # state files are removed once the result is written
+    assert saved["precision"] == "fp32" and saved["precision_setting"] == "fp32"  # the CPU runs fp32 whatever asked
+    assert saved["layout"] == {"channels_last": False, "compiled": False}
 
 
 @pytest.mark.parametrize("eps", [8 / 255, 64 / 255], ids=["8/255", "64/255"])
@@ -449,3 +465,55 @@ def test_pgd_is_seeded_and_leaves_the_global_rng_alone(trained, test_split):
     assert evaluate.pgd_accuracy(trained, x, y, seed=0, **kw) == a
     others = {evaluate.pgd_accuracy(trained, x, y, seed=s, **kw) for s in range(1, 6)}
     assert len(others | {a}) > 1  # the seed does set the start (else the check above proves nothing)
+
+
+# ---- evaluation precision and layout ----
+
+def test_the_old_tf32_key_names_its_replacement(tmp_path):
+    overlay = tmp_path / "old.yaml"
+    overlay.write_text("evaluation: {tf32: true}\ndatasets: {cifar10: {evaluation: {tf32: false}}}\n")
+    with pytest.raises(checks.ConfigError) as e:
+        ltd_config.load(overlay)
+    assert "evaluation.tf32 is now evaluation.precision: write precision: tf32" in str(e.value)
+    assert "datasets.cifar10.evaluation.tf32 is now datasets.cifar10.evaluation.precision: write precision: fp32" \
+        in str(e.value)
+
+
+def test_precision_keeps_the_identity_of_finished_evaluations(paper_config):
+    """evaluation.precision replaced the boolean evaluation.tf32: fp32 and tf32 keep the
+    identity (the rule's params) the boolean gave, so finished evaluations do not rerun;
+    the speed switches are no part of it."""
+    ev = experiments.evaluation_identity(paper_config, "cifar10")["evaluation"]
+    assert ev["tf32"] is False and not {"precision", "channels_last", "compile"} & set(ev)
+    # exactly what the boolean's config gave (Snakemake compares params by repr: key order counts)
+    old = copy.deepcopy(paper_config)
+    old["evaluation"] = {("tf32" if k == "precision" else k): (False if k == "precision" else v)
+                         for k, v in old["evaluation"].items() if k not in ("channels_last", "compile")}
+    before = {"data": experiments.data_identity(old, "cifar10", "test"),
+              "evaluation": {k: v for k, v in experiments.evaluation(old, "cifar10").items() if k != "monitor"}}
+    assert repr(experiments.evaluation_identity(paper_config, "cifar10")) == repr(before)
+    for precision, expected in (("tf32", {"tf32": True}), ("pytorch_default", {"precision": "pytorch_default"})):
+        cfg = ltd_config.merge(paper_config, {"evaluation": {"precision": precision, "channels_last": True,
+                                                             "compile": True}})
+        ev = experiments.evaluation_identity(cfg, "cifar10")["evaluation"]
+        assert {k: ev[k] for k in expected} == expected and not {"channels_last", "compile"} & set(ev)
+
+
+def test_known_answer_flags_in_every_layout():
+    """channels_last and a compiled frozen model (evaluation.channels_last, .compile) find
+    exactly the known answer, as the reference layout does; the compiled model's backward
+    computes input gradients only. Compiled by AOTAutograd without code generation
+    (tests/test_compiled.py says why); APGD-CE alone finds every break on this model."""
+    eps = 8 / 255
+    x, y, clean, robust = known_answer_data(MeanIntensityNet(), 40, eps, image_size=16)
+    rec_graphs = Recorder()
+    for channels_last, compile in ((False, False), (True, False), (True, True)):
+        model = evaluate.evaluation_model(MeanIntensityNet(), channels_last=channels_last, compile=compile,
+                                          backend=rec_graphs.backend)
+        assert evaluate.layout(model) == {"channels_last": channels_last, "compiled": compile}
+        record, flags = autoattack.run_autoattack(model, x, y, eps=eps, version="custom", attacks=["apgd-ce"],
+                                                  batch_size=40, progress=False)
+        assert torch.equal(flags["apgd-ce"], robust), (channels_last, compile)
+        assert record["clean_accuracy"] == clean.sum().item() / len(y)
+    masks = rec_graphs.conv_backward_masks()
+    assert masks and all(not weight for _, weight, _ in masks)

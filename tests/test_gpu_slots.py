@@ -3,6 +3,7 @@
 Child processes are spawned, not forked: a fork after CUDA started (on a GPU machine,
 by an earlier test) would be unusable, and a spawned child starts as a job does."""
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -26,9 +27,9 @@ def _clean_env(monkeypatch):
     monkeypatch.delenv("LTD_GPU_SLOTS_HELD", raising=False)
 
 
-def _job(slots_dir, out_dir, i, n, barrier):
-    barrier.wait()  # all start together so that they contend for the 4 slots
-    with gpu_slots.acquire(n, slots_dir, gpus=GPUS, job=f"job{i}") as ids:
+def _job(slots_dir, out_dir, i, n, barrier, gpus=GPUS, per_gpu=1):
+    barrier.wait()  # all start together so that they contend for the slots
+    with gpu_slots.acquire(n, slots_dir, gpus=gpus, job=f"job{i}", per_gpu=per_gpu) as ids:
         start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
         cvd = os.environ["CUDA_VISIBLE_DEVICES"]
         time.sleep(random.Random(i).uniform(0.1, 0.4))
@@ -36,12 +37,13 @@ def _job(slots_dir, out_dir, i, n, barrier):
     Path(out_dir, f"{i}.json").write_text(json.dumps({"ids": ids, "cvd": cvd, "start": start, "end": end}))
 
 
-def test_concurrent_jobs_never_share_a_slot(tmp_path):
+def _run_jobs(tmp_path, sizes, gpus=GPUS, per_gpu=1) -> dict[str, list[tuple[float, float]]]:
+    """Jobs of ``sizes`` GPUs started together in processes; each GPU's holding spans."""
     out = tmp_path / "out"
     out.mkdir()
-    sizes = [1, 2, 1, 1, 2, 1, 1, 1]  # some 2-GPU jobs: all-or-nothing taking must not deadlock
     barrier = CTX.Barrier(len(sizes))
-    procs = [CTX.Process(target=_job, args=(tmp_path / "slots", out, i, n, barrier)) for i, n in enumerate(sizes)]
+    procs = [CTX.Process(target=_job, args=(tmp_path / "slots", out, i, n, barrier, gpus, per_gpu))
+             for i, n in enumerate(sizes)]
     for p in procs:
         p.start()
     for p in procs:
@@ -51,14 +53,60 @@ def test_concurrent_jobs_never_share_a_slot(tmp_path):
     records = [json.loads((out / f"{i}.json").read_text()) for i in range(len(sizes))]  # every job ran
     spans = {}
     for n, r in zip(sizes, records):
-        assert len(r["ids"]) == n and len(set(r["ids"])) == n
+        assert len(r["ids"]) == n and len(set(r["ids"])) == n  # a multi-GPU job: distinct GPUs
         assert r["cvd"] == ",".join(r["ids"])
         for gpu in r["ids"]:
             spans.setdefault(gpu, []).append((r["start"], r["end"]))
+    return spans
+
+
+def _most_at_once(held: list[tuple[float, float]]) -> int:
+    """The most spans that overlap at one moment (an end and a start at the same time do not)."""
+    events = sorted([(end, -1) for _, end in held] + [(start, 1) for start, _ in held])
+    now = most = 0
+    for _, delta in events:
+        now += delta
+        most = max(most, now)
+    return most
+
+
+def test_concurrent_jobs_never_share_a_slot(tmp_path):
+    sizes = [1, 2, 1, 1, 2, 1, 1, 1]  # some 2-GPU jobs: all-or-nothing taking must not deadlock
+    for gpu, held in _run_jobs(tmp_path, sizes).items():
+        assert _most_at_once(held) == 1, f"GPU {gpu} held by two jobs at once"
+
+
+def test_k_jobs_per_gpu_share_it_and_never_more(tmp_path):
+    sizes = [1, 2, 1, 1, 3, 1, 2, 1, 1]  # on 3 GPUs with 2 slots each; a 3-GPU job takes one slot on each
+    spans = _run_jobs(tmp_path, sizes, gpus=["0", "1", "2"], per_gpu=2)
     for gpu, held in spans.items():
-        held.sort()
-        for (_, end), (start, _) in zip(held, held[1:]):
-            assert end <= start, f"GPU {gpu} held by two jobs at once"
+        assert _most_at_once(held) <= 2, f"GPU {gpu} held by more than 2 jobs at once"
+
+
+def test_slots_per_gpu_in_one_process(tmp_path):
+    """flock(2) locks per open file: one process can hold several slots, as several jobs would."""
+    with contextlib.ExitStack() as stack:
+        first = [stack.enter_context(gpu_slots.acquire(1, tmp_path, gpus=["0", "1"], per_gpu=2)) for _ in range(2)]
+        assert first == [["0"], ["1"]]  # every GPU's first slot before any GPU's second: spread
+        assert stack.enter_context(gpu_slots.acquire(2, tmp_path, gpus=["0", "1"], per_gpu=2)) == ["0", "1"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu0.lock", "gpu0.slot1.lock", "gpu1.lock",
+                                                               "gpu1.slot1.lock"]
+        with pytest.raises(TimeoutError, match=r"2 jobs per GPU"):  # all four slots held
+            with gpu_slots.acquire(1, tmp_path, gpus=["0", "1"], per_gpu=2, timeout=0.2):
+                pass
+        with pytest.raises(TimeoutError):  # one slot per GPU (the default): both GPUs taken
+            with gpu_slots.acquire(1, tmp_path, gpus=["0", "1"], timeout=0.2):
+                pass
+    with gpu_slots.acquire(1, tmp_path, gpus=["0"], per_gpu=3) as a, \
+            gpu_slots.acquire(1, tmp_path, gpus=["0"], per_gpu=3) as b, \
+            gpu_slots.acquire(1, tmp_path, gpus=["0"], per_gpu=3) as c:
+        assert a == b == c == ["0"]
+        with pytest.raises(TimeoutError):
+            with gpu_slots.acquire(1, tmp_path, gpus=["0"], per_gpu=3, timeout=0.2):
+                pass
+    with pytest.raises(ValueError, match="jobs_per_gpu must be at least 1"):
+        with gpu_slots.acquire(1, tmp_path, gpus=["0"], per_gpu=0):
+            pass
 
 
 def _hold_forever(slots_dir, ready):
@@ -158,3 +206,32 @@ def test_runtime_setup_holds_for_the_process(tmp_path, monkeypatch):
         p.join(10)
     with gpu_slots.acquire(1, host_dir, gpus=["5"], timeout=1.0) as ids:  # the exit released it
         assert ids == ["5"]
+
+
+def test_the_plan_counts_gpus_as_slots_over_jobs_per_gpu(paper_config):
+    """With k jobs per GPU, --resources gpu=N counts slots: a training job's processes need
+    N // k distinct GPUs (the paper's ImageNet students run 4 processes)."""
+    from ltd import checks
+    from ltd import config as ltd_config
+
+    shared = ltd_config.merge(paper_config, {"jobs_per_gpu": 2})
+    checks.check(shared, gpus=8)  # 4 GPUs, 2 slots each
+    with pytest.raises(checks.ConfigError, match=r"processes = 4: .* --resources gpu / jobs_per_gpu = 6 / 2 = 3"):
+        checks.check(shared, gpus=6)
+
+
+def test_readme_command_for_jobs_per_gpu_plans(tmp_path):
+    """README's `snakemake all --cores all --resources gpu=8 --config jobs_per_gpu=2` (2 jobs on each
+    of 4 GPUs; the targets before --config, which takes every word after it) plans, dry."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "--cores", "all", "--resources", "gpu=8",
+                           "--config", "jobs_per_gpu=2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train_student" in proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
 device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
-                       job=snakemake.log[0])
+                       job=snakemake.log[0], jobs_per_gpu=snakemake.config.get("jobs_per_gpu", 1))
 out = Path(snakemake.output[0])
 evaluate.evaluate_run(snakemake.config, Run.parse("students", snakemake.wildcards.name), snakemake.input.model, out,
                       state_path=out.with_name(f"{out.stem}_state.json"), device=device,

@@ -5,6 +5,6 @@ from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
 device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
-                       job=snakemake.log[0])
+                       job=snakemake.log[0], jobs_per_gpu=snakemake.config.get("jobs_per_gpu", 1))
 temperature.teacher_logits(snakemake.config, Run.parse("teachers", snakemake.wildcards.name), snakemake.input.model,
                     snakemake.output[0], device)

@@ -10,7 +10,7 @@ from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
 device = runtime.setup(snakemake.config["device"], snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
-                       job=snakemake.log[0])
+                       job=snakemake.log[0], jobs_per_gpu=snakemake.config.get("jobs_per_gpu", 1))
 run = Run.parse(snakemake.params.role, snakemake.wildcards.name)
 sys.exit(train.train_job(snakemake.config, run, out_dir=Path(snakemake.output.model).parent,
                          soft_labels=snakemake.input.get("soft_labels"), teacher=snakemake.input.get("teacher"),

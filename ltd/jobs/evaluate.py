@@ -66,12 +66,14 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
         for f in stale:
             if f.exists() and f.stat().st_mtime < Path(model_path).stat().st_mtime:
                 f.unlink()  # left by an evaluation of an older model: never resume from it
-    model = model.to(device).eval()
-    runtime.allow_tf32(device, ev.get("tf32", False))  # recorded as the result's precision
+    model = evaluate.evaluation_model(model.to(device), channels_last=ev.get("channels_last", False),
+                                      compile=ev.get("compile", False))
+    runtime.allow_tf32(device, ev["precision"])  # recorded as the result's precision
     bs = ev["batch_size"]
     x, y = split_tensors(config, dataset, "test", device, bs, n=ev.get("n_examples"))
     result = {"run": name, "dataset": dataset, "n_examples": len(y), "eps": ev["eps"], "norm": "Linf",
-              "precision": evaluate.numeric_precision(device), **(extra or {}),
+              "precision": evaluate.numeric_precision(device), "precision_setting": ev["precision"],
+              "layout": evaluate.layout(model), **(extra or {}),
               **({"training": training} if training else {}),
               "clean_accuracy": evaluate.clean_accuracy(model, x, y, bs)}
     t0 = time.time()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, distributed, evaluate, experiments, methods, runtime
+from .. import checkpoint, compiled, data, distributed, evaluate, experiments, methods, runtime
 from ..experiments import Run
 from ..files import save_json
 from ..models import count_parameters
@@ -54,6 +54,8 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
         q = checkpoint.load(soft_labels, map_location=device)
     attack = experiments.attack(config, run.dataset, run.method) if method.attack else None
     step = methods.build_step(run.method, beta=run.beta, attack=attack, awp=config["awp"] if method.awp else None)
+    if sched.get("compile_attack"):  # a speed switch: the attack's forwards compiled, no weight gradients
+        step.compiled_attack = compiled.AttackForward()
     loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed,
                                     rank=distributed.rank(), world_size=distributed.world_size())
     if on_the_fly:
@@ -72,13 +74,18 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     if monitor_n:
         x_mon, y_mon = tensors(data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"], n=monitor_n))
 
+    def test_accuracy(m: torch.nn.Module) -> float:
+        return evaluate.clean_accuracy_batches(m, data.eval_batches(ds, data_dir, "test", device,
+                                                                    sched["eval_batch_size"]))
+
     def eval_clean(m: torch.nn.Module) -> dict:
-        record = {"test_accuracy": evaluate.clean_accuracy_batches(
-            m, data.eval_batches(ds, data_dir, "test", device, sched["eval_batch_size"]))}
-        if monitor_n:
-            record["test_pgd_accuracy"] = evaluate.pgd_accuracy(
-                m, x_mon, y_mon, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["monitor"]["pgd_steps"],
-                batch_size=sched["eval_batch_size"], seed=ev["seed"])  # seeded apart: training's RNG untouched
+        # the curves only: TF32 on a GPU (recorded); the reported clean accuracy is fp32, below
+        with evaluate.fp32_precision(device, "tf32") as monitor_precision:
+            record = {"test_accuracy": test_accuracy(m), "monitor_precision": monitor_precision}
+            if monitor_n:
+                record["test_pgd_accuracy"] = evaluate.pgd_accuracy(
+                    m, x_mon, y_mon, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["monitor"]["pgd_steps"],
+                    batch_size=sched["eval_batch_size"], seed=ev["seed"])  # seeded apart: training's RNG untouched
         return record
 
     t0 = time.time()
@@ -97,7 +104,9 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
     metrics = {
         "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
         "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
-        "clean_accuracy": history[-1]["test_accuracy"], "epochs": len(history),
+        # fp32 (the T_max search reads it); the history's curves may be TF32 (monitor_precision)
+        "clean_accuracy": test_accuracy(model) if history[-1].get("monitor_precision") != "fp32" else
+        history[-1]["test_accuracy"], "epochs": len(history),
         "schedule": sched, "attack": attack, "awp": identity.get("awp"), "soft_labels": run.labels,
         "precision": precision, "best": best_epoch(history) if run.role == "students" else None,
         "processes": distributed.world_size(),
