@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from . import experiments as ex
 from . import methods
 from .archs import check_arch
-from .sources import DIGITS_POOL, DIGITS_TEST_SIZE, SIZES
+from .sources import DIGITS_POOL, DIGITS_TEST_SIZE, SIZES, folder_problem
 
 
 class ConfigError(ValueError):
@@ -108,6 +108,7 @@ def check(config: dict, gpus: int | None = None) -> None:
                 except ValueError as e:
                     problems.append(f"stand_ins.archs.{old}: {e}")
 
+    in_use = ex.datasets_in_use(config)  # an unused data set (quick.yaml's ImageNet) runs no job
     for name, ds in datasets.items():
         pool = _train_pool(ds)
         if pool is not None and ds.get("val_size", 0) >= pool:
@@ -115,7 +116,7 @@ def check(config: dict, gpus: int | None = None) -> None:
                             f"write a smaller number")
         n = ex.processes(config, name)
         per_node = config.get("gpus_per_node")
-        if config["device"] != "cpu":
+        if config["device"] != "cpu" and name in in_use:
             for limit, what in ((gpus, "--resources gpu"), (per_node, "gpus_per_node")):
                 if limit is not None and n > limit:
                     problems.append(f"datasets.{name}.processes = {n}: a training job holds one GPU per process, "
@@ -126,8 +127,12 @@ def check(config: dict, gpus: int | None = None) -> None:
             problems.append(f"datasets.{name}: batch_size {sched['batch_size']} < processes {n}; each process needs "
                             "a slice of every batch")
 
+    # image files a data set in use reads (a cifarfolder: its folder or its archive)
+    problems += [p for p in (folder_problem(name, datasets[name]) for name in in_use) if p]
+
     awp_datasets: set[str] = set()
-    for table, spec in config["tables"].items():
+    for table in ex.table_names(config):  # a table set to null (an overlay leaves it out) has none
+        spec = config["tables"][table]
         where = f"tables.{table}"
         dataset = ex.stand_in(config, "datasets", spec["dataset"])
         if dataset not in datasets:
