@@ -126,7 +126,6 @@ def slice_config(args: argparse.Namespace, archive: Path) -> dict:
     }
     if args.dry:
         ds.update({"test_size": 64, "attack": {"trades": {"steps": 2}}})
-        ds["evaluation"].update({"tf32": False})
         over.update({"threads": 2, "stand_ins": {"archs": {"wrn-34-10": "wrn-10-1"}},
                      "train": {"batch_size": 32, "eval_batch_size": 64},
                      "evaluation": {"batch_size": 16, "pgd_steps": 2, "monitor": {"n_examples": 16, "pgd_steps": 2},

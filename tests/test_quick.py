@@ -172,3 +172,16 @@ def test_quick_reduced_runs_table4_on_real_cifar10(workdir, cifar10_jpeg):
     proc = plan(workdir, "-n", "table4", overlays=[*OVERLAYS, other])
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["prepare_data"] == 1 and counts["train_teacher"] == 1 and counts["train_student"] == 3
+
+
+def test_the_source_is_part_of_every_result_identity():
+    """Switching CIFAR-10 between torchvision's and the JPEG files (or another archive, or
+    another class order) changes the identity of every split, hence every job's params."""
+    tv, jpeg = ltd_config.load(QUICK, validate=False), ltd_config.load(QUICK, JPEG, validate=False)
+    for split in ("train", "val", "test"):
+        a, b = ex.data_identity(tv, "cifar10", split), ex.data_identity(jpeg, "cifar10", split)
+        assert a != b and b["archive_sha256"] == jpeg["datasets"]["cifar10"]["archive_sha256"]
+        other = ltd_config.merge(jpeg, {"datasets": {"cifar10": {"classes": CIFAR10_CLASSES[::-1]}}})
+        assert ex.data_identity(other, "cifar10", split) != b
+    assert ex.source_identity(jpeg, "cifar10") == {k: jpeg["datasets"]["cifar10"][k] for k in (
+        "source", "path", "archive", "archive_sha256")}
