@@ -128,6 +128,10 @@ def folder_problem(name: str, cfg: dict) -> str | None:
         return (f"datasets.{name}.archive = {archive!r}: no such file (relative paths start at the working "
                 "directory, the repository root); fix the path, or remove `archive` and unpack the images "
                 f"into datasets.{name}.path yourself")
+    if archive and Path(path).exists() and not (Path(path) / UNPACKED_MARK).is_file():
+        return (f"datasets.{name}.path = {path!r} holds files that were not unpacked from datasets.{name}.archive; "
+                "prepare_data never overwrites them: remove `archive` to read the folder as it is, or move the "
+                "folder away")
     if not archive and not folder_present(cfg):
         return (f"datasets.{name}.path = {path!r}: no train/ and test/ folders there (a {FOLDER} source reads "
                 f"{path}/train/<class>/* and {path}/test/<class>/*); unpack the images there, or give "
@@ -144,7 +148,7 @@ def folder_sizes(cfg: dict) -> dict[str, int]:
     if cfg.get("archive") and Path(cfg["archive"]).is_file():
         listing = _archive_listing(str(cfg["archive"]), *_stamp(cfg["archive"]))
         return {**listing, "classes": len(cfg["classes"]) if cfg.get("classes") else listing["classes"]}
-    raise FileNotFoundError(folder_problem("?", cfg) or f"{cfg['path']}: no images")
+    raise FileNotFoundError(f"{cfg['path']}: no train/ and test/ folders, and no archive to count the images in")
 
 
 def sizes(cfg: dict) -> dict[str, int]:

@@ -353,7 +353,9 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
     other = _tar(root, tmp_path / "b.tar.gz")
     data.unpack_archive({**cfg, "archive": str(other)})
     assert data.num_classes(cfg, "") == 2
-    # a folder it did not unpack is never overwritten
+    # a folder it did not unpack is never overwritten (and the plan says so first)
+    assert "holds files that were not unpacked from datasets.mine.archive" in sources.folder_problem(
+        "mine", _fcfg(root, archive=str(other)))
     with pytest.raises(FileExistsError, match="was not unpacked from an archive by this workflow"):
         data.unpack_archive(_fcfg(root, archive=str(other)))
     # nothing outside the folder: a link or a '..' name stops it, and nothing is left
