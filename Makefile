@@ -53,3 +53,15 @@ GPU_CHECK_OUT ?= results/gpu_check
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check:
 	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+## The quick reproduction (config/quick.yaml; README, "The quick reproduction"): Table IV's
+## shape on real CIFAR-10 on one GPU, PreAct ResNet-18 for 30 epochs, before the full run.
+## Prints its budget (`snakemake budget`), then runs it. Offline (no download of CIFAR-10):
+##   make quick QUICK_OVERLAYS=config/cifar10_jpeg.yaml
+.PHONY: quick
+QUICK_OVERLAYS ?=
+QUICK_GPUS ?= 1
+quick: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) budget --forcerun budget --cores 1 --configfile config/quick.yaml $(QUICK_OVERLAYS)
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all --cores $(CORES) --resources gpu=$(QUICK_GPUS) --configfile config/quick.yaml $(QUICK_OVERLAYS)
+	@echo "Table: results/quick/tables/table4.md   Figures: results/quick/figures/   Evaluations: results/quick/tables/evaluation_report.md"

@@ -37,12 +37,12 @@ from typing import Any
 from . import experiments as ex
 from . import methods
 from .experiments import Run
-from .sources import DIGITS_CLASSES, DIGITS_POOL, DIGITS_TEST_SIZE, SIZES
+from .sources import DIGITS_CLASSES, DIGITS_POOL, DIGITS_TEST_SIZE, FOLDER, sizes
 
 # How many test images AutoAttack keeps attacking depends on the model: assumed
 # (clean accuracy, robust accuracy), roughly the paper's and RobustBench's figures.
 ASSUMED_ACCURACY = {"cifar10": (0.85, 0.57), "cifar100": (0.64, 0.31), "imagefolder": (0.65, 0.40),
-                    "digits": (0.95, 0.60)}
+                    "digits": (0.95, 0.60), FOLDER: (0.85, 0.57)}  # a folder of images: CIFAR-10's, unknown
 
 
 # ---- data sets ------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def train_images(config: dict, dataset: str) -> int:
     if src_cfg["source"] == "digits":
         pool = DIGITS_POOL - src_cfg.get("test_size", DIGITS_TEST_SIZE)
     else:
-        pool = SIZES[src_cfg["source"]]["train"]
+        pool = sizes(src_cfg)["train"]
     n = pool - cfg.get("val_size", 0)
     return min(n, cfg["train_size"]) if cfg.get("train_size") else n
 
@@ -71,7 +71,7 @@ def test_images(config: dict, dataset: str) -> int:
     if src_cfg["source"] == "digits":
         n = src_cfg.get("test_size", DIGITS_TEST_SIZE)
         return n if cfg["source"] == "digits" else min(n, cfg.get("test_size") or n)
-    n = SIZES[src_cfg["source"]]["test"]
+    n = sizes(src_cfg)["test"]
     return min(n, cfg.get("test_size") or n)
 
 
@@ -81,8 +81,8 @@ def image_size(config: dict, dataset: str) -> int:
 
 
 def num_classes(config: dict, dataset: str) -> int:
-    src = _source_cfg(config, dataset)["source"]
-    return DIGITS_CLASSES if src == "digits" else SIZES[src]["classes"]
+    src_cfg = _source_cfg(config, dataset)
+    return DIGITS_CLASSES if src_cfg["source"] == "digits" else sizes(src_cfg)["classes"]
 
 
 def assumed_accuracy(config: dict, dataset: str) -> tuple[float, float]:

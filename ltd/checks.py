@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 from . import experiments as ex
 from . import methods
 from .archs import check_arch
-from .sources import DIGITS_POOL, DIGITS_TEST_SIZE, SIZES
+from .sources import DIGITS_POOL, DIGITS_TEST_SIZE, SIZES, folder_problem
 
 
 class ConfigError(ValueError):
@@ -121,7 +121,7 @@ class Scope:
 def _tables_scope(config: dict, tables: Iterable[str], run: bool = True) -> Scope:
     """Tables planned and (``run``) made; not made (the budget prices them), they need
     neither GPUs nor data."""
-    tables = frozenset(t for t in tables if t in config["tables"])
+    tables = frozenset(t for t in tables if t in ex.table_names(config))  # null: left out
     used = frozenset(ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) for t in tables)
     return Scope(tables, used, used, frozenset(), True) if run else Scope(tables, files=False)
 
@@ -139,7 +139,8 @@ def everything(config: dict) -> Scope:
 
 def _dataset_scope(config: dict, dataset: str, train: bool = True) -> Scope:
     """A run's or a data set's own target: the tables on that data set are the ones it serves."""
-    tables = [t for t in config["tables"] if ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) == dataset]
+    tables = [t for t in ex.table_names(config)
+              if ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) == dataset]
     return Scope(frozenset(tables), frozenset([dataset]) if train else frozenset(), frozenset([dataset]))
 
 
@@ -273,10 +274,13 @@ def missing_checkpoint(name: str, path: str | Path, dataset_source: str | None =
 
 def _files(config: dict, scope: Scope) -> list[str]:
     """Files the jobs of ``scope`` read that no rule makes: ImageFolder trees (unless built
-    from another source, as the demo's) and published checkpoints."""
+    from another source, as the demo's), a cifarfolder's folder or archive, and published
+    checkpoints."""
     problems = []
     for name in sorted(scope.data):
         ds = config["datasets"].get(name)
+        if ds and folder_problem(name, ds):
+            problems.append(folder_problem(name, ds))
         if not ds or ds["source"] != "imagefolder" or ds.get("build_from"):
             continue
         root = Path(ds["path"])
@@ -346,9 +350,10 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
 
     awp_datasets: set[str] = set()
     roles: dict[str, set[str]] = {}  # data set -> the roles trained on it (their schedules are checked)
-    for table, spec in config["tables"].items():
+    for table in ex.table_names(config):  # a table set to null (an overlay leaves it out) has none
         if table not in scope.tables:
             continue
+        spec = config["tables"][table]
         where = f"tables.{table}"
         dataset = ex.stand_in(config, "datasets", spec["dataset"])
         if dataset not in datasets:

@@ -16,12 +16,24 @@ SCHEMA = ROOT / "config" / "schema.yaml"
 
 def merge(base: dict, update: dict) -> dict:
     """``base`` updated key by key with ``update`` (a new dict): Snakemake's own
-    ``update_config``, as ``--configfile`` layers files."""
-    from snakemake.utils import update_config
-
+    ``update_config``, as ``--configfile`` layers files. Where Snakemake is not installed
+    (a bare GPU machine running benchmarks/quick_gpu.py) the same rule by hand: a mapping
+    updates a mapping key by key, anything else replaces (tests/test_quick_gpu.py checks
+    both agree)."""
     out = copy.deepcopy(base)
+    try:
+        from snakemake.utils import update_config
+    except ImportError:
+        return _update(out, update)
     update_config(out, update)
     return out
+
+
+def _update(config: Any, update: dict) -> dict:
+    config = config if isinstance(config, dict) else {}
+    for key, value in update.items():
+        config[key] = _update(config.get(key, {}), value) if isinstance(value, dict) else copy.deepcopy(value)
+    return config
 
 
 def load(*overlays: str | Path, validate: bool = True, gpus: int | None = None) -> dict[str, Any]:

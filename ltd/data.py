@@ -7,6 +7,13 @@ The dataset config section names its kind with ``source``:
 * ``digits``: the offline demo, scikit-learn's ``load_digits`` (1,797 real 8x8
   handwritten digits that ship inside the installed package), upsampled and repeated to
   3 channels so that the CIFAR code path (models, crop+flip, attacks) is the one exercised.
+* ``cifarfolder``: any small-image data set kept as image files, in CIFAR's recipe:
+  ``path`` holds ``train/<class>/*`` and ``test/<class>/*`` (JPEG, PNG, ...), all of one
+  size, decoded once into memory as stored (no resize; RGB) and then handled exactly as
+  torchvision's CIFAR (crop with ``crop_padding`` + flip on the device, [0, 1] inputs).
+  Labels follow ``classes`` if given, else the sorted folder names (for CIFAR-10's
+  folders airplane ... truck that is CIFAR-10's own order). ``prepare_data`` unpacks
+  ``archive`` (a .tar.gz, checked against ``archive_sha256``) into ``path`` first.
 * ``imagefolder``: ``path`` (as any workflow path: relative to the working directory) holds
   ``train/<class>/*`` and ``val/<class>/*`` in torchvision's ImageFolder layout.
   Training: RandomResizedCrop(image_size) + flip; evaluation: Resize(image_size*256/224)
@@ -22,22 +29,25 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import shutil
+import tarfile
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sources import DIGITS_CLASSES, DIGITS_TEST_SIZE, LOADER_WORKERS, SIZES
+from . import sources
+from .sources import DIGITS_CLASSES, DIGITS_TEST_SIZE, FOLDER, LOADER_WORKERS, SIZES
 
 NUM_CLASSES = {"cifar10": SIZES["cifar10"]["classes"], "cifar100": SIZES["cifar100"]["classes"],
-               "digits": DIGITS_CLASSES}  # in-memory sources
-SOURCES = (*NUM_CLASSES, "imagefolder")
+               "digits": DIGITS_CLASSES}  # in-memory sources of a fixed size
+SOURCES = (*NUM_CLASSES, FOLDER, "imagefolder")
 SPLIT_SEED = 0  # fixed: the train/val(/test for digits) split never depends on the run seed
 RESIZE_RATIO = 256 / 224  # evaluation resizes to image_size * 256/224, then center-crops
 
@@ -162,10 +172,59 @@ def load_split(cfg: dict, data_dir: str, split: str) -> Split:
     if src == "digits":
         x, y = _digits(cfg.get("image_size", 32))
         idx = _indices(cfg, split, len(y), carve_test=True)
+    elif src == FOLDER:
+        files, labels, idx = _folder_split(cfg, split)
+        x = _decode(files, cfg.get("image_size"))
+        return Split(x.float().div_(255), torch.tensor(labels, dtype=torch.int64), idx)
     else:
         x, y = _cifar(src, data_dir, train=split != "test")
         idx = _indices(cfg, split, len(y), carve_test=False)
     return Split(x[idx], y[idx], idx)
+
+
+def _folder_split(cfg: dict, split: str) -> tuple[list[str], list[int], np.ndarray]:
+    """A cifarfolder split's files, labels and positions in its folder's listing. test/
+    is listed class by class, so its test split is a fixed permutation: the first
+    ``n_examples`` an evaluation takes cover every class, as in CIFAR's own test set."""
+    files, labels = sources.folder_files(cfg, "test" if split == "test" else "train")
+    idx = _indices(cfg, split, len(files), carve_test=False, shuffle_test=True)
+    return [files[i] for i in idx], [labels[i] for i in idx], idx
+
+
+def _decode_one(path: str) -> torch.Tensor:
+    """One image file as uint8 3 x H x W, RGB (a grey or palette image is converted)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _decode(files: list[str], size: int | None) -> torch.Tensor:
+    """Image files as one uint8 tensor N x 3 x H x W, as stored (never resized): every
+    image must have the first one's size (and ``size``, if the config gives one).
+    Decoded by PIL in a few threads (its decoders release the GIL), in file order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not files:
+        return torch.empty(0, 3, size or 32, size or 32, dtype=torch.uint8)
+    first = _decode_one(files[0])
+    h, w = first.shape[1:]
+    if size is not None and (h, w) != (size, size):
+        raise ValueError(f"{files[0]}: {w}x{h} pixels, but image_size is {size}; a {FOLDER} source is never "
+                         "resized: remove image_size or give the size the images have")
+    out = torch.empty(len(files), 3, h, w, dtype=torch.uint8)
+
+    def chunk(start: int) -> None:
+        for i in range(start, min(start + 1024, len(files))):
+            img = _decode_one(files[i])
+            if img.shape != first.shape:
+                raise ValueError(f"{files[i]}: {img.shape[2]}x{img.shape[1]} pixels, but {files[0]} has {w}x{h}; "
+                                 f"a {FOLDER} source needs images of one size (it never resizes)")
+            out[i] = img
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(chunk, range(0, len(files), 1024)))  # list(): re-raises a chunk's error
+    return out
 
 
 # --- ImageFolder ------------------------------------------------------------------------
@@ -208,6 +267,8 @@ def file_split(cfg: dict, data_dir: str, split: str) -> FileSplit:
 def num_classes(cfg: dict, data_dir: str) -> int:
     """From the table for in-memory sources, from train/'s class folders for imagefolder."""
     src = _source(cfg)
+    if src == FOLDER:
+        return len(sources.folder_classes(cfg))
     if src != "imagefolder":
         return NUM_CLASSES[src]
     from torchvision.datasets.folder import find_classes
@@ -473,9 +534,35 @@ def describe_source(cfg: dict, data_dir: str) -> dict:
         out["path"] = root
     elif src == "digits":
         out["pool"] = {"images": len(_digits(8)[1])}
+    elif src == FOLDER:
+        out.update(_folder_facts(cfg))
+        for sub in sources.FOLDER_SPLITS:
+            files, _ = sources.folder_files(cfg, sub)
+            formats: dict[str, int] = {}
+            for f in files:
+                formats[Path(f).suffix.lower()] = formats.get(Path(f).suffix.lower(), 0) + 1
+            out[sub] = {"images": len(files), "formats": formats,
+                        "files_sha256": _names_sha256(files, Path(cfg["path"]) / sub)}
     else:
         out.update({split: {"images": len(_cifar(src, data_dir, train=split == "train")[1])}
                     for split in ("train", "test")})
+    return out
+
+
+def _names_sha256(files, folder) -> str:
+    """A fingerprint of the files' names (class/file), wherever the folder lies."""
+    return hashlib.sha256("\n".join(os.path.relpath(f, folder) for f in files).encode()).hexdigest()
+
+
+def _folder_facts(cfg: dict) -> dict:
+    """Where a cifarfolder's images come from, for every result's provenance."""
+    files = [f for s in sources.FOLDER_SPLITS for f in sources.folder_files(cfg, s)[0]]
+    out = {"path": str(cfg["path"]), "classes": sources.folder_classes(cfg),
+           "lossy": any(f.lower().endswith(sources.LOSSY_SUFFIXES) for f in files),
+           "note": sources.describe_note(cfg)}
+    mark = Path(cfg["path"]) / sources.UNPACKED_MARK
+    if mark.is_file():  # what prepare_data unpacked here (the archive's own sha256)
+        out["archive"] = json.loads(mark.read_text())
     return out
 
 
@@ -490,6 +577,10 @@ def describe(cfg: dict, data_dir: str, splits: tuple[str, ...] = ("train", "val"
             rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free
             s_ix, n, shape = fs.indices, len(fs), [3, cfg["image_size"], cfg["image_size"]]
             extra = {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
+        elif src == FOLDER:  # from the file list and one decoded image
+            files, _, s_ix = _folder_split(cfg, split)
+            n, shape = len(files), list(_decode(files[:1], cfg.get("image_size")).shape[1:])
+            extra = {"files_sha256": _names_sha256(files, Path(cfg["path"]) / ("test" if split == "test" else "train"))}
         else:
             s = load_split(cfg, data_dir, split)
             s_ix, n, shape, extra = s.indices, len(s), list(s.x.shape[1:]), {}
@@ -501,7 +592,73 @@ def describe(cfg: dict, data_dir: str, splits: tuple[str, ...] = ("train", "val"
         }
     if src == "imagefolder":
         out["path"] = str(_root(cfg, data_dir))
+    if src == FOLDER:
+        out.update(_folder_facts(cfg))
     return out
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """The archive's regular files into ``dest``. By hand rather than tarfile's
+    ``extractall(filter="data")``, which took 2-3x as long on CIFAR-10's 60,000 small
+    files (its per-member path resolution): the same safety, by accepting only regular
+    files and folders whose names are relative and have no '..' (no links, no devices)."""
+    made: set[Path] = set()
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            parts = PurePosixPath(m.name).parts
+            if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                raise ValueError(f"{archive}: member {m.name!r} is not a plain file or folder inside the archive")
+            if m.isdir():
+                continue
+            folder = dest.joinpath(*parts[:-1])
+            if folder not in made:
+                folder.mkdir(parents=True, exist_ok=True)
+                made.add(folder)
+            with tar.extractfile(m) as src, open(folder / parts[-1], "wb") as out:
+                shutil.copyfileobj(src, out)
+
+
+def unpack_archive(cfg: dict) -> dict:
+    """Unpack a cifarfolder's ``archive`` (.tar.gz, .tar, ...) into its ``path``, once.
+
+    The archive is checked against ``archive_sha256`` when the config gives one. It is
+    extracted into a temporary sibling of ``path`` (``_extract``), its train/ and test/ (at its top, or
+    under its one top folder) are renamed into place, and the folder is marked with the
+    archive's name and sha256. A ``path`` unpacked from the same archive is kept; one
+    unpacked from another archive is replaced; a folder this did not unpack is left
+    alone (an error: it is not the archive's). Returns the mark's contents.
+    """
+    archive, root = Path(cfg["archive"]), Path(cfg["path"])
+    digest = sources.sha256_file(archive)
+    want = cfg.get("archive_sha256")
+    if want and digest != want.lower():
+        raise ValueError(f"{archive}: sha256 {digest}, but archive_sha256 says {want}: not the archive the config "
+                         "names (a truncated copy, or another file); fix the file or the checksum")
+    record = {"archive": str(archive), "sha256": digest}
+    mark = root / sources.UNPACKED_MARK
+    if root.exists():
+        if not mark.is_file():
+            raise FileExistsError(f"{root} exists but was not unpacked from an archive by this workflow: remove "
+                                  f"`archive` to read the folder as it is, or move it away to unpack {archive} there")
+        if json.loads(mark.read_text()).get("sha256") == digest:
+            return record
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        _extract(archive, tmp)
+        top = tmp
+        if not all((top / s).is_dir() for s in sources.FOLDER_SPLITS):
+            dirs = [d for d in tmp.iterdir() if d.is_dir()]
+            if len(dirs) != 1 or not all((dirs[0] / s).is_dir() for s in sources.FOLDER_SPLITS):
+                raise ValueError(f"{archive}: no train/ and test/ folders at its top or under its one top folder")
+            top = dirs[0]
+        (top / sources.UNPACKED_MARK).write_text(json.dumps(record))
+        if root.exists():
+            shutil.rmtree(root)
+        top.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
 
 
 def write_image_folder(cfg: dict, data_dir: str, root: str | Path) -> Path:

@@ -165,17 +165,20 @@ SPEED_KEYS = ("channels_last", "compile", "compile_attack", "eval_batch_size")
 NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks")
 # The keys of a data set's section that define its images, per split. digits carves its
 # test set out of one pool, so there test_size changes the training images too.
+# A data set's source (what prepare_data fetches, builds or unpacks): a cifarfolder's
+# `archive` and its checksum, and the label order `classes`, define its images too.
+_SOURCE_KEYS = ("source", "path", "build_from", "archive", "archive_sha256", "classes")
 _SPLIT_KEYS = {
-    "train": ("source", "path", "build_from", "image_size", "val_size", "train_size", "crop_padding", "crop_scale"),
-    "val": ("source", "path", "build_from", "image_size", "val_size"),
-    "test": ("source", "path", "build_from", "image_size", "test_size"),
+    "train": (*_SOURCE_KEYS, "image_size", "val_size", "train_size", "crop_padding", "crop_scale"),
+    "val": (*_SOURCE_KEYS, "image_size", "val_size"),
+    "test": (*_SOURCE_KEYS, "image_size", "test_size"),
 }
 
 
 def source_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """What defines a data set's source (what prepare_data fetches or builds)."""
+    """What defines a data set's source (what prepare_data fetches, builds or unpacks)."""
     cfg = dataset_cfg(config, dataset)
-    return {k: cfg[k] for k in ("source", "path", "build_from") if k in cfg}
+    return {k: cfg[k] for k in _SOURCE_KEYS if k in cfg}
 
 
 def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
@@ -357,7 +360,9 @@ class Entry:
 
 
 def table_names(config: dict[str, Any]) -> list[str]:
-    return list(config["tables"])
+    """The config's tables; one set to null is left out (an overlay removes a table so:
+    config/quick.yaml keeps only Table IV)."""
+    return [t for t, spec in config["tables"].items() if spec is not None]
 
 
 def _as_list(v: Any) -> list:
@@ -367,8 +372,8 @@ def _as_list(v: Any) -> list:
 def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
     """Rows of a table in config order; a list of temperatures or betas expands to one row
     per value. Labels name what varies within the table (architecture, T, beta)."""
-    if table not in config["tables"]:
-        raise KeyError(f"tables.{table}: no such table; the config defines {', '.join(config['tables'])}")
+    if not config["tables"].get(table):
+        raise KeyError(f"tables.{table}: no such table; the config defines {', '.join(table_names(config))}")
     spec = config["tables"][table]
     runs_on = table_dataset(config, table)
     default_mode = soft_label_mode(config, runs_on)

@@ -1,7 +1,20 @@
 """What each data source is, in numbers: images per split and classes. Torch-free, for
-the budget; ``ltd.data`` reads the images themselves."""
+the budget and the config checks; ``ltd.data`` reads the images themselves.
+
+Besides the fixed sources (torchvision's CIFAR, ImageNet's ImageFolder tree, the demo's
+digits) a ``cifarfolder`` source reads any small-image data set kept as image files in
+CIFAR's recipe: ``<path>/train/<class>/*`` and ``<path>/test/<class>/*``, decoded once
+into memory as stored (no resize). Its numbers come from listing the folder, or, before
+``prepare_data`` unpacked it, from listing its ``archive``.
+"""
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tarfile
+from pathlib import Path
 
 # train / test images as the source ships them, and classes. ImageNet-1k (an ImageFolder
 # tree; the number of classes is read from its train/ folder by ltd.data).
@@ -16,3 +29,155 @@ DIGITS_POOL, DIGITS_TEST_SIZE, DIGITS_CLASSES = 1_797, 397, 10
 # DataLoader processes per training process for image files (a data set's `workers`
 # overrides it); ltd.data decodes with them, the Slurm resources count them.
 LOADER_WORKERS = 8
+
+# ---- cifarfolder: a CIFAR-style tree of image files ------------------------------------
+
+FOLDER = "cifarfolder"
+FOLDER_SPLITS = ("train", "test")  # the sub-folders: "train" serves the train and val splits
+# torchvision's IMG_EXTENSIONS (torchvision.datasets.folder), here without importing torch
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # lossy encodings: pixels differ from the originals
+UNPACKED_MARK = ".unpacked_from.json"  # prepare_data writes it into a folder it unpacked
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns
+
+
+def folder_classes(cfg: dict) -> list[str]:
+    """The class folders in label order: ``classes`` if the config lists them (checked
+    against train/'s folders), else train/'s folder names sorted (CIFAR-10's archive:
+    airplane ... truck, which is CIFAR-10's own label order)."""
+    root = Path(cfg["path"]) / "train"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (a {FOLDER} source holds train/<class>/ and test/<class>/)")
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    classes = list(cfg.get("classes") or found)
+    if sorted(classes) != found:
+        raise ValueError(f"classes of {root}: the config lists {classes}, the folder holds {found}; "
+                         "list every class folder once, in label order")
+    return classes
+
+
+def folder_files(cfg: dict, sub: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Image files of ``<path>/<sub>`` (train or test) and their labels, by class in label
+    order, then by file name (the order torchvision's ImageFolder lists them in)."""
+    root = Path(cfg["path"]) / sub
+    classes = tuple(folder_classes(cfg))
+    # cached: listing 60,000 files takes a while; the key holds the folders' inodes and
+    # mtimes (a file added to or removed from a class folder changes that folder's)
+    stamps = [_stamp(d) for d in (root, *(root / c for c in classes)) if d.is_dir()]
+    return _folder_files(str(root), classes, tuple(stamps))
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_files(root: str, classes: tuple[str, ...], _stamps) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    files: list[str] = []
+    labels: list[int] = []
+    extra = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name not in classes)
+    if extra:
+        raise ValueError(f"{root}: class folders {extra} are not among train/'s classes {list(classes)}")
+    for label, c in enumerate(classes):
+        d = os.path.join(root, c)
+        if not os.path.isdir(d):
+            continue  # a class without test images
+        names = sorted(n for n in os.listdir(d) if n.lower().endswith(IMAGE_SUFFIXES))
+        files += [os.path.join(d, n) for n in names]
+        labels += [label] * len(names)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}/<class>/")
+    return tuple(files), tuple(labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _archive_listing(archive: str, *_stamp) -> dict:
+    """Images per split and the class folders, from an archive's member names."""
+    counts = {s: 0 for s in FOLDER_SPLITS}
+    classes: set[str] = set()
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            parts = m.name.lstrip("./").split("/")
+            if m.isfile() and len(parts) >= 3 and parts[-3] in counts and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+                counts[parts[-3]] += 1
+                if parts[-3] == "train":
+                    classes.add(parts[-2])
+    return {**counts, "classes": len(classes)}
+
+
+def folder_present(cfg: dict) -> bool:
+    """Whether the tree is unpacked: ``path`` has train/ and test/."""
+    return all((Path(cfg["path"]) / s).is_dir() for s in FOLDER_SPLITS)
+
+
+def folder_problem(name: str, cfg: dict) -> str | None:
+    """What stops a ``cifarfolder`` data set before any job (for ltd.checks): no tree at
+    ``path`` and no ``archive`` to unpack there. None when it can run."""
+    if cfg.get("source") != FOLDER:
+        return None
+    path, archive = cfg.get("path"), cfg.get("archive")
+    if archive and not Path(archive).is_file():
+        return (f"datasets.{name}.archive = {archive!r}: no such file (relative paths start at the working "
+                "directory, the repository root); fix the path, or remove `archive` and unpack the images "
+                f"into datasets.{name}.path yourself")
+    if archive and Path(path).exists() and not (Path(path) / UNPACKED_MARK).is_file():
+        return (f"datasets.{name}.path = {path!r} holds files that were not unpacked from datasets.{name}.archive; "
+                "prepare_data never overwrites them: remove `archive` to read the folder as it is, or move the "
+                "folder away")
+    if not archive and not folder_present(cfg):
+        return (f"datasets.{name}.path = {path!r}: no train/ and test/ folders there (a {FOLDER} source reads "
+                f"{path}/train/<class>/* and {path}/test/<class>/*); unpack the images there, or give "
+                f"datasets.{name}.archive: a .tar.gz that prepare_data unpacks into it")
+    return None
+
+
+def folder_sizes(cfg: dict) -> dict[str, int]:
+    """{train, test, classes} of a cifarfolder source: counted in its folder, or in its
+    archive before it is unpacked."""
+    if folder_present(cfg):
+        n = {s: len(folder_files(cfg, s)[0]) for s in FOLDER_SPLITS}
+        return {**n, "classes": len(folder_classes(cfg))}
+    if cfg.get("archive") and Path(cfg["archive"]).is_file():
+        listing = _archive_listing(str(cfg["archive"]), *_stamp(cfg["archive"]))
+        return {**listing, "classes": len(cfg["classes"]) if cfg.get("classes") else listing["classes"]}
+    raise FileNotFoundError(f"{cfg['path']}: no train/ and test/ folders, and no archive to count the images in")
+
+
+def sizes(cfg: dict) -> dict[str, int]:
+    """{train, test, classes} of a data set's source (digits: see DIGITS_*)."""
+    if cfg["source"] == FOLDER:
+        return folder_sizes(cfg)
+    return SIZES[cfg["source"]]
+
+
+def describe_note(cfg: dict) -> str:
+    """Which images a result's numbers come from, for table notes (torch-free)."""
+    src = cfg["source"]
+    if src in ("cifar10", "cifar100"):
+        return f"Data: torchvision's {src.upper().replace('CIFAR', 'CIFAR-')} (the original pixels)"
+    if src == "digits":
+        return "Data: scikit-learn's digits (8x8, upsampled)"
+    if src == "imagefolder":
+        return f"Data: image files under {cfg['path']} (ImageFolder)"
+    where = f"image files under {cfg['path']}" + (f" (unpacked from {Path(cfg['archive']).name})"
+                                                   if cfg.get("archive") else "")
+    try:
+        lossy = folder_present(cfg) and any(f.lower().endswith(LOSSY_SUFFIXES)
+                                            for s in FOLDER_SPLITS for f in folder_files(cfg, s)[0])
+    except (OSError, ValueError):
+        lossy = None
+    text = f"Data: {where}, decoded as stored"
+    if lossy:
+        text += ("; JPEG is lossy: their pixels differ slightly from the original data set's, so these numbers are "
+                 "close to, not equal to, numbers on it")
+    elif lossy is None:
+        text += " (folder not found when this table was rendered: whether its encoding is lossy is not known)"
+    return text

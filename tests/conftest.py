@@ -38,3 +38,22 @@ def pytest_collection_modifyitems(config, items):
                "run `pytest -m cuda` (or `make gpu-check`) on a GPU machine")
         for item in cuda_items:
             item.add_marker(pytest.mark.skip(reason=why))
+
+
+# CIFAR-10 as JPEG files (../shared/data, beside the clone; README there): CI has it.
+CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CIFAR10_JPEG_SHA256 = "ba71b9da469a0642b511b82cb7e817f919872cb21e6b3681ebca2fc4bdd50bf3"
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg(tmp_path_factory):
+    """The real CIFAR-10 archive unpacked once (by ltd.data.unpack_archive) into a
+    temporary folder: a cifarfolder data set section for it."""
+    if not CIFAR10_JPEG.is_file():
+        pytest.skip(f"{CIFAR10_JPEG} is not here (CI has it beside the clone)")
+    from ltd import data
+
+    cfg = {"source": "cifarfolder", "path": str(tmp_path_factory.mktemp("cifar10") / "cifar10-jpeg"),
+           "archive": str(CIFAR10_JPEG), "archive_sha256": CIFAR10_JPEG_SHA256, "crop_padding": 4}
+    data.unpack_archive(cfg)
+    return cfg

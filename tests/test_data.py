@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from ltd import data
+from ltd import data, sources
 
 # the demo's data set section (config/demo.yaml), spelled out so these tests stand alone
 DIGITS = {"source": "digits", "image_size": 16, "test_size": 397, "val_size": 200, "crop_padding": 2}
@@ -213,3 +213,203 @@ def test_describe_source_counts_what_the_source_holds(folder):
     root, _ = folder
     f = data.describe_source(_cfg(root), "")
     assert (f["train"]["images"], f["val"]["images"]) == (1400, 397) and len(f["train"]["files_sha256"]) == 64
+
+
+# --- cifarfolder: small images kept as files, in CIFAR's recipe --------------------------
+
+FOLDER_CLASSES = ["cat", "ant", "bee"]  # sorted: ant (0), bee (1), cat (2)
+
+
+def _write_tree(root, n_train=(5, 4, 6), n_test=(2, 3, 2), size=8, seed=0):
+    """PNG files (lossless) of random pixels: root/{train,test}/<class>/<i>.png; returns
+    {(split, class, i): the uint8 pixels H x W x 3}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = {}
+    for sub, counts in (("train", n_train), ("test", n_test)):
+        for c, n in zip(FOLDER_CLASSES, counts):
+            (root / sub / c).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / sub / c / f"{i:03d}.png")
+                pixels[sub, c, i] = img
+    return pixels
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "tree"
+    return root, _write_tree(root)
+
+
+def _fcfg(root, **kw):
+    return {"source": "cifarfolder", "path": str(root), "crop_padding": 2, **kw}
+
+
+def test_cifarfolder_reads_pixels_as_stored_with_sorted_class_labels(tree):
+    root, pixels = tree
+    cfg = _fcfg(root)
+    train = data.load_split(cfg, "", "train")
+    assert train.x.shape == (15, 3, 8, 8) and train.x.dtype == torch.float32
+    sorted_classes = sorted(FOLDER_CLASSES)
+    assert data.num_classes(cfg, "") == 3 and sources.folder_classes(cfg) == sorted_classes
+    # listing order: class by class in label order, files by name; each image exactly its pixels / 255
+    listing = [(c, i) for c in sorted_classes for i in range(len([k for k in pixels if k[:2] == ("train", c)]))]
+    for x, y, pos in zip(train.x, train.y, train.indices):
+        c, i = listing[pos]
+        assert y == sorted_classes.index(c)
+        assert torch.equal(x, torch.from_numpy(pixels["train", c, i]).permute(2, 0, 1).float() / 255)
+    # the config's class order relabels, pixels unchanged
+    mine = data.load_split(_fcfg(root, classes=["cat", "bee", "ant"]), "", "train")
+    assert sorted(mine.y.tolist()) == [0] * 5 + [1] * 6 + [2] * 4  # cat 5, bee 6, ant 4 images
+    # test/ is the test split, in a fixed permutation (a prefix covers several classes)
+    test = data.load_split(cfg, "", "test")
+    assert len(test) == 7 and sorted(test.indices.tolist()) == list(range(7))
+    assert test.indices.tolist() != sorted(test.indices.tolist())
+    assert torch.equal(data.load_split(_fcfg(root, test_size=4), "", "test").x, test.x[:4])
+    # train_size / val_size draw from train/ as for CIFAR
+    val, sub = data.load_split(_fcfg(root, val_size=5), "", "val"), data.load_split(_fcfg(root, train_size=6), "", "train")
+    assert len(val) == 5 and len(sub) == 6 and set(sub.indices) <= set(range(15))
+    assert sources.sizes(cfg) == {"train": 15, "test": 7, "classes": 3}
+
+
+def test_cifarfolder_trains_through_the_in_memory_loader(tree):
+    root, _ = tree
+    loader = data.make_train_loader(_fcfg(root), "", "cpu", 4, None, seed=0)
+    assert isinstance(loader, data.DeviceLoader) and loader.padding == 2 and len(loader) == 4
+    x, y, q = next(iter(loader.epoch(0)))
+    assert x.shape == (4, 3, 8, 8) and q is None and 0 <= x.min() and x.max() <= 1
+    got = list(data.eval_batches(_fcfg(root), "", "test", "cpu", 5))
+    assert [len(x) for x, _ in got] == [5, 2]
+
+
+def test_cifarfolder_describes_its_files(tree):
+    root, _ = tree
+    cfg = _fcfg(root)
+    d, src = data.describe(cfg, ""), data.describe_source(cfg, "")
+    assert d["source"] == "cifarfolder" and d["train"]["shape"] == [3, 8, 8] and d["test"]["n"] == 7
+    assert d["classes"] == ["ant", "bee", "cat"] and d["lossy"] is False and d["path"] == str(root)
+    assert src["train"] == {"images": 15, "formats": {".png": 15}, "files_sha256": src["train"]["files_sha256"]}
+    assert "decoded as stored" in sources.describe_note(cfg) and "lossy" not in sources.describe_note(cfg)
+    (root / "test" / "ant" / "000.png").rename(root / "test" / "ant" / "000.jpg")  # not a JPEG inside: names decide
+    sources._folder_files.cache_clear()
+    assert "JPEG is lossy" in sources.describe_note(cfg) and data.describe(cfg, "", ("test",))["lossy"] is True
+
+
+def test_cifarfolder_says_what_is_wrong(tree, tmp_path):
+    from PIL import Image
+
+    root, _ = tree
+    with pytest.raises(ValueError, match=r"image_size is 32; a cifarfolder source is never resized"):
+        data.load_split(_fcfg(root, image_size=32), "", "test")
+    with pytest.raises(ValueError, match=r"the config lists \['ant', 'bee'\], the folder holds \['ant', 'bee', 'cat'\]"):
+        data.load_split(_fcfg(root, classes=["ant", "bee"]), "", "train")
+    Image.new("L", (8, 8), 200).save(root / "train" / "bee" / "grey.png")  # grey: read as RGB
+    x = data.load_split(_fcfg(root), "", "train").x
+    assert ((x == 200 / 255).all(dim=(1, 2, 3))).sum() == 1
+    Image.new("RGB", (9, 8)).save(root / "train" / "bee" / "wide.png")
+    with pytest.raises(ValueError, match=r"wide.png: 9x8 pixels, but .* has 8x8; a cifarfolder source needs images of one size"):
+        data.load_split(_fcfg(root), "", "train")
+    (root / "test" / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"class folders \['dog'\] are not among train/'s classes"):
+        data.load_split(_fcfg(root), "", "test")
+    missing = _fcfg(tmp_path / "nothing")
+    assert "no train/ and test/ folders there" in sources.folder_problem("mine", missing)
+    assert "datasets.mine.archive = 'x.tar.gz': no such file" in sources.folder_problem("mine", {**missing, "archive": "x.tar.gz"})
+    assert sources.folder_problem("mine", _fcfg(root)) is None
+
+
+def _tar(tree_root, out, top=None):
+    import tarfile
+
+    with tarfile.open(out, "w:gz") as tar:
+        for sub in ("train", "test"):
+            tar.add(tree_root / sub, arcname=f"{top}/{sub}" if top else sub)
+    return out
+
+
+def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
+    root, pixels = tree
+    archive = _tar(root, tmp_path / "a.tar.gz", top="mydata")  # under one top folder
+    digest = sources.sha256_file(archive)
+    cfg = _fcfg(tmp_path / "data" / "mine", archive=str(archive))
+    assert sources.folder_problem("mine", cfg) is None  # nothing unpacked yet, but an archive to unpack
+    assert sources.sizes(cfg) == {"train": 15, "test": 7, "classes": 3}  # from the archive's listing
+    with pytest.raises(ValueError, match="sha256 .* but archive_sha256 says 0000"):
+        data.unpack_archive({**cfg, "archive_sha256": "0" * 64})
+    assert not (tmp_path / "data" / "mine").exists()
+    assert data.unpack_archive({**cfg, "archive_sha256": digest.upper()})["sha256"] == digest
+    assert torch.equal(data.load_split(cfg, "", "test").x, data.load_split(_fcfg(root), "", "test").x)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["mine"]  # no temporary left behind
+    stamp = (tmp_path / "data" / "mine").stat().st_mtime_ns
+    data.unpack_archive(cfg)  # the same archive: kept as it is
+    assert (tmp_path / "data" / "mine").stat().st_mtime_ns == stamp
+    assert data.describe(cfg, "", ("test",))["archive"] == {"archive": str(archive), "sha256": digest}
+    # another archive (here: one class fewer) replaces what the first one unpacked
+    import shutil
+    shutil.rmtree(root / "train" / "cat")
+    shutil.rmtree(root / "test" / "cat")
+    other = _tar(root, tmp_path / "b.tar.gz")
+    data.unpack_archive({**cfg, "archive": str(other)})
+    assert data.num_classes(cfg, "") == 2
+    # a folder it did not unpack is never overwritten (and the plan says so first)
+    assert "holds files that were not unpacked from datasets.mine.archive" in sources.folder_problem(
+        "mine", _fcfg(root, archive=str(other)))
+    with pytest.raises(FileExistsError, match="was not unpacked from an archive by this workflow"):
+        data.unpack_archive(_fcfg(root, archive=str(other)))
+    # nothing outside the folder: a link or a '..' name stops it, and nothing is left
+    import tarfile
+    for name, kind in (("train/ant/link.png", tarfile.SYMTYPE), ("../evil.png", tarfile.REGTYPE)):
+        with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+            tar.add(root / "train", arcname="train")
+            tar.add(root / "test", arcname="test")
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = kind, "/etc/passwd"
+            tar.addfile(member)
+        with pytest.raises(ValueError, match=f"member {name!r} is not a plain file or folder inside the archive"):
+            data.unpack_archive(_fcfg(tmp_path / "bad", archive=str(tmp_path / "bad.tar")))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "evil.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.")]
+
+
+def test_prepare_data_unpacks_and_records_the_archive(tree, tmp_path, monkeypatch):
+    from ltd.files import load_json
+    from ltd.jobs.data import prepare_data
+
+    root, _ = tree
+    archive = _tar(root, tmp_path / "a.tar.gz")
+    monkeypatch.chdir(tmp_path)  # workflow paths are relative to the working directory
+    section = {**_fcfg("data/mine", archive="a.tar.gz"), "attack": {}, "evaluation": {}}
+    prepare_data({"run": "t", "data_dir": "data", "datasets": {"mine": section}}, "mine", "mine.json")
+    rec = load_json("mine.json")
+    assert rec["source"] == "cifarfolder" and rec["train"]["images"] == 15 and rec["test"]["images"] == 7
+    assert rec["archive"] == {"archive": "a.tar.gz", "sha256": sources.sha256_file(archive)}
+    assert rec["provenance"]["settings"] == {"source": "cifarfolder", "path": "data/mine", "archive": "a.tar.gz"}
+
+
+# The real CIFAR-10 images (../shared/data/cifar10-jpeg.tar.gz, unpacked once per session).
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_cifar10_jpeg_is_cifar10_in_its_label_order(cifar10_jpeg):
+    cfg = cifar10_jpeg
+    # the folder names sorted are CIFAR-10's labels 0 ... 9 (torchvision's CIFAR10.classes)
+    assert sources.folder_classes(cfg) == CIFAR10_CLASSES
+    files, labels = sources.folder_files(cfg, "train")
+    assert np.bincount(labels).tolist() == [5000] * 10
+    assert np.bincount(sources.folder_files(cfg, "test")[1]).tolist() == [1000] * 10
+    assert sources.sizes(cfg) == {"train": 50_000, "test": 10_000, "classes": 10}
+    sub = data.load_split({**cfg, "train_size": 5000}, "", "train")
+    assert sub.x.shape == (5000, 3, 32, 32)
+    # the pixels are CIFAR-10's in RGB order and [0, 1]: the training set's channel means
+    # are 0.4914, 0.4822, 0.4465; the two bluest classes (sky, sea) are airplane and ship
+    assert torch.allclose(sub.x.mean((0, 2, 3)), torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.01)
+    blue = torch.stack([(sub.x[sub.y == c, 2] - sub.x[sub.y == c, 0]).mean() for c in range(10)])
+    assert sorted(blue.topk(2).indices.tolist()) == [0, 8]
+    # the first 1,000 test images (quick.yaml's AutoAttack) hold every class
+    first = data.load_split({**cfg, "test_size": 1000}, "", "test")
+    assert np.bincount(first.y.numpy(), minlength=10).min() >= 70
+    d = data.describe_source(cfg, "")
+    assert d["lossy"] and d["train"]["formats"] == {".jpg": 50_000} and d["archive"]["sha256"] == cfg["archive_sha256"]
+    assert "JPEG is lossy" in d["note"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import diagnostics, experiments, figures, methods, tables
+from .. import diagnostics, experiments, figures, methods, sources, tables
 from ..files import load_json, save_json
 from ..provenance import provenance
 
@@ -115,6 +115,7 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     precision = "/".join(sorted({r["precision"] for r in loaded}))  # as each evaluation recorded it
     notes.append(f"AutoAttack {aa['version']} ({', '.join(aa['attacks'])}), Linf eps={aa['eps']:.5f}, "
                  f"{aa['n_examples']} test images, {precision}")
+    notes.append(sources.describe_note(experiments.dataset_cfg(config, dataset)))  # which images: the source
     attack_note = training_attack_note(config, entries)
     if attack_note:
         notes.append(attack_note)
@@ -146,7 +147,7 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
         notes.append("Not a table of the paper: no paper columns")
     # the data set as the paper writes it (CIFAR-10), from any paper table on the same data set
     paper_dataset = (paper or next((all_paper[t] for t, other in config["tables"].items()
-                                    if t in all_paper and other["dataset"] == spec["dataset"]),
+                                    if t in all_paper and other and other["dataset"] == spec["dataset"]),
                                    {"dataset": spec["dataset"]}))["dataset"]
     caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"],
                                  paper=paper is not None)

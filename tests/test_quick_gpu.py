@@ -1,0 +1,97 @@
+"""benchmarks/quick_gpu.py, the quick reproduction's slice for a GPU machine: its --dry
+mode runs every part on the CPU (a tiny model on a handful of real CIFAR-10 images), so
+the script the GPU machine will run is tested here."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ltd import runtime
+from ltd.files import load_json
+
+from .conftest import CIFAR10_JPEG, ROOT
+
+SCRIPT = ROOT / "benchmarks" / "quick_gpu.py"
+STUDENTS = ("T15_fp16", "T15_bf16")  # --dry: T = 15 only (T = 5 runs the same code)
+
+
+# As on the GPU machine: neither Snakemake nor jsonschema is importable.
+BARE = ("import runpy, sys; sys.modules.update(snakemake=None, jsonschema=None); "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def _run(out, data, *args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", BARE, str(SCRIPT), "--dry", "--out", str(out), "--data", data,
+                           "--archive", str(CIFAR10_JPEG), *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory, cifar10_jpeg):
+    out = tmp_path_factory.mktemp("quick_gpu")
+    return out, _run(out / "run", cifar10_jpeg["path"], "--export", out / "export")
+
+
+@pytest.mark.slow
+def test_dry_slice_runs_every_part_on_real_images(dry):
+    out, stdout = dry
+    run = out / "run"
+    data = load_json(run / "data.json")
+    assert data["status"] == "ok" and data["result"]["source"] == "cifarfolder" and data["result"]["lossy"]
+    assert data["result"]["train"]["images"] == 50_000 and data["result"]["classes"][0] == "airplane"
+    teacher = load_json(run / "teacher.json")["result"]
+    assert teacher["run"] == "cifar10_wrn-10-1_s0" and [h["epoch"] for h in teacher["history"]] == [1]
+    fp16 = "fp16" in runtime.AMP_DTYPES  # issue 21 adds it; until then the slice says why it skips it
+    for name in STUDENTS:
+        rec = load_json(run / f"student_{name}.json")
+        if name.endswith("fp16") and not fp16:
+            assert rec["status"] == "skipped" and "does not support precision 'fp16' yet" in rec["reason"]
+            assert load_json(run / f"autoattack_{name}.json")["status"] == "skipped"
+            continue
+        assert rec["status"] == "ok", rec
+        r = rec["result"]
+        assert r["precision_asked"] == name.split("_")[1] and r["precision"] == "fp32"  # the CPU trains in fp32
+        assert r["train_images"] == 64 and r["temperature"] == 15
+        h = r["history"][0]
+        assert 0 <= h["test_accuracy"] <= 1 and 0 <= h["test_pgd_accuracy"] <= 1 and h["train_robust"] >= 0
+        ev = load_json(run / f"autoattack_{name}.json")["result"]
+        assert ev["n_examples"] == 8 and ev["robust_accuracy"] <= ev["clean_accuracy"] and ev["attacks"] == ["apgd-ce"]
+    summary = load_json(run / "summary.json")
+    assert summary["environment"]["dry"] and summary["projection"]["student_hours_budget"] > 0
+    assert summary["parts"]["student_T15_bf16"] == load_json(run / "student_T15_bf16.json")
+    md = (run / "summary.md").read_text()
+    assert "DRY RUN" in md and "| student_T15_bf16 | 1 | fp32 |" in md and md in stdout
+    assert not (run / "student_T5_bf16.json").exists()
+    # the export: the two summary files (a GPU machine returns few files)
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["summary.json", "summary.md"]
+    assert load_json(out / "export" / "summary.json")["status"] == summary["status"]
+
+
+@pytest.mark.slow
+def test_dry_slice_rerun_keeps_finished_parts(dry, cifar10_jpeg):
+    out, _ = dry
+    stdout = _run(out / "run", cifar10_jpeg["path"], timeout=300)
+    assert "[teacher] ok (from" in stdout and "[autoattack_T15_bf16] ok (from" in stdout
+
+
+def test_config_layers_alike_without_snakemake(monkeypatch):
+    """ltd.config.merge without Snakemake (the GPU machine) layers as Snakemake does."""
+    import yaml
+
+    from ltd import config as ltd_config
+
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    overlays = [yaml.safe_load((ROOT / "config" / f).read_text()) for f in ("quick.yaml", "cifar10_jpeg.yaml")]
+    overlays.append({"tables": {"table4": None}, "datasets": {"cifar10": {"evaluation": None}}, "train": 3})
+    with_snakemake = base
+    for o in overlays:
+        with_snakemake = ltd_config.merge(with_snakemake, o)
+    monkeypatch.setitem(sys.modules, "snakemake.utils", None)
+    bare = base
+    for o in overlays:
+        bare = ltd_config.merge(bare, o)
+    assert bare == with_snakemake and bare["train"] == 3 and bare["datasets"]["cifar10"]["source"] == "cifarfolder"
