@@ -152,7 +152,7 @@ def unsupported(precision: str) -> str | None:
     if precision in ("fp32", *runtime.AMP_DTYPES):
         return None
     return (f"ltd.runtime does not support precision {precision!r} yet (its AMP_DTYPES: "
-            f"{', '.join(runtime.AMP_DTYPES)}); issue 21 (the phenomena branch) adds fp16 with its loss scaling")
+            f"{', '.join(runtime.AMP_DTYPES)}); fp32 trains without autocast")
 
 
 class Slice:

@@ -218,20 +218,3 @@ def test_the_plan_counts_gpus_as_slots_over_jobs_per_gpu(paper_config):
     checks.check(shared, gpus=8)  # 4 GPUs, 2 slots each
     with pytest.raises(checks.ConfigError, match=r"processes = 4: .* --resources gpu / jobs_per_gpu = 6 / 2 = 3"):
         checks.check(shared, gpus=6)
-
-
-def test_readme_command_for_jobs_per_gpu_plans(tmp_path):
-    """README's `snakemake all --cores all --resources gpu=8 --config jobs_per_gpu=2` (2 jobs on each
-    of 4 GPUs; the targets before --config, which takes every word after it) plans, dry."""
-    import shutil
-    import subprocess
-    import sys
-
-    from .conftest import ROOT
-
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "--cores", "all", "--resources", "gpu=8",
-                           "--config", "jobs_per_gpu=2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "train_student" in proc.stdout + proc.stderr

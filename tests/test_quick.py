@@ -29,12 +29,17 @@ def quick_config():
 
 def test_quick_config_is_table4_on_cifar10_with_preact_resnet18(quick_config):
     c = quick_config
-    assert ex.table_names(c) == ["table4"] and ex.datasets_in_use(c) == ["cifar10"]
+    assert ex.table_names(c) == ["table4", "table8"] and ex.datasets_in_use(c) == ["cifar10"]
     assert c["datasets"]["cifar10"]["source"] == "cifar10"  # torchvision's, downloaded
     runs = list(ex.table_students(c, "table4"))
     assert [(r.method, r.temperature) for r in runs] == [("trades", None)] + [
         ("trades-ltd", t) for t in (1.0, 5.0, 10.0, 15.0, 20.0)]
     assert {r.arch for r in runs} == {"preact-resnet18"} and ex.search_teacher(c, "cifar10") == runs[1].teacher
+    # table8: the same TRADES+LTD rows in fp16 (Table IV's own runs: the paper config trains
+    # in fp16) and in bf16 (five more)
+    by_precision = list(ex.table_students(c, "table8"))
+    assert by_precision[:5] == runs[1:] and [r.temperature for r in by_precision[5:]] == [1.0, 5.0, 10.0, 15.0, 20.0]
+    assert len({r.name for r in by_precision}) == 10 and all("bf16" in r.name for r in by_precision[5:])
     sched = ex.schedule(c, "students", "cifar10")
     # the paper's proportions: /10 after 80 and 100 of 120 epochs
     assert sched["epochs"] == 30 and [m / 30 for m in sched["lr_milestones"]] == [80 / 120, 100 / 120]
@@ -48,7 +53,7 @@ def test_quick_config_fits_one_h100_hour(quick_config):
     assert quick_config["budget"]["gpu"] == "H100/H200"
     total = budget.estimate(quick_config).set_index("table").loc["total"]
     assert total["total GPU-h"] <= 1.0
-    assert (total.students, total.teachers, total.substitutes, total.evaluations) == (6, 1, 2, 6)
+    assert (total.students, total.teachers, total.substitutes, total.evaluations) == (11, 1, 2, 11)
 
 
 def plan(cwd, *args, overlays=(), timeout=300):
@@ -69,7 +74,7 @@ def copy(tmp_path_factory):
 
 
 def _table(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.startswith(("| table ", "| table4 ", "| total "))]
+    return [line.strip() for line in text.splitlines() if line.startswith(("| table ", "| table4 ", "| table8 ", "| total "))]
 
 
 def test_readme_shows_the_budget_the_tool_prints(copy):
@@ -83,7 +88,7 @@ def test_readme_shows_the_budget_the_tool_prints(copy):
                           cwd=copy, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = _table(proc.stdout + proc.stderr)
-    assert len(printed) == 3 and printed == _table(section)  # header, table4, total
+    assert len(printed) == 4 and printed == _table(section)  # header, table4, table8, total
     total = float(printed[-1].strip("|").split("|")[-1])
     assert 0 < total <= 1.0  # at most one H100-hour by the tool
 
@@ -98,14 +103,14 @@ def test_make_quick_runs_the_readme_commands():
 
 def test_quick_config_plans_only_its_table():
     """`make quick`'s run of `all`: Table IV's jobs (six students, their teacher and the
-    T_max search), one GPU, nothing of the tables quick.yaml leaves out (nor ImageNet's
+    T_max search) and table8's five bf16 students, one GPU, nothing of the tables quick.yaml leaves out (nor ImageNet's
     four-GPU jobs, which `--resources gpu=1` would refuse)."""
     proc = plan(ROOT, "-n", "all", "--resources", "gpu=1", overlays=[QUICK])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_data": 1, "train_teacher": 1, "teacher_logits": 1, "soft_labels": 6, "train_substitute": 2,
-        "tmax": 1, "train_student": 6, "evaluate": 6, "render_table": 1, "figure": 1, "figure_tmax": 1, "curves": 1,
-        "simulation": 1, "evaluation_report": 1, "all": 1, "total": 31}
+        "download_data": 1, "train_teacher": 1, "teacher_logits": 1, "soft_labels": 6, "train_substitute": 2,
+        "tmax": 1, "train_student": 11, "evaluate": 11, "render_table": 2, "figure": 2, "figure_tmax": 1, "curves": 2,
+        "simulation": 1, "evaluation_report": 1, "all": 1, "total": 44}
 
 
 def test_offline_source_plans_from_the_archive_beside_the_clone():
@@ -171,7 +176,7 @@ def test_quick_reduced_runs_table4_on_real_cifar10(workdir, cifar10_jpeg):
     other.write_text(yaml.safe_dump({"datasets": {"cifar10": {"source": "cifar10"}}}))
     proc = plan(workdir, "-n", "table4", overlays=[*OVERLAYS, other])
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["prepare_data"] == 1 and counts["train_teacher"] == 1 and counts["train_student"] == 3
+    assert counts["download_data"] == 1 and counts["train_teacher"] == 1 and counts["train_student"] == 3
 
 
 def test_the_source_is_part_of_every_result_identity():

@@ -49,6 +49,8 @@ def clone(tmp_path_factory):
     shutil.copytree(ROOT, d, ignore=lambda dirpath, names: [
         n for n in names if n == "__pycache__" or (dirpath == str(ROOT) and n in SKIP)])
     (d / ".venv").symlink_to(ROOT / ".venv")
+    # ../shared beside the copy, as beside a clone (config/cifar10_jpeg.yaml's archive is there)
+    (d.parent / "shared").symlink_to(ROOT.parent / "shared")
     for split in ("train", "val"):  # the ImageNet tree the paper config reads (README: datasets.imagenet.path)
         (d / "data" / "imagenet" / split / "n01440764").mkdir(parents=True)
     return d
