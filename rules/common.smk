@@ -183,14 +183,18 @@ def slurm_extra(kind=None, dataset_fn=None, job_fn=None, gpus_fn=None):
     return {"slurm_extra": extra}
 
 
-def gpu_job(kind, job_fn=None, dataset_fn=None, n=1, signal=True):
-    """What a GPU job asks Slurm for besides its CPUs: its `n` GPUs (gpu_resources), memory
-    and time limit (res: from the budget's estimate of `job_fn`'s job where the config
-    says `runtime: budget`) and slurm_extra (with the early SIGTERM if `signal`)."""
+def gpu_job(kind, dataset_fn, job_fn=None, threads=None, training=False, signal=True):
+    """Everything a GPU job asks for: its GPUs (gpu_resources: one per torch.distributed
+    process for `training`, else one), memory and time limit (res: from the budget's
+    estimate of `job_fn`'s job where the config says `runtime: budget`), slurm_extra (with
+    the early SIGTERM if `signal`) and its CPUs (cpus: `threads`, default the config's,
+    plus loader workers)."""
+    n = gpus(dataset_fn, training)
     return {
         **gpu_resources(n),
         **res(kind, dataset_fn, job_fn),
         **slurm_extra(kind if signal else None, dataset_fn, job_fn, n),
+        "cpus_per_task": cpus(config["threads"] if threads is None else threads, dataset_fn, training),
     }
 
 
@@ -279,15 +283,28 @@ def soft_labels_of(role):
     return f
 
 
-def student_inputs(w):
-    """Its data; and its soft labels, or, made on the fly, its teacher."""
-    run = ex.Run.parse("students", w.name)
-    inputs = {"data": data_json(run.dataset)}
-    if run.labels == "on_the_fly":
-        inputs["teacher"] = run_path(run.teacher, "model.pt")
-    elif run.uses_soft_labels:
-        inputs["soft_labels"] = soft_labels_of("students")(w)
+def training_inputs(role):
+    """A training job's data; and its soft labels, or, made on the fly, its teacher."""
+
+    def inputs(w):
+        run = ex.Run.parse(role, w.name)
+        out = {"data": data_json(run.dataset)}
+        if run.labels == "on_the_fly":
+            out["teacher"] = run_path(run.teacher, "model.pt")
+        elif run.uses_soft_labels:
+            out["soft_labels"] = soft_labels_of(role)(w)
+        return out
+
     return inputs
+
+
+def training_outputs(role):
+    """The weights and metrics of a run; a student also keeps its best epoch (best.pt: the
+    best monitored PGD accuracy, for a table with `weights: best`)."""
+    out = {"model": f"{R}/{role}/{{name}}/model.pt", "metrics": f"{R}/{role}/{{name}}/metrics.json"}
+    if role == "students":
+        out["best"] = f"{R}/{role}/{{name}}/best.pt"
+    return out
 
 
 def search_dataset(w):

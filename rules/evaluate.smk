@@ -18,8 +18,7 @@ rule evaluate:
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
-        **gpu_job("evaluate", student_job("evaluation"), n=gpus()),
-        cpus_per_task=cpus(config["threads"], dataset_of("students")),
+        **gpu_job("evaluate", dataset_of("students"), student_job("evaluation")),
     log:
         f"{R}/logs/evaluate/{{name}}.log",
     script:

@@ -19,8 +19,7 @@ rule evaluate_published:
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
-        **gpu_job("evaluate", published_job, n=gpus()),
-        cpus_per_task=cpus(config["threads"], published_dataset),
+        **gpu_job("evaluate", published_dataset, published_job),
     log:
         f"{R}/logs/evaluate_published/{{name}}.log",
     script:

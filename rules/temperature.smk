@@ -15,8 +15,7 @@ rule teacher_logits:
         identity=lambda w: ex.data_identity(config, dataset_of("teachers")(w), "train"),
     threads: config["threads"]
     resources:
-        **gpu_job("light", dataset_fn=dataset_of("teachers"), n=gpus(), signal=False),
-        cpus_per_task=cpus(config["threads"], dataset_of("teachers")),
+        **gpu_job("light", dataset_of("teachers"), signal=False),
     log:
         f"{R}/logs/teachers/{{name}}.logits.log",
     script:
@@ -68,8 +67,7 @@ rule validate:
         identity=lambda w: ex.validation_identity(config, ex.Run.parse("students", w.name)),
     threads: config["threads"]
     resources:
-        **gpu_job("evaluate", student_job("validation"), n=gpus(), signal=False),
-        cpus_per_task=cpus(config["threads"], dataset_of("students")),
+        **gpu_job("evaluate", dataset_of("students"), student_job("validation"), signal=False),
     log:
         f"{R}/logs/validate/{{name}}.log",
     script:
