@@ -10,7 +10,7 @@ each, interleaved (eager, attack, model, model, attack, eager, ...) so all see t
 background load. A step is what ltd/train.py runs per batch: the step under autocast,
 zero_grad, backward, optimiser step.
 
-* ``eager``: ``ltd.methods.build_step`` as the loop runs it today;
+* ``eager``: ``ltd.steps.build_step`` as the loop runs it today;
 * ``attack``: the same step with ``step.compiled_attack = ltd.compiled.AttackForward()``
   (the attack's forwards through a compiled functional call on detached parameters: no
   weight gradients), the loss step eager;
@@ -45,8 +45,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from benchmarks.train_step import device_peak_tflops  # noqa: E402
 from ltd import flops, runtime  # noqa: E402
 from ltd.compiled import AttackForward  # noqa: E402
-from ltd.methods import build_step, forward_equivalents  # noqa: E402
+from ltd.methods import forward_equivalents  # noqa: E402
 from ltd.models import build_model  # noqa: E402
+from ltd.steps import build_step  # noqa: E402
 
 VARIANTS = ("eager", "attack", "model")
 

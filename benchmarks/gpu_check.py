@@ -77,7 +77,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.train_step import device_peak_tflops  # noqa: E402
-from ltd import budget, data, flops, methods, runtime  # noqa: E402
+from ltd import budget, data, flops, methods, runtime, steps  # noqa: E402
 from ltd import config as ltd_config  # noqa: E402
 from ltd import experiments as ex  # noqa: E402
 from ltd.autoattack import run_autoattack  # noqa: E402
@@ -287,7 +287,7 @@ def build(ctx: Context, method: str, device: torch.device, arch: str, compiled=N
     """(model, step, optimiser) for ``method`` with the paper config's attack and AWP
     settings, AWP on (the last epoch's), from weights drawn with ``seed``."""
     m = methods.get(method)
-    step = methods.build_step(method, beta=float(ctx.config["beta"]), attack=ctx.attack(method),
+    step = steps.build_step(method, beta=float(ctx.config["beta"]), attack=ctx.attack(method),
                               awp=ctx.config["awp"] if m.awp else None)
     step.begin_epoch(int(ctx.sched["epochs"]) - 1)
     step.compiled_attack = compiled
@@ -378,7 +378,7 @@ def step_numbers(ctx: Context, method: str, images_per_s: float) -> dict:
 
 
 def training_step(ctx: Context, method: str, *, compile_backend: str | None = None) -> dict:
-    """Time ``method``'s step on one fixed batch (ltd.methods.build_step with the paper
+    """Time ``method``'s step on one fixed batch (ltd.steps.build_step with the paper
     config's attack and AWP settings, AWP on) driven as ltd.train.fit drives it: the step
     under autocast, zero_grad, backward, optimiser step, ``after_update``."""
     device = ctx.device

@@ -10,7 +10,7 @@ each, interleaved (ours, official, official, ours, ...) so that both see the sam
 background load. A step is what ltd/train.py does per batch: the step function under
 autocast, zero_grad, backward, optimiser step.
 
-* ours: ``ltd.methods.build_step(method)`` (f(x) once per batch for the attack's target);
+* ours: ``ltd.steps.build_step(method)`` (f(x) once per batch for the attack's target);
 * official structure: TRADES as yaodongyu/TRADES's trades.py + train_trades_cifar10.py
   structure it, re-implemented below: f(x) recomputed at every attack step (under
   autograd), KL summed over the batch in the attack and divided by the batch size in the
@@ -48,9 +48,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from ltd import flops, runtime  # noqa: E402
 from ltd.losses import natural_loss  # noqa: E402
-from ltd.methods import build_step  # noqa: E402
 from ltd.models import build_model  # noqa: E402
-from ltd.steps import Step  # noqa: E402
+from ltd.steps import (
+    Step,  # noqa: E402
+    build_step,  # noqa: E402
+)
 
 # Dense (no sparsity) peak TFLOP/s per GPU from the vendors' data sheets:
 # (pattern on torch.cuda.get_device_name, label, bf16/fp16 tensor core, fp32 without TF32).

@@ -377,12 +377,10 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
                 awp_datasets.add(dataset)
             roles[dataset].update(("students", "teachers") if m.soft_labels else ("students",))
             temps = e.get("temperature")
+            problem = methods.temperature_problem(e["method"], temps)
+            if problem:
+                problems.append(f"{key}: {problem}")
             temps = temps if isinstance(temps, list) else [temps]
-            if m.soft_labels and temps == [None]:
-                problems.append(f"{key}: {e['method']} learns from soft labels: give a `temperature` (or `auto`)")
-            if not m.soft_labels and temps != [None]:
-                problems.append(f"{key}: {e['method']} uses one-hot labels: remove `temperature` "
-                                f"(its LTD variant: {next((n for n, o in methods.METHODS.items() if o.base == e['method']), 'none')})")
             try:
                 check_arch(ex.stand_in(config, "archs", e.get("arch", spec.get("arch")) or ""))
             except ValueError as err:

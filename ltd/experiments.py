@@ -104,9 +104,10 @@ class Run:
         if method not in methods.ROLE_METHODS[role]:
             raise ValueError(f"unknown method {method!r} in run name {name!r}; {role} train with "
                              f"{', '.join(methods.ROLE_METHODS[role])}")
+        problem = methods.temperature_problem(method, d.get("temperature"))
+        if problem:
+            raise ValueError(f"run name {name!r}: {problem}")
         soft = methods.get(method).soft_labels
-        if soft != (d.get("temperature") is not None):
-            raise ValueError(f"run name {name!r}: a temperature goes with LTD methods only")
         return cls(
             role=role,
             dataset=d["dataset"],
@@ -309,9 +310,10 @@ def soft_label_mode(config: dict[str, Any], dataset: str) -> str:
 
 def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
             beta: float, seed: int | None = None, labels: str | None = None, precision: str | None = None) -> Run:
+    problem = methods.temperature_problem(method, temperature)
+    if problem:
+        raise ValueError(problem)
     soft = methods.get(method).soft_labels
-    if soft and temperature is None:
-        raise ValueError(f"method {method!r} needs a temperature")
     t = float(temperature) if soft else None
     seed = config["seed"] if seed is None else seed
     mode = (labels or soft_label_mode(config, dataset)) if soft else None
@@ -384,11 +386,10 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
         if arch is None:
             raise ValueError(f"{where}: no arch (give one here or at tables.{table}.arch)")
         temps = e.get("temperature")
+        problem = methods.temperature_problem(e["method"], temps)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         soft = methods.get(e["method"]).soft_labels
-        if soft and temps is None:
-            raise ValueError(f"{where}: method {e['method']!r} needs a temperature")
-        if not soft and temps is not None:
-            raise ValueError(f"{where}: method {e['method']!r} takes no temperature")
         # the entry's own soft-label mode and precision: None unless they differ from its data set's
         mode = e.get("soft_labels") if soft else None
         mode = None if mode == default_mode else mode

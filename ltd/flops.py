@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .methods import get
 from .models import build_model
+from .steps import build_step
 
 
 class _NoModuleTracker:
@@ -143,11 +145,9 @@ def forward_equivalents(method: str, attack: dict | None = None, *, beta: float 
                         awp: dict | None = None, arch: str = COUNTING_ARCH,
                         image_size: int = COUNTING_IMAGE_SIZE, num_classes: int = 10, seed: int = 0) -> float:
     """Counted forward-equivalents per image of one training step of ``method``
-    (ltd.methods.build_step) with ``attack`` = {eps, step_size, steps}, on a small model
+    (ltd.steps.build_step) with ``attack`` = {eps, step_size, steps}, on a small model
     (``arch`` at ``image_size``) and a batch of 2. An AWP method is counted with AWP on
     from the first epoch, proxy pass included (``awp``: its gamma and proxy_lr)."""
-    from .methods import build_step, get
-
     if get(method).awp:
         if awp is None:
             raise ValueError(f"counting {method!r} needs its awp settings {{gamma, proxy_lr}}")

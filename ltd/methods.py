@@ -7,19 +7,20 @@ set's ``attack`` section it uses, whether it needs the ``awp`` settings, its ste
 (``ltd.steps``), and its cost in forward-equivalents per image of one step. Run names,
 table rows, the config checks, the budget and the tests all read this table.
 
-Adding a method = one step class in ``ltd/steps.py`` + one entry below + config rows
+Adding a method = one step class in ``ltd/steps.py`` under its kind in
+``ltd.steps.STEP_CLASSES`` + one entry below + config rows
 (``datasets.<d>.attack.<family>``, table entries)::
 
-    Method("mart-ltd", "MART+LTD", "ltd.steps:MartStep", soft_labels=True, attack="mart",
+    Method("mart-ltd", "MART+LTD", "mart", soft_labels=True, attack="mart",
            base="mart", cost=lambda k: 2 * k + 6, note="q_T in the CE term of MART's BCE only"),
 
-No torch here: planning the workflow's DAG reads the registry, and the step class is
-imported only when a job builds the step (``build_step``).
+No torch here: planning the workflow's DAG reads the registry. The step classes live in
+``ltd/steps.py``, which imports this module (never the other way): a job builds its step
+with ``ltd.steps.build_step``.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ ROLES = ("teachers", "substitutes", "students")
 class Method:
     name: str
     label: str
-    step: str  # "module:Class" of its step (ltd/steps.py); built with (method, **settings)
+    step: str  # its step's kind: a key of ltd.steps.STEP_CLASSES, built with (method, **settings)
     role: str = "students"
     soft_labels: bool = False  # the natural term's target is q_T (LTD): runs carry a temperature
     attack: str | None = None  # key of datasets.<d>.attack (falls back to `default`)
@@ -43,39 +44,35 @@ class Method:
     awp_cost: float = 0.0
     note: str = ""  # which label terms take q_T, for LTD variants (README, docs)
 
-    def step_class(self) -> type:
-        module, _, cls = self.step.partition(":")
-        return getattr(importlib.import_module(module), cls)
-
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     # Teachers: natural training (cross-entropy on one-hot labels). Substitutes (Sec. 4.2):
     # natural data, the teacher's soft labels at T.
-    Method("natural", "Natural", "ltd.steps:NaturalStep", role="teachers"),
-    Method("soft", "Soft labels", "ltd.steps:NaturalStep", role="substitutes", soft_labels=True),
+    Method("natural", "Natural", "natural", role="teachers"),
+    Method("soft", "Soft labels", "natural", role="substitutes", soft_labels=True),
     # TRADES (Zhang et al. 2019, yaodongyu/TRADES): 1 + 2k (attack) + 2 x 3 (x, x' with backward).
-    Method("trades", "TRADES", "ltd.steps:TradesStep", attack="trades", cost=lambda k: 2 * k + 7),
-    Method("trades-ltd", "TRADES+LTD", "ltd.steps:TradesStep", soft_labels=True, attack="trades", base="trades",
+    Method("trades", "TRADES", "trades", attack="trades", cost=lambda k: 2 * k + 7),
+    Method("trades-ltd", "TRADES+LTD", "trades", soft_labels=True, attack="trades", base="trades",
            cost=lambda k: 2 * k + 7, note="Eq. 9: the natural term CE(q_T, f(x)); the KL term and the attack "
                                           "need no label"),
     # TRADES-AWP (Wu et al. 2020, csdongxian/AWP): TRADES plus the proxy's forward of x and x'
     # and their backward (weights only): 2 + 4 = 6 more while AWP is on.
-    Method("awp", "AWP", "ltd.steps:AWPStep", attack="awp", awp=True, cost=lambda k: 2 * k + 7, awp_cost=6.0),
-    Method("awp-ltd", "AWP+LTD", "ltd.steps:AWPStep", soft_labels=True, attack="awp", awp=True, base="awp",
+    Method("awp", "AWP", "awp", attack="awp", awp=True, cost=lambda k: 2 * k + 7, awp_cost=6.0),
+    Method("awp-ltd", "AWP+LTD", "awp", soft_labels=True, attack="awp", awp=True, base="awp",
            cost=lambda k: 2 * k + 7, awp_cost=6.0,
            note="TRADES-AWP with q_T in the natural term, in the update and in the weight-perturbation objective"),
     # Beyond the paper: LTD for other adversarial-training methods (table7).
     # PGD-AT (Madry et al. 2018) as csdongxian/AWP AT_AWP/train_cifar10.py trains it (Rice et
     # al.'s loop, AWP off): 2k (attack) + 3 (x' with backward) + 1 (the official post-update
     # forward of x, for its BN statistics). beta: unused.
-    Method("pgd-at", "PGD-AT", "ltd.steps:PgdStep", attack="pgd", cost=lambda k: 2 * k + 4),
-    Method("pgd-at-ltd", "PGD-AT+LTD", "ltd.steps:PgdStep", soft_labels=True, attack="pgd", base="pgd-at",
+    Method("pgd-at", "PGD-AT", "pgd", attack="pgd", cost=lambda k: 2 * k + 4),
+    Method("pgd-at-ltd", "PGD-AT+LTD", "pgd", soft_labels=True, attack="pgd", base="pgd-at",
            cost=lambda k: 2 * k + 4,
            note="the loss CE(q_T, f(x')) replaces CE(y, f(x')); the attack keeps the true label y (the "
                 "paper crafts adversarial examples with the original label)"),
     # MART (Wang et al. 2020, YisenWang/MART): 2k (attack) + 2 x 3 (x and x' with backward).
-    Method("mart", "MART", "ltd.steps:MartStep", attack="mart", cost=lambda k: 2 * k + 6),
-    Method("mart-ltd", "MART+LTD", "ltd.steps:MartStep", soft_labels=True, attack="mart", base="mart",
+    Method("mart", "MART", "mart", attack="mart", cost=lambda k: 2 * k + 6),
+    Method("mart-ltd", "MART+LTD", "mart", soft_labels=True, attack="mart", base="mart",
            cost=lambda k: 2 * k + 6,
            note="q_T replaces y in the cross-entropy of MART's boosted CE only, CE(q_T, f(x')); its margin "
                 "term (the most probable wrong class) and the misclassification weight 1 - f_y(x) keep y, "
@@ -95,24 +92,18 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}") from None
 
 
-def build_step(method: str, *, beta: float = 6.0, attack: dict | None = None, awp: dict | None = None) -> Any:
-    """The step object of ``method`` (see ``ltd.steps.Step``). ``attack`` = {eps,
-    step_size, steps}: its training attack; ``awp`` = {gamma, warmup_epochs, proxy_lr}:
-    required by AWP methods."""
+def temperature_problem(method: str, temperature: Any) -> str | None:
+    """The one rule on a run's temperature, for run names, table entries and the config
+    checks: a method that learns from soft labels needs one (a T, or ``auto`` in a
+    table), a one-hot method takes none. None when ``temperature`` fits ``method``."""
     m = get(method)
-    settings: dict[str, Any] = {}
-    if m.attack is not None:
-        if attack is None:
-            raise ValueError(f"method {method!r} needs its training attack {{eps, step_size, steps}}")
-        settings["beta"] = float(beta)
-        settings["attack"] = {"eps": float(attack["eps"]), "step_size": float(attack["step_size"]),
-                              "steps": int(attack["steps"])}
-    if m.awp:
-        if awp is None:
-            raise ValueError(f"method {method!r} needs an awp dict {{gamma, warmup_epochs, proxy_lr}}")
-        settings["awp"] = {"gamma": float(awp["gamma"]), "warmup_epochs": int(awp["warmup_epochs"]),
-                           "proxy_lr": float(awp["proxy_lr"])}
-    return m.step_class()(m, **settings)
+    if m.soft_labels and temperature is None:
+        return f"method {method!r} learns from soft labels: it needs a temperature (a T, or `auto` in a table)"
+    if not m.soft_labels and temperature is not None:
+        ltd = next((n for n, o in METHODS.items() if o.base == method), None)
+        return (f"method {method!r} uses one-hot labels: it takes no temperature"
+                + (f" (its LTD variant, {ltd!r}, does)" if ltd else ""))
+    return None
 
 
 def forward_equivalents(method: str, attack_steps: int = 0, awp_on: bool = True) -> float:

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 
 from . import awp as awp_lib
-from . import distributed
+from . import distributed, methods
 from .attacks import mart_attack, pgd_delta, pgd_start, random_start, stalled, trades_attack
 from .batchnorm import CleanForwardReplay
 from .losses import mart_loss, natural_loss, trades_kl, trades_loss
@@ -334,3 +334,29 @@ class MartStep(Step):
         loss, parts = mart_loss(logits_nat.float(), logits_adv.float(), y, self.beta, target)
         stuck = stalled(x_adv, start, x, self.attack["eps"])
         return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
+
+
+# Each Method's step kind (ltd/methods.py, torch-free, names it) -> its class, here beside
+# the torch code it runs: the registry never imports this module, so none goes back up.
+STEP_CLASSES: dict[str, type[Step]] = {"natural": NaturalStep, "trades": TradesStep, "awp": AWPStep, "pgd": PgdStep,
+                                       "mart": MartStep}
+
+
+def build_step(method: str, *, beta: float = 6.0, attack: dict | None = None, awp: dict | None = None) -> Step:
+    """The step object of ``method`` (see ``Step``). ``attack`` = {eps, step_size, steps}:
+    its training attack; ``awp`` = {gamma, warmup_epochs, proxy_lr}: required by AWP
+    methods."""
+    m = methods.get(method)
+    settings: dict = {}
+    if m.attack is not None:
+        if attack is None:
+            raise ValueError(f"method {method!r} needs its training attack {{eps, step_size, steps}}")
+        settings["beta"] = float(beta)
+        settings["attack"] = {"eps": float(attack["eps"]), "step_size": float(attack["step_size"]),
+                              "steps": int(attack["steps"])}
+    if m.awp:
+        if awp is None:
+            raise ValueError(f"method {method!r} needs an awp dict {{gamma, warmup_epochs, proxy_lr}}")
+        settings["awp"] = {"gamma": float(awp["gamma"]), "warmup_epochs": int(awp["warmup_epochs"]),
+                           "proxy_lr": float(awp["proxy_lr"])}
+    return STEP_CLASSES[m.step](m, **settings)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ltd import data, flops, runtime
 from ltd import train as loop
 from ltd.losses import natural_loss
-from ltd.methods import build_step
 from ltd.models import build_model
+from ltd.steps import build_step
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 ATTACK = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 2}

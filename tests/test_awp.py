@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 from ltd import awp as awp_lib
 from ltd.attacks import trades_attack
-from ltd.methods import build_step
 from ltd.models import build_model
-from ltd.steps import AWPStep
+from ltd.steps import AWPStep, build_step
 
 ATTACK = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3}
 AWP = {"gamma": 5e-3, "warmup_epochs": 10, "proxy_lr": 0.01}

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from ltd import awp as awp_lib
 from ltd import steps
 from ltd.batchnorm import CleanForwardReplay
-from ltd.methods import build_step, get
+from ltd.methods import get
 from ltd.models import build_model
-from ltd.steps import Step, natural_target
+from ltd.steps import Step, build_step, natural_target
 
 from .conftest import ROOT
 

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 
 from ltd import flops
 from ltd.compiled import AttackForward
-from ltd.methods import build_step
 from ltd.models import build_model
-from ltd.steps import trades_adversarial
+from ltd.steps import build_step, trades_adversarial
 
 from .graphs import Recorder
 

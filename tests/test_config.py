@@ -82,7 +82,7 @@ BAD = [  # (base config, edits, named key, a fragment of the fix)
     ("paper", {"tables.table4.entries": [{"method": "trades_ltd", "temperature": 5}]},
      "tables.table4.entries[0].method", "trades-ltd"),
     ("paper", {"tables.table4.entries": [{"method": "trades", "temperature": 5}]}, "tables.table4.entries[0]",
-     "its LTD variant: trades-ltd"),
+     "its LTD variant, 'trades-ltd', does"),
     ("paper", {"tables.table9": {"caption": "mine", "dataset": "svhn", "entries": [{"method": "trades"}]}},
      "tables.table9.dataset", "defined: cifar10, cifar100, imagenet"),
     ("demo", {"stand_ins.datasets.cifar100": "digits100"}, "stand_ins.datasets.cifar100", "no such data set"),

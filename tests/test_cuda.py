@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from ltd import data, flops, gpu_slots, runtime
 from ltd.autoattack import run_autoattack
 from ltd.known_answer import MeanIntensityNet, known_answer_data
-from ltd.methods import build_step
 from ltd.models import build_model
+from ltd.steps import build_step
 from ltd.train import fit
 
 from .conftest import ROOT
@@ -271,7 +271,7 @@ def test_device_loader_batches_on_cuda_equal_the_cpus():
 RESUME = """
 import json, sys, torch
 from ltd import data, runtime, train
-from ltd.methods import build_step
+from ltd.steps import build_step
 from ltd.models import build_model
 
 device = runtime.setup("cuda")

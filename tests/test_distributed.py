@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from ltd import distributed, train
 from ltd.data import DeviceLoader, Split
-from ltd.methods import build_step
+from ltd.steps import build_step
 
 torch.set_num_threads(1)
 train.SYNC_EVERY = 1  # agree on SIGTERM after every step (the default waits for a sync point)

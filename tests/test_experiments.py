@@ -26,7 +26,7 @@ def test_names_round_trip(run):
 def test_bad_names_are_rejected():
     with pytest.raises(ValueError, match="not a valid students run name"):
         Run.parse("students", "cifar10_wrn-34-10")
-    with pytest.raises(ValueError, match="temperature goes with LTD"):
+    with pytest.raises(ValueError, match="uses one-hot labels: it takes no temperature"):
         Run.parse("students", "cifar10_wrn-34-10_trades_T5_b6_s0")
     with pytest.raises(ValueError, match="unknown method"):
         Run.parse("students", "cifar10_wrn-34-10_awesome_b6_s0")
@@ -105,7 +105,7 @@ def test_table_entry_errors_name_the_entry(paper_config):
     from ltd import config as ltd_config
 
     bad = ltd_config.merge(paper_config, {"tables": {"table4": {"entries": [{"method": "trades-ltd"}]}}})
-    with pytest.raises(ValueError, match=r"tables.table4.entries\[0\]: method 'trades-ltd' needs a temperature"):
+    with pytest.raises(ValueError, match=r"tables.table4.entries\[0\]: method .trades-ltd. learns from soft labels: it needs a temperature"):
         ex.table_entries(bad, "table4")
     with pytest.raises(KeyError, match="no such table"):
         ex.table_entries(paper_config, "table9")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ltd import flops
-from ltd.methods import build_step
 from ltd.models import build_model
+from ltd.steps import build_step
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTACK = {"eps": 0.031, "step_size": 0.007, "steps": 10}

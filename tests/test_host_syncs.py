@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd import data, methods
+from ltd import data, methods, steps
 from ltd.host_syncs import HostSyncs
 from ltd.models import build_model
 from ltd.train import _Totals, make_optimizer
@@ -61,7 +61,7 @@ def test_a_training_step_never_waits_for_the_host(method):
     q = F.softmax(torch.randn(n, 10, generator=g), 1).to(META)
     loader = data.DeviceLoader(split, 8, soft_labels=q, crop_padding=2, seed=0)
     m = methods.get(method)
-    step = methods.build_step(method, beta=6.0, attack=ATTACK if m.attack else None,
+    step = steps.build_step(method, beta=6.0, attack=ATTACK if m.attack else None,
                               awp={"gamma": 5e-3, "warmup_epochs": 1, "proxy_lr": 0.1} if m.awp else None)
     step.begin_epoch(0)
     model = build_model("wrn-10-1", 10).to(META)

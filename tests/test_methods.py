@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd import flops, methods
+from ltd import flops, methods, steps
 from ltd.experiments import Run
 from ltd.models import build_model
 from ltd.steps import Step
@@ -17,7 +17,7 @@ AWP = {"gamma": 5e-3, "warmup_epochs": 0, "proxy_lr": 0.1}
 
 def _build(name, **kw):
     m = methods.get(name)
-    return methods.build_step(name, beta=6.0, attack=ATTACK if m.attack else None, awp=AWP if m.awp else None, **kw)
+    return steps.build_step(name, beta=6.0, attack=ATTACK if m.attack else None, awp=AWP if m.awp else None, **kw)
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_registry_is_consistent():
     assert set(methods.ROLE_METHODS) == {"teachers", "substitutes", "students"}
     for name, m in methods.METHODS.items():
         assert m.name == name and m.label
-        assert Step in m.step_class().__mro__  # an explicit Step: the no-op hooks are inherited
+        assert Step in steps.STEP_CLASSES[m.step].__mro__  # an explicit Step: the no-op hooks are inherited
         if m.base is not None:  # an LTD variant: the one-hot method it extends, same attack and AWP
             base = methods.get(m.base)
             assert m.soft_labels and not base.soft_labels and base.attack == m.attack and base.awp == m.awp
@@ -51,10 +51,10 @@ def test_declared_cost_is_the_counted_cost(name):
     """The budget trusts each entry's cost: it must be what the step really computes
     (FLOPs of its convolutions and matmuls over one forward's), for two attack lengths."""
     m = methods.get(name)
-    for steps in ((2, 5) if m.attack else (0,)):
-        counted = flops.forward_equivalents(name, {**ATTACK, "steps": steps} if m.attack else None,
+    for k in ((2, 5) if m.attack else (0,)):
+        counted = flops.forward_equivalents(name, {**ATTACK, "steps": k} if m.attack else None,
                                             awp=AWP if m.awp else None)
-        assert counted == pytest.approx(methods.forward_equivalents(name, steps), abs=0.1), (name, steps)
+        assert counted == pytest.approx(methods.forward_equivalents(name, k), abs=0.1), (name, k)
 
 
 @pytest.mark.parametrize("name", list(methods.METHODS))

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from ltd import steps
 from ltd.batchnorm import CleanForwardReplay
-from ltd.methods import build_step, get
+from ltd.methods import get
 from ltd.models import build_model
+from ltd.steps import build_step
 
 PGD = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3}  # AT_AWP/train_cifar10.py's eps and step (/255)
 MART = {"eps": 0.031, "step_size": 0.007, "steps": 3}  # MART train_wideresnet.py's eps and step

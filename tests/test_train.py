@@ -22,13 +22,13 @@ from .conftest import ROOT
 # signal lands at a known step however fast or slow the machine is.
 JOB = """
 import os, sys, time, torch, yaml
-from ltd import methods
+from ltd import steps
 from ltd.experiments import Run
 from ltd.jobs import train
 torch.set_num_threads(1)
 pause_at, marker = int(os.environ.get("LTD_TEST_PAUSE_AT", 0)), os.environ.get("LTD_TEST_MARKER")
 if pause_at:
-    build, calls = methods.build_step, [0]
+    build, calls = steps.build_step, [0]
     def build_step(*a, **k):
         step = build(*a, **k)
         call = type(step).__call__
@@ -44,7 +44,7 @@ if pause_at:
                 return out
         step.__class__ = Paused
         return step
-    methods.build_step = build_step
+    steps.build_step = build_step
 config = yaml.safe_load(open(sys.argv[1]))
 run = Run.parse("students", sys.argv[2])
 train.train_run(config, run, out_dir=sys.argv[3], device=torch.device("cpu"))
@@ -178,8 +178,8 @@ def test_history_numbers_equal_per_step_host_sums(tmp_path):
     history must hold what per-step host sums (the old loop's .item() per step) give."""
     from ltd import train as loop
     from ltd.data import DeviceLoader, Split
-    from ltd.methods import build_step
     from ltd.models import build_model
+    from ltd.steps import build_step
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(200, 3, 8, 8, generator=g), torch.randint(0, 10, (200,), generator=g)
@@ -220,7 +220,7 @@ def _stalling_fit(tmp_path, alarm, name):
     every attack's input gradient underflows, x' never moves."""
     from ltd import train as loop
     from ltd.data import DeviceLoader, Split
-    from ltd.methods import build_step
+    from ltd.steps import build_step
 
     from .test_attacks import SmallLogits
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, compiled, data, distributed, evaluate, experiments, methods, runtime
+from .. import checkpoint, compiled, data, distributed, evaluate, experiments, methods, runtime, steps
 from ..experiments import Run
 from ..files import save_json
 from ..models import count_parameters
@@ -53,7 +53,7 @@ def train_run(config: dict, run: Run, *, out_dir: str | Path, soft_labels: str |
             raise ValueError(f"{run.name} trains on precomputed soft labels but none were given")
         q = checkpoint.load(soft_labels, map_location=device)
     attack = experiments.attack(config, run.dataset, run.method) if method.attack else None
-    step = methods.build_step(run.method, beta=run.beta, attack=attack, awp=config["awp"] if method.awp else None)
+    step = steps.build_step(run.method, beta=run.beta, attack=attack, awp=config["awp"] if method.awp else None)
     if sched.get("compile_attack"):  # a speed switch: the attack's forwards compiled, no weight gradients
         step.compiled_attack = compiled.AttackForward()
     loader = data.make_train_loader(ds, data_dir, device, sched["batch_size"], soft_labels=q, seed=run.seed,
