@@ -125,7 +125,6 @@ def run_autoattack(
     """
     import pyautoattack
 
-    tty = sys.stderr.isatty()
     model.eval()
     _check_fp32(model, device)
     n_classes = predict(model, x[:2], 2).shape[1]
@@ -138,91 +137,113 @@ def run_autoattack(
                 "n_examples": len(y), "pyautoattack": pyautoattack.__version__,
                 # a state file resumes only under the same numerics (TF32 on/off changes results)
                 "precision": numeric_precision(device)}
-    t0 = time.time()
     # of the module itself: a compiled wrapper (evaluation.compile, a speed switch) resumes its state
     fp = fingerprint_tensors(x, y, model=getattr(model, "_orig_mod", model), extra=settings) if state_path else ""
-    state_path = Path(state_path) if state_path else None
-    state = _load_state(state_path, fp) if state_path else None
-    resumed = sorted(state["done"]) if state else []
-    if state is None:
-        clean = predict(model, x, batch_size).argmax(1).cpu() == y.cpu()
-        state = {"format": STATE_FORMAT, "fingerprint": fp, "settings": settings, "clean_flags": _bits(clean),
-                 "robust_flags": _bits(clean), "done": {}, "current": None, "max_perturbation": 0.0,
-                 "seconds": 0.0}
-    elif state.get("current") or resumed:
-        print(f"AutoAttack: resuming from {state_path} (done: {', '.join(resumed) or 'none'}"
-              + (f"; {state['current']['attack']} at batch {state['current']['batches_done']}" if state.get("current")
-                 else "") + ")", file=sys.stderr, flush=True)
-    seconds_before = state["seconds"]
-
-    def save() -> None:
-        if state_path is not None:
-            state["seconds"] = seconds_before + time.time() - t0
-            save_json(state, state_path)
-
-    save()
-    robust = _unbits(state["robust_flags"])
+    run_state = _Progress(Path(state_path) if state_path else None, fp, settings,
+                          lambda: predict(model, x, batch_size).argmax(1).cpu() == y.cpu())
+    robust = _unbits(run_state.state["robust_flags"])
     for attack in order:
-        if attack in state["done"]:
-            continue
-        cur = state["current"]
-        if cur is None or cur["attack"] != attack:
-            cur = state["current"] = {"attack": attack, "pending": torch.nonzero(robust).flatten().tolist(),
-                                      "batches_done": 0}
-            save()
-        pending = cur["pending"]
-        t_attack = time.time()
-        adversary.attacks_to_run = [attack]
-        n_batches = -(-len(pending) // batch_size)
-        # these jobs run for hours: a bar per attack (in the log, refreshed every 30 s)
-        bar = tqdm(range(cur["batches_done"], n_batches), total=n_batches, initial=cur["batches_done"],
-                   desc=f"AutoAttack {attack}", unit="batch", file=sys.stderr, leave=tty,
-                   mininterval=0.5 if tty else 30, disable=not progress)
-        for b in bar:
-            idx = torch.tensor(pending[b * batch_size:(b + 1) * batch_size], dtype=torch.long)
-            xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
-            # pyautoattack's own loop on exactly the batch it would attack (all still robust)
-            x_adv, _ = adversary.run_standard_evaluation(xb, yb, batch_size=len(idx))
-            with torch.no_grad():
-                fooled = (predict(model, x_adv, batch_size).argmax(1) != yb).cpu()
-                if fooled.any():
-                    pert = (x_adv - xb).abs().flatten(1).amax(1).cpu()[fooled].max().item()
-                    state["max_perturbation"] = max(state["max_perturbation"], pert)
-            robust[idx[fooled]] = False
-            cur["batches_done"] = b + 1
-            state["robust_flags"] = _bits(robust)
-            save()
-            bar.set_postfix(robust=f"{100 * fraction(robust):.2f}%", refresh=False)
-        bar.close()
-        state["done"][attack] = {"robust_accuracy": fraction(robust), "flags": _bits(robust),
-                                 "skipped": n_batches == 0, "attacked": len(pending),
-                                 "seconds": time.time() - t_attack}  # this attempt's share, if resumed
-        state["current"] = None
-        save()
-        print(f"AutoAttack: robust accuracy after {attack}: {100 * fraction(robust):.2f} % "
-              f"({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)
-    clean = _unbits(state["clean_flags"])
-    record = {
+        if attack not in run_state.state["done"]:
+            _one_attack(attack, adversary, model, x, y, robust, run_state, batch_size, progress)
+    flags = {a: _unbits(run_state.state["done"][a]["flags"]) for a in order}
+    return _record(run_state, robust, order, settings, device), flags
+
+
+class _Progress:
+    """An AutoAttack run's resumable state: clean and robust flags, the attacks done, the
+    one under way (its pending images and batches done), saved as JSON after every batch
+    to ``path`` (none: kept in memory) and continued from there by a rerun of the same
+    fingerprint."""
+
+    def __init__(self, path: Path | None, fp: str, settings: dict, clean_flags):
+        self.path, self.t0 = path, time.time()
+        self.state = _load_state(path, fp) if path else None
+        self.resumed = sorted(self.state["done"]) if self.state else []
+        if self.state is None:
+            clean = clean_flags()
+            self.state = {"format": STATE_FORMAT, "fingerprint": fp, "settings": settings, "clean_flags": _bits(clean),
+                          "robust_flags": _bits(clean), "done": {}, "current": None, "max_perturbation": 0.0,
+                          "seconds": 0.0}
+        elif self.state.get("current") or self.resumed:
+            cur = self.state.get("current")
+            print(f"AutoAttack: resuming from {path} (done: {', '.join(self.resumed) or 'none'}"
+                  + (f"; {cur['attack']} at batch {cur['batches_done']}" if cur else "") + ")",
+                  file=sys.stderr, flush=True)
+        self.seconds_before = self.state["seconds"]
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.state["seconds"] = self.seconds_before + time.time() - self.t0
+            save_json(self.state, self.path)
+
+
+def _one_attack(attack: str, adversary, model, x, y, robust: torch.Tensor, p: _Progress, batch_size: int,
+                progress: bool) -> None:
+    """``attack`` on the images still robust (``robust`` updated in place), batch by batch
+    as pyautoattack runs it, the state saved after each batch."""
+    state = p.state
+    cur = state["current"]
+    if cur is None or cur["attack"] != attack:
+        cur = state["current"] = {"attack": attack, "pending": torch.nonzero(robust).flatten().tolist(),
+                                  "batches_done": 0}
+        p.save()
+    pending = cur["pending"]
+    t_attack = time.time()
+    adversary.attacks_to_run = [attack]
+    n_batches = -(-len(pending) // batch_size)
+    tty = sys.stderr.isatty()
+    # these jobs run for hours: a bar per attack (in the log, refreshed every 30 s)
+    bar = tqdm(range(cur["batches_done"], n_batches), total=n_batches, initial=cur["batches_done"],
+               desc=f"AutoAttack {attack}", unit="batch", file=sys.stderr, leave=tty,
+               mininterval=0.5 if tty else 30, disable=not progress)
+    for b in bar:
+        idx = torch.tensor(pending[b * batch_size:(b + 1) * batch_size], dtype=torch.long)
+        xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+        # pyautoattack's own loop on exactly the batch it would attack (all still robust)
+        x_adv, _ = adversary.run_standard_evaluation(xb, yb, batch_size=len(idx))
+        with torch.no_grad():
+            fooled = (predict(model, x_adv, batch_size).argmax(1) != yb).cpu()
+            if fooled.any():
+                pert = (x_adv - xb).abs().flatten(1).amax(1).cpu()[fooled].max().item()
+                state["max_perturbation"] = max(state["max_perturbation"], pert)
+        robust[idx[fooled]] = False
+        cur["batches_done"] = b + 1
+        state["robust_flags"] = _bits(robust)
+        p.save()
+        bar.set_postfix(robust=f"{100 * fraction(robust):.2f}%", refresh=False)
+    bar.close()
+    state["done"][attack] = {"robust_accuracy": fraction(robust), "flags": _bits(robust),
+                             "skipped": n_batches == 0, "attacked": len(pending),
+                             "seconds": time.time() - t_attack}  # this attempt's share, if resumed
+    state["current"] = None
+    p.save()
+    print(f"AutoAttack: robust accuracy after {attack}: {100 * fraction(robust):.2f} % "
+          f"({time.time() - p.t0:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _record(p: _Progress, robust: torch.Tensor, order: list[str], settings: dict, device) -> dict:
+    """The result: robust and clean accuracy, per attack what it left, attacked and took."""
+    done = p.state["done"]
+    return {
         "robust_accuracy": fraction(robust),
-        "clean_accuracy": fraction(clean),
-        "robust_accuracy_after": {a: state["done"][a]["robust_accuracy"] for a in order},
+        "clean_accuracy": fraction(_unbits(p.state["clean_flags"])),
+        "robust_accuracy_after": {a: done[a]["robust_accuracy"] for a in order},
         # images each attack ran on (the still-robust ones) and its seconds (benchmarks/gpu_check.py)
-        "attacked": {a: state["done"][a].get("attacked") for a in order},
-        "seconds_per_attack": {a: state["done"][a].get("seconds") for a in order},
+        "attacked": {a: done[a].get("attacked") for a in order},
+        "seconds_per_attack": {a: done[a].get("seconds") for a in order},
         # attacks that had no robust example left to attack (pyautoattack stops there too)
-        "skipped": [a for a in order if state["done"][a]["skipped"]],
+        "skipped": [a for a in order if done[a]["skipped"]],
         "attacks": order,
         **{k: settings[k] for k in ("version", "eps", "norm", "n_examples", "seed", "batch_size", "square_queries",
                                     "pyautoattack")},
         "precision": numeric_precision(device),
         "tf32_flags": tf32_flags() if torch.device(device).type == "cuda" else None,
-        "max_perturbation": state["max_perturbation"],
-        "resumed_attacks": resumed,
-        "seconds": seconds_before + time.time() - t0,
-        "seconds_this_attempt": time.time() - t0,
+        "max_perturbation": p.state["max_perturbation"],
+        "resumed_attacks": p.resumed,
+        "seconds": p.seconds_before + time.time() - p.t0,
+        "seconds_this_attempt": time.time() - p.t0,
     }
-    flags = {a: _unbits(state["done"][a]["flags"]) for a in order}
-    return record, flags
 
 
 def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> dict:

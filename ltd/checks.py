@@ -312,8 +312,31 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
     (``--resources gpu=N``), if given. The stand-ins are checked whatever the scope."""
     if scope is None:
         scope = requested(config, None)
-    problems: list[str] = []
-    datasets = config["datasets"]
+    in_scope = [name for name in config["datasets"] if name in scope.data]
+    problems = _stand_in_problems(config)
+    for name in in_scope:
+        problems += _dataset_problems(config, name, gpus, scope)
+    table_problems, awp_datasets, roles = _table_problems(config, scope)
+    problems += table_problems
+    if awp_datasets and config["awp"]["gamma"] > 0:
+        epochs = min(ex.schedule(config, "students", d)["epochs"] for d in awp_datasets)
+        if config["awp"]["warmup_epochs"] > epochs:
+            problems.append(f"awp.warmup_epochs = {config['awp']['warmup_epochs']} > the {epochs} epochs of AWP "
+                            f"students: AWP would never switch on; write at most {epochs}")
+    for dataset in sorted(roles):
+        for role in ("teachers", "substitutes", "students"):
+            if role in roles[dataset]:
+                problems += _milestones(config, role, dataset)
+    for name in in_scope:
+        problems += _autoattack_problems(config, name)
+    problems += _published_problems(config, scope)
+    if scope.files and not problems:  # files are looked for once the config itself holds together
+        problems += _files(config, scope)
+    _raise(problems)
+
+
+def _stand_in_problems(config: dict) -> list[str]:
+    problems, datasets = [], config["datasets"]
     for kind in ("datasets", "archs"):
         for old, new in ((config.get("stand_ins") or {}).get(kind) or {}).items():
             if kind == "datasets" and new not in datasets:
@@ -324,32 +347,41 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
                     check_arch(new)
                 except ValueError as e:
                     problems.append(f"stand_ins.archs.{old}: {e}")
+    return problems
 
-    for name, ds in datasets.items():
-        if name not in scope.data:
-            continue
-        pool = _train_pool(ds)
-        if pool is not None and ds.get("val_size", 0) >= pool:
-            problems.append(f"datasets.{name}.val_size = {ds['val_size']} leaves no training images (of {pool}); "
-                            f"write a smaller number")
-        n = ex.processes(config, name)
-        per_node = config.get("gpus_per_node")
-        k = int(config.get("jobs_per_gpu", 1))  # --resources gpu counts slots, k per GPU: GPUs = gpu // k
-        devices = (gpus, "--resources gpu") if k == 1 or gpus is None else \
-            (gpus // k, f"--resources gpu / jobs_per_gpu = {gpus} / {k}")
-        if config["device"] != "cpu" and name in scope.train:
-            for limit, what in (devices, (per_node, "gpus_per_node")):
-                if limit is not None and n > limit:
-                    problems.append(f"datasets.{name}.processes = {n}: a training job holds one GPU per process, "
-                                    f"but {what} = {limit}; write processes <= {limit} (batch_size is global, "
-                                    "so the recipe is unchanged)")
-        sched = ex.schedule(config, "students", name)
-        if sched["batch_size"] < n:
-            problems.append(f"datasets.{name}: batch_size {sched['batch_size']} < processes {n}; each process needs "
-                            "a slice of every batch")
 
+def _dataset_problems(config: dict, name: str, gpus: int | None, scope: Scope) -> list[str]:
+    """A data set's splits, and its training processes against the GPUs and the batch."""
+    problems, ds = [], config["datasets"][name]
+    pool = _train_pool(ds)
+    if pool is not None and ds.get("val_size", 0) >= pool:
+        problems.append(f"datasets.{name}.val_size = {ds['val_size']} leaves no training images (of {pool}); "
+                        f"write a smaller number")
+    n = ex.processes(config, name)
+    per_node = config.get("gpus_per_node")
+    k = int(config.get("jobs_per_gpu", 1))  # --resources gpu counts slots, k per GPU: GPUs = gpu // k
+    devices = (gpus, "--resources gpu") if k == 1 or gpus is None else \
+        (gpus // k, f"--resources gpu / jobs_per_gpu = {gpus} / {k}")
+    if config["device"] != "cpu" and name in scope.train:
+        for limit, what in (devices, (per_node, "gpus_per_node")):
+            if limit is not None and n > limit:
+                problems.append(f"datasets.{name}.processes = {n}: a training job holds one GPU per process, "
+                                f"but {what} = {limit}; write processes <= {limit} (batch_size is global, "
+                                "so the recipe is unchanged)")
+    sched = ex.schedule(config, "students", name)
+    if sched["batch_size"] < n:
+        problems.append(f"datasets.{name}: batch_size {sched['batch_size']} < processes {n}; each process needs "
+                        "a slice of every batch")
+    return problems
+
+
+def _table_problems(config: dict, scope: Scope) -> tuple[list[str], set[str], dict[str, set[str]]]:
+    """The requested tables' data sets, rows and searches; also the data sets AWP students
+    train on and, per data set, the roles trained on it (whose schedules are checked)."""
+    problems: list[str] = []
+    datasets = config["datasets"]
     awp_datasets: set[str] = set()
-    roles: dict[str, set[str]] = {}  # data set -> the roles trained on it (their schedules are checked)
+    roles: dict[str, set[str]] = {}
     for table in ex.table_names(config):  # a table set to null (an overlay leaves it out) has none
         if table not in scope.tables:
             continue
@@ -367,61 +399,62 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
             problems.append(f"{where}.tmax_row: data set {dataset!r} has no temperature_search to report T_max from; "
                             "remove tmax_row or define datasets.{dataset}.temperature_search")
         for i, e in enumerate(spec["entries"]):
-            key = f"{where}.entries[{i}]"
             m = methods.METHODS.get(e["method"])
-            if m is None or m.role != "students":
-                problems.append(f"{key}.method = {e['method']!r}: not a student method of the registry "
-                                f"(ltd/methods.py): {', '.join(methods.STUDENT_METHODS)}")
-                continue
-            if m.awp:
-                awp_datasets.add(dataset)
-            roles[dataset].update(("students", "teachers") if m.soft_labels else ("students",))
-            temps = e.get("temperature")
-            problem = methods.temperature_problem(e["method"], temps)
-            if problem:
-                problems.append(f"{key}: {problem}")
-            temps = temps if isinstance(temps, list) else [temps]
-            try:
-                check_arch(ex.stand_in(config, "archs", e.get("arch", spec.get("arch")) or ""))
-            except ValueError as err:
-                problems.append(f"{key}.arch (or {where}.arch): {err}")
-            attacks = datasets[dataset].get("attack") or {}
-            if m.attack not in attacks and "default" not in attacks:
-                problems.append(f"datasets.{dataset}.attack: no `{m.attack}` (the training attack of {e['method']}, "
-                                f"{key}) and no `default`; add one, e.g. {m.attack}: {{eps: 0.031, step_size: 0.007, "
-                                "steps: 10}")
-            if "auto" in temps:
-                if search is None:
-                    problems.append(f"{key}: temperature `auto` needs datasets.{dataset}.temperature_search "
-                                    "(it is null); give temperatures instead, or define the search")
-                if datasets[dataset].get("val_size", 0) <= 0:
-                    problems.append(f"{key}: temperature `auto` is chosen on a validation split, but "
-                                    f"datasets.{dataset}.val_size is {datasets[dataset].get('val_size', 0)}; "
-                                    "write e.g. val_size: 5000 (held out of the training images)")
+            if m is not None and m.role == "students":
+                if m.awp:
+                    awp_datasets.add(dataset)
+                roles[dataset].update(("students", "teachers") if m.soft_labels else ("students",))
+            problems += _entry_problems(config, f"{where}.entries[{i}]", e, spec, dataset, search)
+    return problems, awp_datasets, roles
 
-    if awp_datasets and config["awp"]["gamma"] > 0:
-        epochs = min(ex.schedule(config, "students", d)["epochs"] for d in awp_datasets)
-        if config["awp"]["warmup_epochs"] > epochs:
-            problems.append(f"awp.warmup_epochs = {config['awp']['warmup_epochs']} > the {epochs} epochs of AWP "
-                            f"students: AWP would never switch on; write at most {epochs}")
 
-    for dataset in sorted(roles):
-        for role in ("teachers", "substitutes", "students"):
-            if role in roles[dataset]:
-                problems += _milestones(config, role, dataset)
+def _entry_problems(config: dict, key: str, e: dict, spec: dict, dataset: str, search) -> list[str]:
+    """One table row: its method, temperature, architecture, training attack and search."""
+    m = methods.METHODS.get(e["method"])
+    if m is None or m.role != "students":
+        return [f"{key}.method = {e['method']!r}: not a student method of the registry "
+                f"(ltd/methods.py): {', '.join(methods.STUDENT_METHODS)}"]
+    problems = []
+    temps = e.get("temperature")
+    problem = methods.temperature_problem(e["method"], temps)
+    if problem:
+        problems.append(f"{key}: {problem}")
+    temps = temps if isinstance(temps, list) else [temps]
+    try:
+        check_arch(ex.stand_in(config, "archs", e.get("arch", spec.get("arch")) or ""))
+    except ValueError as err:
+        problems.append(f"{key}.arch (or {key.rsplit('.', 1)[0]}.arch): {err}")
+    ds = config["datasets"][dataset]
+    attacks = ds.get("attack") or {}
+    if m.attack not in attacks and "default" not in attacks:
+        problems.append(f"datasets.{dataset}.attack: no `{m.attack}` (the training attack of {e['method']}, "
+                        f"{key}) and no `default`; add one, e.g. {m.attack}: {{eps: 0.031, step_size: 0.007, "
+                        "steps: 10}")
+    if "auto" in temps:
+        if search is None:
+            problems.append(f"{key}: temperature `auto` needs datasets.{dataset}.temperature_search "
+                            "(it is null); give temperatures instead, or define the search")
+        if ds.get("val_size", 0) <= 0:
+            problems.append(f"{key}: temperature `auto` is chosen on a validation split, but "
+                            f"datasets.{dataset}.val_size is {ds.get('val_size', 0)}; "
+                            "write e.g. val_size: 5000 (held out of the training images)")
+    return problems
 
-    for name in datasets:
-        if name not in scope.data:
-            continue
-        aa = ex.evaluation(config, name)["autoattack"]
-        where = f"evaluation.autoattack (for datasets.{name})"
-        if aa["version"] == "custom" and not aa.get("attacks"):
-            problems.append(f"{where}.attacks: version `custom` runs the attacks listed here; list some "
-                            "(e.g. [apgd-ce, apgd-t])")
-        if aa["version"] != "custom" and aa.get("attacks"):
-            problems.append(f"{where}.attacks: listed, but version `{aa['version']}` fixes its own attacks; "
-                            "remove them or write version: custom")
 
+def _autoattack_problems(config: dict, name: str) -> list[str]:
+    aa = ex.evaluation(config, name)["autoattack"]
+    where = f"evaluation.autoattack (for datasets.{name})"
+    if aa["version"] == "custom" and not aa.get("attacks"):
+        return [f"{where}.attacks: version `custom` runs the attacks listed here; list some "
+                "(e.g. [apgd-ce, apgd-t])"]
+    if aa["version"] != "custom" and aa.get("attacks"):
+        return [f"{where}.attacks: listed, but version `{aa['version']}` fixes its own attacks; "
+                "remove them or write version: custom"]
+    return []
+
+
+def _published_problems(config: dict, scope: Scope) -> list[str]:
+    problems, datasets = [], config["datasets"]
     for i, e in enumerate(config.get("published") or []):
         if e["name"] not in scope.published:
             continue
@@ -429,6 +462,4 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
             problems.append(f"published[{i}].dataset = {e['dataset']!r}: no such data set under `datasets`")
         elif not e.get("path") and datasets[e["dataset"]]["source"] not in ("cifar10", "cifar100"):
             problems.append(f"published[{i}]: a RobustBench name is looked up for CIFAR data sets only; give `path`")
-    if scope.files and not problems:  # files are looked for once the config itself holds together
-        problems += _files(config, scope)
-    _raise(problems)
+    return problems

@@ -180,10 +180,199 @@ def fit(
     JSON lines to ``log_path``). Raises ``Preempted`` after SIGTERM, ``NonFiniteLoss`` on a
     NaN/inf loss AMP would not recover from, ``StalledAttacks`` (``sched['stalled_attacks']``).
     """
-    world, main = distributed.world_size(), distributed.is_main()
+    loop = _Loop(model, step, loader, sched, ckpt_path=Path(ckpt_path), device=device, precision=precision,
+                 fingerprint=fingerprint, desc=desc, best=best)
+    loop.resume()
+    # TensorBoard: a resumed run rewrites the steps after its checkpoint; events an earlier
+    # attempt logged from there on are purged (all of them for a fresh start).
+    board = Board(board_dir, purge_step=loop.start * loop.steps_per_epoch + loop.skip + 1,
+                  enabled=loop.main and board_dir is not None)
+    with board, _sigterm_flag() as term:
+        for epoch in range(loop.start, sched["epochs"]):
+            summed, means, seconds = loop.train_epoch(epoch, term, board)
+            record = loop.epoch_record(epoch, summed, means, seconds, evaluate)
+            loop.keep_best(record)  # before the checkpoint that counts this epoch
+            loop.save(epoch + 1)
+            loop.publish(record, log_path, board)
+            _stalled_alarm(record, loop.alarm, desc, loop.ckpt_path, loop.main, board)
+            # SIGTERM in the epoch's last step or its evaluation: the epoch's checkpoint is written.
+            if epoch + 1 < sched["epochs"] and distributed.all_reduce_sum([float(term["set"])], device)[0]:
+                raise loop.preempted(f"after epoch {epoch + 1}")
+    return loop.history
+
+
+class _Loop:
+    """What ``fit`` carries from step to step: the model (and ``net``, what the step
+    calls: compiled or not), optimiser, scheduler, loss scaler, history and the point to
+    resume from. Its methods are fit's named steps: resume, one epoch, its record, the
+    best weights, the checkpoint, the log."""
+
+    def __init__(self, model, step, loader, sched, *, ckpt_path: Path, device, precision, fingerprint, desc, best):
+        self.model, self.step, self.loader, self.sched = model, step, loader, sched
+        self.ckpt_path, self.device, self.precision = ckpt_path, device, precision
+        self.fingerprint, self.desc = fingerprint, desc
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        self.net, self.channels_last = _speed_switches(model, step, sched, device, desc)
+        self.opt, self.lr_sched = make_optimizer(model, sched)
+        self.scaler = runtime.grad_scaler(device, precision)
+        self.alarm = {**STALLED_DEFAULTS, **(sched.get("stalled_attacks") or {})}
+        self.history: list[dict] = []
+        self.start, self.skip, self.partial = 0, 0, None
+        self.steps_per_epoch = len(loader)
+        self.best_key, self.best_path = best if best else (None, None)
+        self.best_value = None
+
+    def resume(self) -> None:
+        """From the checkpoint, if it holds one of the same fingerprint (every process
+        loads rank 0's); then one starting point for all processes."""
+        if self.ckpt_path.exists():
+            state = checkpoint.load(self.ckpt_path, map_location=self.device)
+            if state.get("fingerprint") == self.fingerprint:
+                self.model.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
+                self.lr_sched.load_state_dict(state["scheduler"])
+                if state.get("scaler") and self.scaler.is_enabled():  # fp16: the loss scale it had reached
+                    self.scaler.load_state_dict(state["scaler"])
+                _set_rng_state(state["rng"])
+                self.history = json.loads(state["history"])
+                self.start, self.skip, self.partial = state["epoch"], state.get("step", 0), state.get("totals")
+                where = f", step {self.skip} of epoch {self.start + 1}" if self.skip else ""
+                if self.main:
+                    print(f"{self.desc}: resuming after epoch {self.start}{where} from {self.ckpt_path}",
+                          file=sys.stderr)
+            elif self.main:
+                print(f"{self.desc}: ignoring {self.ckpt_path} (written for other settings)", file=sys.stderr)
+        distributed.broadcast_state(self.model)  # one starting point, whatever each rank's init drew
+        if self.best_key is not None:
+            self.best_value = max((r[self.best_key] for r in self.history if self.best_key in r), default=None)
+            if self.best_value is not None and not Path(self.best_path).exists():
+                self.best_value = None  # its file is gone: the next epoch's weights are kept instead
+
+    def save(self, epoch_done: int, step_done: int = 0, totals: dict | None = None) -> None:
+        if self.main:
+            checkpoint.save({
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.lr_sched.state_dict(),
+                "scaler": self.scaler.state_dict(),  # {} unless fp16
+                "rng": _rng_state(),
+                "epoch": epoch_done,  # finished epochs
+                "step": step_done,  # finished steps of the next epoch (preemption only)
+                "totals": totals,
+                "fingerprint": self.fingerprint,
+                "history": json.dumps(self.history),
+            }, self.ckpt_path)
+
+    def preempted(self, where: str) -> Preempted:
+        distributed.barrier()  # rank 0's checkpoint is complete before any process exits
+        return Preempted(self.ckpt_path, where)
+
+    def train_epoch(self, epoch: int, term: dict, board: Board) -> tuple[dict, dict, float]:
+        """One epoch's steps (the rest of it, when resumed mid-epoch): the totals summed
+        over processes, their per-example means, and its seconds. Raises ``Preempted`` (checkpoint written) after a
+        SIGTERM, at the next step agreed on."""
+        self.model.train()
+        self.step.begin_epoch(epoch)  # e.g. AWP switches on after its warm-up epochs
+        totals = _Totals(self.device, self.partial)  # a resumed epoch adds the totals it had before
+        seconds_before = (self.partial or {}).get("seconds", 0.0)
+        t0 = time.time()
+        tty = sys.stderr.isatty()
+        bar = tqdm(_epoch_from(self.loader, epoch, self.skip), total=self.steps_per_epoch, initial=self.skip,
+                   desc=f"{self.desc} epoch {epoch + 1}/{self.sched['epochs']}", leave=tty,
+                   mininterval=0.5 if tty else 30, file=sys.stderr, disable=not self.main)
+        checked, seen = self.skip, dict(self.partial or {})  # steps whose totals were read and found finite
+        for i, (x, y, q) in enumerate(bar, start=self.skip):
+            self.one_step(i, x, y, q, totals)
+            # One process sees SIGTERM at the very next step. Several stop after the same
+            # step, agreed at a sync point (torchrun and Slurm signal the processes at
+            # slightly different moments).
+            stop = self.world == 1 and term["set"]
+            if stop or (i + 1) % SYNC_EVERY == 0 or i + 1 == self.steps_per_epoch:
+                summed, votes = totals.read(self.world, term["set"])
+                _check_finite(summed, seen, self.world, self.desc, epoch, checked, i, self.ckpt_path)
+                checked, seen, stop = i + 1, summed, stop or votes > 0
+                running = totals.means(summed)
+                bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running['accuracy']:.3f}", refresh=False,
+                                **({"stalled": f"{running['stalled']:.2f}"} if "stalled" in running else {}))
+                board.scalars("running", running, epoch * self.steps_per_epoch + i + 1)
+            if stop and i + 1 < self.steps_per_epoch:
+                bar.close()
+                self.save(epoch, i + 1, {**summed, "seconds": seconds_before + time.time() - t0})
+                raise self.preempted(f"at epoch {epoch + 1}, step {i + 1}")
+        bar.close()
+        summed, _ = totals.read(self.world, False)
+        _check_finite(summed, seen, self.world, self.desc, epoch, checked, self.steps_per_epoch - 1, self.ckpt_path)
+        self.skip, self.partial = 0, None
+        return summed, totals.means(summed), seconds_before + time.time() - t0
+
+    def one_step(self, i: int, x, y, q, totals: "_Totals") -> None:
+        """Step ``i``: the method's loss under autocast, backward (scaled in fp16), the
+        global batch's mean gradient, the optimiser step (the scaler skips a non-finite
+        one), the method's after-update hook; its numbers added to ``totals``."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast(self.device, self.precision):
+            loss, logits, stats = self.step(self.net, x, y, q)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # fp16: the scaled loss; otherwise the loss itself
+        if self.world > 1:
+            a, b = self.loader.bounds[i]  # the global batch: gradients are its example-weighted mean
+            distributed.average_gradients(self.model, len(y), b - a)
+            distributed.average_buffers(self.model)  # BN running stats: identical everywhere
+        before = runtime.scale_tensor(self.scaler)
+        before = None if before is None else before.clone()  # update() changes it in place
+        self.scaler.step(self.opt)  # fp16: skipped if a gradient is inf/nan (then the scale halves)
+        self.scaler.update()
+        self.step.after_update(self.model)  # e.g. AWP removes its weight perturbation
+        skipped = None if before is None else runtime.scale_tensor(self.scaler) < before
+        totals.add(loss, logits, y, stats, skipped)
+
+    def epoch_record(self, epoch: int, summed: dict, means: dict, seconds: float, evaluate) -> dict:
+        """The epoch's history record (its learning rate, then the scheduler steps),
+        with ``evaluate``'s numbers."""
+        lr = self.opt.param_groups[0]["lr"]
+        self.lr_sched.step()
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "precision": self.precision,  # what this epoch ran in (a resumed run may change device)
+            **{f"train_{k}": v for k, v in means.items()},
+            "seconds": seconds,
+        }
+        if self.scaler.is_enabled():
+            record["train_skipped_steps"] = int(summed["skipped"])
+            record["loss_scale"] = self.scaler.get_scale()  # once an epoch: a host read, like the totals'
+        if evaluate is not None:
+            record.update(evaluate(self.model))
+        self.history.append(record)
+        return record
+
+    def keep_best(self, record: dict) -> None:
+        """The weights of the epoch with the highest ``best`` value so far (the first such)."""
+        key = self.best_key
+        if key is not None and self.main and key in record and (self.best_value is None
+                                                                or record[key] > self.best_value):
+            self.best_value = record[key]
+            checkpoint.save(self.model.state_dict(), self.best_path)
+
+    def publish(self, record: dict, log_path, board: Board) -> None:
+        """The record in history.jsonl, the job's log and TensorBoard (rank 0)."""
+        if not self.main:
+            return
+        if log_path is not None:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        print(f"{self.desc}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in record.items()), file=sys.stderr)
+        board.scalars("epoch", {k: v for k, v in record.items() if k != "epoch"}, record["epoch"] * self.steps_per_epoch)
+        board.flush()
+
+
+def _speed_switches(model, step, sched: dict, device, desc: str):
+    """(what the step calls, channels_last): GPU speed switches (schedule keys, not part of
+    a run's identity). channels_last suits cuDNN's convolutions under bf16 and fp16;
+    torch.compile is opt-in (measure first)."""
     model.to(device)
-    # GPU speed switches (schedule keys, not part of a run's identity): channels_last
-    # suits cuDNN's convolutions under bf16 and fp16; torch.compile is opt-in (measure first).
     channels_last = device.type == "cuda" and sched.get("channels_last", False)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -193,139 +382,7 @@ def fit(
             net = torch.compile(model)
         else:
             print(f"{desc}: train.compile ignored: {type(step).__name__} copies the model", file=sys.stderr)
-    opt, lr_sched = make_optimizer(model, sched)
-    scaler = runtime.grad_scaler(device, precision)
-    alarm = {**STALLED_DEFAULTS, **(sched.get("stalled_attacks") or {})}
-    history: list[dict] = []
-    start, skip, partial = 0, 0, None
-    ckpt_path = Path(ckpt_path)
-    if ckpt_path.exists():  # every process resumes from the same (rank 0's) checkpoint
-        state = checkpoint.load(ckpt_path, map_location=device)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            lr_sched.load_state_dict(state["scheduler"])
-            if state.get("scaler") and scaler.is_enabled():  # fp16: the loss scale it had reached
-                scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
-            history = json.loads(state["history"])
-            start, skip, partial = state["epoch"], state.get("step", 0), state.get("totals")
-            where = f", step {skip} of epoch {start + 1}" if skip else ""
-            if main:
-                print(f"{desc}: resuming after epoch {start}{where} from {ckpt_path}", file=sys.stderr)
-        elif main:
-            print(f"{desc}: ignoring {ckpt_path} (written for other settings)", file=sys.stderr)
-    distributed.broadcast_state(model)  # one starting point, whatever each rank's init drew
-    steps_per_epoch = len(loader)
-    # TensorBoard: a resumed run rewrites the steps after its checkpoint; events an earlier
-    # attempt logged from there on are purged (all of them for a fresh start).
-    board = Board(board_dir, purge_step=start * steps_per_epoch + skip + 1, enabled=main and board_dir is not None)
-    best_key, best_path = best if best else (None, None)
-    best_value = max((r[best_key] for r in history if best_key in r), default=None) if best else None
-    if best_value is not None and not Path(best_path).exists():
-        best_value = None  # its file is gone: the next epoch's weights are kept instead
-
-    def save(epoch_done: int, step_done: int = 0, totals: dict | None = None) -> None:
-        if main:
-            checkpoint.save({
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": lr_sched.state_dict(),
-                "scaler": scaler.state_dict(),  # {} unless fp16
-                "rng": _rng_state(),
-                "epoch": epoch_done,  # finished epochs
-                "step": step_done,  # finished steps of the next epoch (preemption only)
-                "totals": totals,
-                "fingerprint": fingerprint,
-                "history": json.dumps(history),
-            }, ckpt_path)
-
-    def preempted(where: str) -> Preempted:
-        distributed.barrier()  # rank 0's checkpoint is complete before any process exits
-        return Preempted(ckpt_path, where)
-
-    tty = sys.stderr.isatty()
-    with board, _sigterm_flag() as term:
-        for epoch in range(start, sched["epochs"]):
-            model.train()
-            step.begin_epoch(epoch)  # e.g. AWP switches on after its warm-up epochs
-            totals = _Totals(device, partial)  # a resumed epoch adds the totals it had before
-            seconds_before = (partial or {}).get("seconds", 0.0)
-            t0 = time.time()
-            batches = _epoch_from(loader, epoch, skip)
-            bar = tqdm(batches, total=len(loader), initial=skip, desc=f"{desc} epoch {epoch + 1}/{sched['epochs']}",
-                       leave=tty, mininterval=0.5 if tty else 30, file=sys.stderr, disable=not main)
-            checked, seen = skip, dict(partial or {})  # steps whose totals were read and found finite
-            for i, (x, y, q) in enumerate(bar, start=skip):
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast(device, precision):
-                    loss, logits, stats = step(net, x, y, q)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()  # fp16: the scaled loss; otherwise the loss itself
-                if world > 1:
-                    a, b = loader.bounds[i]  # the global batch: gradients are its example-weighted mean
-                    distributed.average_gradients(model, len(y), b - a)
-                    distributed.average_buffers(model)  # BN running stats: identical everywhere
-                before = runtime.scale_tensor(scaler)
-                before = None if before is None else before.clone()  # update() changes it in place
-                scaler.step(opt)  # fp16: skipped if a gradient is inf/nan (then the scale halves)
-                scaler.update()
-                step.after_update(model)  # e.g. AWP removes its weight perturbation
-                skipped = None if before is None else runtime.scale_tensor(scaler) < before
-                totals.add(loss, logits, y, stats, skipped)
-                # One process sees SIGTERM at the very next step. Several stop after the same
-                # step, agreed at a sync point (torchrun and Slurm signal the processes at
-                # slightly different moments).
-                stop = world == 1 and term["set"]
-                if stop or (i + 1) % SYNC_EVERY == 0 or i + 1 == steps_per_epoch:
-                    summed, votes = totals.read(world, term["set"])
-                    _check_finite(summed, seen, world, desc, epoch, checked, i, ckpt_path)
-                    checked, seen, stop = i + 1, summed, stop or votes > 0
-                    running = totals.means(summed)
-                    bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running['accuracy']:.3f}", refresh=False,
-                                    **({"stalled": f"{running['stalled']:.2f}"} if "stalled" in running else {}))
-                    board.scalars("running", running, epoch * steps_per_epoch + i + 1)
-                if stop and i + 1 < steps_per_epoch:
-                    bar.close()
-                    save(epoch, i + 1, {**summed, "seconds": seconds_before + time.time() - t0})
-                    raise preempted(f"at epoch {epoch + 1}, step {i + 1}")
-            bar.close()
-            summed, _ = totals.read(world, False)
-            _check_finite(summed, seen, world, desc, epoch, checked, steps_per_epoch - 1, ckpt_path)
-            skip, partial = 0, None
-            lr = opt.param_groups[0]["lr"]
-            lr_sched.step()
-            record = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "precision": precision,  # what this epoch ran in (a resumed run may change device)
-                **{f"train_{k}": v for k, v in totals.means(summed).items()},
-                "seconds": seconds_before + time.time() - t0,
-            }
-            if scaler.is_enabled():
-                record["train_skipped_steps"] = int(summed["skipped"])
-                record["loss_scale"] = scaler.get_scale()  # once an epoch: a host read, like the totals'
-            if evaluate is not None:
-                record.update(evaluate(model))
-            history.append(record)
-            if best and main and best_key in record and (best_value is None or record[best_key] > best_value):
-                best_value = record[best_key]
-                checkpoint.save(model.state_dict(), best_path)  # before the checkpoint that counts this epoch
-            save(epoch + 1)
-            if main:
-                if log_path is not None:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                print(f"{desc}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in record.items()), file=sys.stderr)
-                board.scalars("epoch", {k: v for k, v in record.items() if k != "epoch"}, (epoch + 1) * steps_per_epoch)
-                board.flush()
-            _stalled_alarm(record, alarm, desc, ckpt_path, main, board)
-            # SIGTERM in the epoch's last step or its evaluation: the epoch's checkpoint is written.
-            if epoch + 1 < sched["epochs"] and distributed.all_reduce_sum([float(term["set"])], device)[0]:
-                raise preempted(f"after epoch {epoch + 1}")
-    return history
+    return net, channels_last
 
 
 def _stalled_alarm(record: dict, alarm: dict, desc: str, ckpt_path: Path, main: bool, board: Board) -> None:
