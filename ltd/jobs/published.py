@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checks, data, experiments, robustbench
+from .. import data, experiments, robustbench
 from ..experiments import Run
 from ..files import write_text
 from .evaluate import evaluate_model
@@ -18,15 +18,6 @@ def entry(config: dict, name: str) -> dict:
         if e["name"] == name:
             return e
     raise KeyError(f"published: no entry named {name!r}")
-
-
-def checkpoint_path(config: dict, e: dict) -> Path:
-    """An entry's file: its ``path``, else the RobustBench model directory's file of
-    ``robustbench_name`` (default: ``name``), as ``robustbench.load_model`` lays it out."""
-    ds = experiments.dataset_cfg(config, e["dataset"])
-    if not e.get("path") and ds["source"] not in ("cifar10", "cifar100"):
-        raise ValueError(f"published {e['name']!r}: a RobustBench name needs a CIFAR data set, got {ds['source']!r}")
-    return checks.published_file(config, e)
 
 
 def _fmt(v: float | None) -> str:
@@ -56,18 +47,16 @@ def comparison_markdown(e: dict, result: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_published(config: dict, name: str, out: str | Path, markdown: str | Path, *,
+def evaluate_published(config: dict, name: str, path: str | Path, out: str | Path, markdown: str | Path, *,
                        state_path: str | Path, device: torch.device) -> dict:
-    """Load a `published:` entry strictly (our architecture, ``weights_only``) and evaluate
+    """Load a `published:` entry's checkpoint ``path`` (the rule's input, resolved once by
+    ltd.checks.published_file) strictly (our architecture, ``weights_only``) and evaluate
     it as a student is evaluated; the comparison with its reported numbers goes to ``markdown``."""
     e = entry(config, name)
     ds = experiments.dataset_cfg(config, e["dataset"])
-    path = checkpoint_path(config, e)
-    if not path.exists() and not e.get("path"):
-        path = robustbench.find(config["robustbench_model_dir"], e.get("robustbench_name", name), ds["source"])
     model, info = robustbench.load_checkpoint(path, e["arch"], data.num_classes(ds, config["data_dir"]))
     result = evaluate_model(config, e["dataset"], name, model, out, state_path=state_path, device=device,
-                            model_path=path, extra={"published": {**info.as_dict(), "reported": e.get("reported")}})
+                            model_path=Path(path), extra={"published": {**info.as_dict(), "reported": e.get("reported")}})
     write_text(comparison_markdown(e, result), markdown)
     return result
 
