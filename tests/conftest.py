@@ -1,4 +1,5 @@
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,19 @@ from ltd import config as ltd_config
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
+
+WORKFLOW = ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report")
+
+
+def copy_workflow(dest: Path, *extra: str, profiles: bool = False) -> Path:
+    """The workflow's files copied into ``dest`` (a run there writes results/ there, not in
+    the checkout), with ``extra`` paths of the checkout at the same relative place.
+    ``profiles``: profiles/ too, so that Snakemake picks up profiles/default as in a clone."""
+    for name in (*WORKFLOW, *(("profiles",) if profiles else ()), *extra):
+        dst = dest / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dst)
+    return dest
 
 
 @pytest.fixture(scope="session")

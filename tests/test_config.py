@@ -1,4 +1,3 @@
-import shutil
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 
 from ltd import config as ltd_config
 
-from .conftest import ROOT
+from .conftest import ROOT, copy_workflow
 
 
 def test_paper_and_demo_configs_validate(paper_config, demo_config):
@@ -256,8 +255,7 @@ def test_missing_data_and_checkpoints_stop_the_plan_of_the_targets_that_read_the
 def test_a_plan_needs_only_what_its_targets_run(tmp_path):
     """Snakemake itself: Table IV plans on one GPU although ImageNet's training takes 4;
     Table III does not, and says why."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    copy_workflow(tmp_path)
 
     def plan(target):
         return subprocess.run([sys.executable, "-m", "snakemake", target, "-n", "--cores", "all", "--resources",

@@ -6,7 +6,6 @@ gradients, so white-box attacks fail where a black-box one succeeds). WRN-34-10 
 built for key/shape checks, never run.
 """
 import copy
-import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from ltd.jobs.evaluate import evaluate_model
 from ltd.known_answer import MeanIntensityNet, known_answer_data
 from ltd.models import build_model, count_parameters
 
-from .conftest import ROOT
+from .conftest import ROOT, copy_workflow
 from .graphs import Recorder
 
 DIGITS = {"source": "digits", "image_size": 8, "test_size": 397}
@@ -411,8 +410,7 @@ def test_robustbench_name_is_found_in_the_model_dir(trained, tmp_path):
 
 def test_published_target_evaluates_a_checkpoint(trained, tmp_path):
     """`snakemake published` on a RobustBench-format file of our tiny model (real run)."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    copy_workflow(tmp_path, profiles=True)
     checkpoint.save(trained.state_dict(), tmp_path / "model.pt")
     robustbench.export(tmp_path / "model.pt", tmp_path / "tiny_published.pt")
     cfg = tiny_config()

@@ -2,7 +2,6 @@
 DAG of it, reduced (tests/quick_tiny.yaml), on real CIFAR-10 images from the JPEG archive
 through config/cifar10_jpeg.yaml."""
 import csv
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from ltd import config as ltd_config
 from ltd import experiments as ex
 from ltd.files import load_json
 
-from .conftest import CIFAR10_JPEG, ROOT
+from .conftest import CIFAR10_JPEG, ROOT, copy_workflow
 from .test_workflow import job_counts
 
 QUICK = ROOT / "config" / "quick.yaml"
@@ -64,13 +63,7 @@ def plan(cwd, *args, overlays=(), timeout=300):
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory):
     """The workflow in a temporary folder (runs write results/ there, not in the checkout)."""
-    d = tmp_path_factory.mktemp("quick")
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles",
-                 "tests/quick_tiny.yaml"):
-        dst = d / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dst)
-    return d
+    return copy_workflow(tmp_path_factory.mktemp("quick"), "tests/quick_tiny.yaml", profiles=True)
 
 
 def _table(text: str) -> list[str]:

@@ -34,7 +34,7 @@ import torch
 
 from ltd.files import load_json
 
-from .conftest import ROOT
+from .conftest import ROOT, copy_workflow
 from .slurm_cluster import LocalCluster, SlurmBusy, SlurmUnavailable, clean_env, ensure_installed
 
 pytestmark = pytest.mark.slow
@@ -297,8 +297,7 @@ def test_paper_plan_under_a_48_hour_limit(tmp_path):
     """The paper config on a cluster whose jobs may run 1440 min (no Slurm needed): CPUs
     from threads and loader workers x processes, runtimes capped, retries to match, the
     long jobs' early SIGTERM."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    copy_workflow(tmp_path)
     for split in ("train", "val"):  # the paper config's ImageNet tree, as a user has it (checked by the plan)
         (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
     overlay = tmp_path / "cluster.yaml"

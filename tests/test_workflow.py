@@ -12,7 +12,7 @@ import yaml
 from ltd.files import load_json
 
 from . import debian
-from .conftest import ROOT
+from .conftest import copy_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +39,7 @@ def job_counts(output):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wf")
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report", "profiles",
-                 "tests/workflow_small.yaml"):
-        src = ROOT / name
-        dst = d / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    d = copy_workflow(tmp_path_factory.mktemp("wf"), "tests/workflow_small.yaml", profiles=True)
     for split in ("train", "val"):  # the paper config's ImageNet tree, as a user has it (checked by the plan)
         (d / "data" / "imagenet" / split / "n01440764").mkdir(parents=True)
     return d
