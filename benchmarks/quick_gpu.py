@@ -20,8 +20,7 @@ under config/quick.yaml + config/cifar10_jpeg.yaml with a shorter schedule:
    paper's proportions) on the ``--train-size`` images (all 50,000 by default), with
    per epoch: clean accuracy on the test set, PGD-10 accuracy on its first 1,000 images
    (the workflow's monitor), the TRADES KL term (``train_robust``) and the fraction of
-   stalled attacks (``train_stalled``, issue 21's statistic, when the library logs it).
-   A precision ltd.runtime does not support yet is skipped with the reason. --dry: the
+   stalled attacks (``train_stalled``). --dry: the
    T = 15 pair only (T = 5 runs the same code).
 4. ``autoattack``: each student's evaluation (evaluate_run: clean, PGD-20, AutoAttack
    standard in TF32 on the first ``--aa-n`` test images, the masking diagnostics).
@@ -148,13 +147,6 @@ def student_config(cfg: dict, precision: str) -> dict:
     return out
 
 
-def unsupported(precision: str) -> str | None:
-    if precision in ("fp32", *runtime.AMP_DTYPES):
-        return None
-    return (f"ltd.runtime does not support precision {precision!r} yet (its AMP_DTYPES: "
-            f"{', '.join(runtime.AMP_DTYPES)}); fp32 trains without autocast")
-
-
 class Slice:
     """The slice's state: config, device, output folder, clock; runs parts."""
 
@@ -253,10 +245,7 @@ class Slice:
     def student_dir(self, t: float, precision: str) -> Path:
         return self.runs / f"{self.student_run(t).dir}_{precision}"
 
-    def train_student(self, t: float, precision: str) -> dict | str:
-        why = unsupported(precision)
-        if why:
-            return why
+    def train_student(self, t: float, precision: str) -> dict:
         cfg, run = student_config(self.config, precision), self.student_run(t)
         m = train_jobs.train_run(cfg, run, out_dir=self.student_dir(t, precision), soft_labels=self.soft_labels(t),
                                  device=self.device)

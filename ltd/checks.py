@@ -279,8 +279,9 @@ def _files(config: dict, scope: Scope) -> list[str]:
     problems = []
     for name in sorted(scope.data):
         ds = config["datasets"].get(name)
-        if ds and folder_problem(name, ds):
-            problems.append(folder_problem(name, ds))
+        problem = folder_problem(name, ds) if ds else None
+        if problem:  # a cifarfolder's tree or archive (its I/O once)
+            problems.append(problem)
         if not ds or ds["source"] != "imagefolder" or ds.get("build_from"):
             continue
         root = Path(ds["path"])
