@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from ltd import budget, runtime  # noqa: E402
+from ltd import budget, jobspec, runtime  # noqa: E402
 from ltd import config as ltd_config  # noqa: E402
 from ltd import experiments as ex  # noqa: E402
 from ltd.files import load_json, save_json  # noqa: E402
@@ -224,7 +224,7 @@ class Slice:
 
     def train_teacher(self) -> dict:
         run = self.teacher
-        m = train_jobs.train_run(self.config, run, out_dir=self.runs / run.dir, device=self.device)
+        m = train_jobs.train_run(jobspec.training(self.config, run), out_dir=self.runs / run.dir, device=self.device)
         return {"run": run.name, "epochs": m["epochs"], "clean_accuracy": m["clean_accuracy"],
                 "precision": m["precision"], "history": m["history"],
                 "seconds": m["train_seconds_this_attempt"]}
@@ -233,8 +233,8 @@ class Slice:
         logits = self.runs / "soft_labels" / f"{self.teacher.name}_logits.pt"
         if not logits.exists():
             logits.parent.mkdir(parents=True, exist_ok=True)
-            temperature_jobs.teacher_logits(self.config, self.teacher, self.runs / self.teacher.dir / "model.pt",
-                                            logits, self.device)
+            temperature_jobs.teacher_logits(jobspec.logits(self.config, self.teacher),
+                                            self.runs / self.teacher.dir / "model.pt", logits, self.device)
         q = logits.with_name(f"{self.teacher.name}_T{ex.fmt_num(t)}.pt")
         temperature_jobs.soft_labels(logits, t, q)
         return q
@@ -247,8 +247,8 @@ class Slice:
 
     def train_student(self, t: float, precision: str) -> dict:
         cfg, run = student_config(self.config, precision), self.student_run(t)
-        m = train_jobs.train_run(cfg, run, out_dir=self.student_dir(t, precision), soft_labels=self.soft_labels(t),
-                                 device=self.device)
+        m = train_jobs.train_run(jobspec.training(cfg, run), out_dir=self.student_dir(t, precision),
+                                 soft_labels=self.soft_labels(t), device=self.device)
         history = [{k: h.get(k) for k in HISTORY_KEYS} for h in m["history"]]
         return {"run": run.name, "temperature": t, "precision_asked": precision, "precision": m["precision"],
                 "train_images": m["provenance"]["splits"]["train"]["n"], "epochs": m["epochs"],
@@ -262,7 +262,7 @@ class Slice:
         if not (folder / "model.pt").exists():
             student = self.records.get(f"student_T{ex.fmt_num(t)}_{precision}", {})
             return f"no trained model (its training: {student.get('status')})"
-        ev = evaluate_jobs.evaluate_run(self.config, self.student_run(t), folder / "model.pt",
+        ev = evaluate_jobs.evaluate_run(jobspec.student_evaluation(self.config, self.student_run(t)), folder / "model.pt",
                                         folder / "autoattack.json", state_path=folder / "autoattack_state.json",
                                         device=self.device)
         return {"clean_accuracy": ev["clean_accuracy"], "pgd_accuracy": ev["pgd"]["accuracy"],

@@ -153,17 +153,8 @@ def run_schedule(config: dict[str, Any], run: "Run") -> dict[str, Any]:
     return sched if run.precision is None else {**sched, "precision": run.precision}
 
 
-# ---- identity: the settings that define a job's output ----
-# Rules pass these as `params:` (Snakemake reruns a job whose params changed, and then
-# what depends on it); training checkpoints carry a fingerprint of the same dict, so a
-# checkpoint of other settings is never continued. Nothing else defines a result:
-# resources, threads, loader workers, `processes` and the schedule's speed switches
-# below change how fast a job runs, not what it computes.
-
-SPEED_KEYS = ("channels_last", "compile", "compile_attack", "eval_batch_size")
-# Schedule keys that change no trained weights either: the stalled-attack alarm only warns,
-# or stops a run (whose checkpoint then continues to the same weights).
-NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks")
+# ---- the data part of every identity ----
+# A job's identity (ltd.jobspec: its rule's `params.identity`) holds the images it uses.
 # The keys of a data set's section that define its images, per split. digits carves its
 # test set out of one pool, so there test_size changes the training images too.
 # A data set's source (what prepare_data fetches, builds or unpacks): a cifarfolder's
@@ -182,56 +173,15 @@ def source_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     return {k: cfg[k] for k in _SOURCE_KEYS if k in cfg}
 
 
+def split_identity(section: dict[str, Any], split: str) -> dict[str, Any]:
+    """What defines a split's images (and, for train, their augmentation), from the data
+    set's config ``section``."""
+    keys = _SPLIT_KEYS[split] + (("test_size",) if section["source"] == "digits" and split != "test" else ())
+    return {k: section[k] for k in keys if k in section}
+
+
 def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
-    """What defines a split's images (and, for train, their augmentation)."""
-    cfg = dataset_cfg(config, dataset)
-    keys = _SPLIT_KEYS[split] + (("test_size",) if cfg["source"] == "digits" and split != "test" else ())
-    return {k: cfg[k] for k in keys if k in cfg}
-
-
-def training_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
-    """Everything that defines a trained model: the run (method, arch, T, beta, seed are
-    in its name), its training data, schedule, precision, and the method's settings
-    (training attack, AWP)."""
-    m = methods.get(run.method)
-    sched = run_schedule(config, run)
-    out: dict[str, Any] = {"run": run.name, "data": data_identity(config, run.dataset, "train"),
-                           "schedule": {k: v for k, v in sched.items() if k not in NOT_IDENTITY_KEYS}}
-    if m.attack is not None:
-        out["attack"] = attack(config, run.dataset, run.method)
-    if m.awp:
-        out["awp"] = dict(config["awp"])
-    return out
-
-
-# The evaluated model's layout and compilation: speed switches, like the schedule's.
-EVALUATION_SPEED_KEYS = ("channels_last", "compile")
-
-
-def evaluation_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """Everything that defines an evaluation's numbers besides the model: the test images
-    and the evaluation settings (eps, n_examples, batch size, PGD, AutoAttack, seed,
-    precision, diagnostics). ``monitor`` (training curves) is not an evaluation setting, and
-    ``weights`` is in the evaluation's file name (``evaluation_file``)."""
-    ev = {k: v for k, v in evaluation(config, dataset).items()
-          if k not in ("monitor", "weights", *EVALUATION_SPEED_KEYS)}
-    if ev.get("precision") in ("fp32", "tf32"):  # as the boolean it replaced, in its place (params compare
-        # by repr): finished evaluations keep their identity, no rerun; pytorch_default is new
-        ev = {("tf32" if k == "precision" else k): (v == "tf32" if k == "precision" else v) for k, v in ev.items()}
-    return {"data": data_identity(config, dataset, "test"), "evaluation": ev}
-
-
-# The evaluation settings a validation uses (not n_examples, precision or the test-set AutoAttack).
-_VALIDATION_KEYS = ("eps", "batch_size", "pgd_steps", "pgd_step_size", "seed", "diagnostics")
-
-
-def validation_identity(config: dict[str, Any], run: "Run") -> dict[str, Any]:
-    """What defines an `auto` candidate's validation numbers besides its model and teacher:
-    the validation images, the evaluation settings, the method's training attack (the
-    Eq. 9 criterion runs it) and the search's AutoAttack attacks."""
-    ev = {k: v for k, v in evaluation(config, run.dataset).items() if k in _VALIDATION_KEYS}
-    return {"data": data_identity(config, run.dataset, "val"), "evaluation": ev,
-            "attack": attack(config, run.dataset, run.method), "search_attacks": search(config, run.dataset)["attacks"]}
+    return split_identity(dataset_cfg(config, dataset), split)
 
 
 def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:

@@ -44,9 +44,10 @@ def versions() -> dict:
     return out
 
 
-def provenance(config: dict, device=None, *, gpus: int = 0, wall_seconds: float | None = None,
+def provenance(results: str, device=None, *, gpus: int = 0, wall_seconds: float | None = None,
                **extra: Any) -> dict:
-    """The provenance block of a result. ``device`` (a torch.device) adds its description;
+    """The provenance block of a result of the run ``results`` (the config's ``run``: its
+    results folder). ``device`` (a torch.device) adds its description;
     ``wall_seconds`` with ``gpus`` (GPUs held) adds GPU-hours; ``extra``: the job's own
     facts (seed, precision, the settings that produced it)."""
     timing = {} if wall_seconds is None else {"wall_seconds": round(wall_seconds, 1),
@@ -56,7 +57,7 @@ def provenance(config: dict, device=None, *, gpus: int = 0, wall_seconds: float 
         from .runtime import describe
 
         where = describe(device)
-    return {**git_commit(), "run": config["run"], "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+    return {**git_commit(), "run": results, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
             **where, "gpus": gpus, "packages": versions(), **timing, **extra}
 
 

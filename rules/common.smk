@@ -1,9 +1,10 @@
 # Config -> targets. Paths and run records come from ltd.experiments; no rule builds a
 # run path by hand. Planning imports no torch (ltd.experiments, ltd.methods, ltd.files
 # are torch-free), so `snakemake -n all` stays fast on a login node.
+from functools import lru_cache
 from pathlib import Path
 
-from ltd import budget, checks
+from ltd import budget, checks, jobspec
 from ltd import experiments as ex
 from ltd.files import load_json
 from ltd.sources import LOADER_WORKERS
@@ -271,8 +272,28 @@ def cpus(threads, dataset_fn, training=False):
 # ---- input functions of the rules (kept here, as the Snakemake linter asks) ----
 
 
-def training_identity(role):
-    return lambda w: ex.training_identity(config, ex.Run.parse(role, w.name))
+@lru_cache(maxsize=None)
+def _spec(kind, role, name):
+    """A job's spec (ltd.jobspec), built once per job: its params `spec` and `identity`."""
+    run = ex.Run.parse(role, name)
+    build = {
+        "train": jobspec.training,
+        "evaluate": jobspec.student_evaluation,
+        "validate": jobspec.validation,
+        "logits": jobspec.logits,
+        "model": jobspec.model,
+    }[kind]
+    return build(config, run)
+
+
+def job_spec(kind, role="students"):
+    """The rule's params.spec: what its job computes (ltd.jobspec), resolved from the config."""
+    return lambda w: _spec(kind, role, w.name)
+
+
+def job_identity(kind, role="students"):
+    """The rule's params.identity: its spec's identity, Snakemake's rerun trigger."""
+    return lambda w: _spec(kind, role, w.name).identity
 
 
 def soft_labels_of(role):
@@ -324,6 +345,13 @@ PUBLISHED = {e["name"]: e for e in (config.get("published") or [])}
 def published_dataset(w):
     """The data set a published checkpoint is evaluated on, as its entry writes it."""
     return PUBLISHED[w.name]["dataset"]
+
+
+@lru_cache(maxsize=None)
+def published_spec(name):
+    """A published checkpoint's evaluation (ltd.jobspec.Published): params.spec, and its
+    identity params.identity."""
+    return jobspec.published(config, PUBLISHED[name])
 
 
 def published_model(w):

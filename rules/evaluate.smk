@@ -2,8 +2,9 @@ rule evaluate:
     """Clean, PGD and AutoAttack accuracy of a student's last epoch (model.pt), or its best
     (best.pt, with evaluation.weights: best), on the test set (fp32, or TF32 as
     evaluation.precision says), with its gradient-masking diagnostics and what its training
-    recorded (metrics.json: precision, stalled attacks). params.identity: everything besides
-    the model that defines the numbers (test images, evaluation settings)."""
+    recorded (metrics.json: precision, stalled attacks). params.spec: what the job computes
+    (ltd.jobspec.Evaluation); params.identity: everything besides the model that defines
+    the numbers (test images, evaluation settings)."""
     conda:
         "../envs/torch.yaml"
     input:
@@ -13,7 +14,8 @@ rule evaluate:
         f"{R}/students/{{name}}/autoattack.json",
         report=f"{R}/students/{{name}}/evaluation_report.csv",
     params:
-        identity=lambda w: ex.evaluation_identity(config, dataset_of("students")(w)),
+        spec=job_spec("evaluate"),
+        identity=job_identity("evaluate"),
         weights="last",
     threads: config["threads"]
     retries: retries("evaluate")
@@ -35,7 +37,8 @@ use rule evaluate as evaluate_best with:
         f"{R}/students/{{name}}/autoattack_best.json",
         report=f"{R}/students/{{name}}/evaluation_report_best.csv",
     params:
-        identity=lambda w: ex.evaluation_identity(config, dataset_of("students")(w)),
+        spec=job_spec("evaluate"),
+        identity=job_identity("evaluate"),
         weights="best",
     log:
         f"{R}/logs/evaluate/{{name}}.best.log",

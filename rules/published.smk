@@ -15,7 +15,8 @@ rule evaluate_published:
         json=f"{R}/published/{{name}}/autoattack.json",
         md=f"{R}/published/{{name}}/comparison.md",
     params:
-        identity=lambda w: {"entry": PUBLISHED[w.name], **ex.evaluation_identity(config, published_dataset(w))},
+        spec=lambda w: published_spec(w.name),
+        identity=lambda w: published_spec(w.name).identity,
     threads: config["threads"]
     retries: retries("evaluate")
     resources:
@@ -41,6 +42,8 @@ rule export_robustbench:
         f"{R}/students/{{name}}/model.pt",
     output:
         f"{R}/robustbench/{{name}}.pt",
+    params:
+        model=job_spec("model"),
     resources:
         **res("light"),
     log:

@@ -12,7 +12,8 @@ rule teacher_logits:
     output:
         f"{R}/teachers/{{name}}/train_logits.pt",
     params:
-        identity=lambda w: ex.data_identity(config, dataset_of("teachers")(w), "train"),
+        spec=job_spec("logits", "teachers"),
+        identity=job_identity("logits", "teachers"),
     threads: config["threads"]
     resources:
         **gpu_job("light", dataset_of("teachers"), signal=False),
@@ -64,7 +65,8 @@ rule validate:
     output:
         f"{R}/students/{{name}}/validation.json",
     params:
-        identity=lambda w: ex.validation_identity(config, ex.Run.parse("students", w.name)),
+        spec=job_spec("validate"),
+        identity=job_identity("validate"),
     threads: config["threads"]
     resources:
         **gpu_job("evaluate", dataset_of("students"), student_job("validation"), signal=False),

@@ -1,9 +1,9 @@
 # Teachers, substitutes and students: one training script, the role from the rule.
-# params.identity is everything that defines the trained model (ltd.experiments):
-# editing any of it reruns the run and what depends on it. Besides its outputs a job
-# writes history.jsonl (per epoch, as it goes), curves.png/.pdf (when it finishes) and
-# TensorBoard files (tensorboard/training/) into its run folder: `tensorboard --logdir
-# results/<run>`.
+# params.spec is what the job computes (ltd.jobspec.Training), params.identity the part of
+# it that defines the trained model: editing any of that reruns the run and what depends
+# on it. Besides its outputs a job writes history.jsonl (per epoch, as it goes),
+# curves.png/.pdf (when it finishes) and TensorBoard files (tensorboard/training/) into
+# its run folder: `tensorboard --logdir results/<run>`.
 
 
 # One rule per role (train_teacher, train_substitute, train_student): teachers train
@@ -21,8 +21,9 @@ for _role, _rule in (("teachers", "train_teacher"), ("substitutes", "train_subst
         output:
             **training_outputs(_role),
         params:
-            role=_role,
-            identity=training_identity(_role),
+            spec=job_spec("train", _role),
+            role=_role,  # unused by the job, but in finished runs' recorded params: dropping it would rerun them
+            identity=job_identity("train", _role),
         threads: train_threads(_role)
         retries: retries("train")
         resources:

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd import data, flops, gpu_slots, runtime
+from ltd import data, flops, gpu_slots, jobspec, runtime
 from ltd.autoattack import run_autoattack
 from ltd.known_answer import MeanIntensityNet, known_answer_data
 from ltd.models import build_model
@@ -442,7 +442,7 @@ def test_a_cpu_job_trains_in_fp32_and_records_it(demo_config, tmp_path):
     config["datasets"]["digits"].update(train_size=64, image_size=16)
     config["train"].update(epochs=1, batch_size=32, precision="bf16")
     config["teacher"] = {}
-    metrics = train.train_run(config, Run("teachers", "digits", "wrn-10-1", 0), out_dir=tmp_path,
+    metrics = train.train_run(jobspec.training(config, Run("teachers", "digits", "wrn-10-1", 0)), out_dir=tmp_path,
                               device=torch.device("cpu"))
     assert metrics["schedule"]["precision"] == "bf16" and metrics["precision"] == "fp32"
     assert [h["precision"] for h in metrics["history"]] == ["fp32"]

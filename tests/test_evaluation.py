@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from ltd import autoattack, checkpoint, checks, diagnostics, evaluate, experiments, robustbench
+from ltd import autoattack, checkpoint, checks, diagnostics, evaluate, experiments, jobspec, robustbench
 from ltd import config as ltd_config
 from ltd.data import load_split
 from ltd.files import load_json
@@ -273,9 +273,17 @@ def tiny_config(eps=EPS, **diag):
     return cfg
 
 
+def tiny_evaluation(config: dict, name: str) -> jobspec.Evaluation:
+    return jobspec.evaluation(config, jobspec.Model(name, "wrn-10-1", jobspec.data(config, "tiny")))
+
+
+def evaluation_identity(config: dict, dataset: str) -> dict:
+    return jobspec.evaluation(config, jobspec.Model("m", "wrn-10-1", jobspec.data(config, dataset))).identity
+
+
 def test_constant_model_is_flagged(tmp_path):
-    res = evaluate_model(tiny_config(), "tiny", "constant", ConstantLogits(), tmp_path / "autoattack.json",
-                              state_path=tmp_path / "autoattack_state.json", device=torch.device("cpu"))
+    res = evaluate_model(tiny_evaluation(tiny_config(), "constant"), ConstantLogits(), tmp_path / "autoattack.json",
+                         state_path=tmp_path / "autoattack_state.json", device=torch.device("cpu"))
     d = res["diagnostics"]
     assert d["flagged"] and "zero_gradients" in d["flags"]
     assert d["zero_gradients"]["zero_fraction"] == 1.0
@@ -296,8 +304,8 @@ def test_constant_model_is_flagged(tmp_path):
 def test_naturally_trained_model(trained, tmp_path, eps):
     """No flag where the tiny model keeps its accuracy (8/255: 8-px digits are coarse);
     near_zero_robust where AutoAttack breaks every image (64/255), as for Table IV's T = 15."""
-    res = evaluate_model(tiny_config(eps), "tiny", "natural", trained, tmp_path / "a.json",
-                              state_path=tmp_path / "s.json", device=torch.device("cpu"))
+    res = evaluate_model(tiny_evaluation(tiny_config(eps), "natural"), trained, tmp_path / "a.json",
+                         state_path=tmp_path / "s.json", device=torch.device("cpu"))
     d = res["diagnostics"]
     assert res["clean_accuracy"] >= 0.9
     assert d["zero_gradients"]["zero_fraction"] == 0.0 and not d["pgd_gap"]["flagged"]
@@ -481,7 +489,7 @@ def test_precision_keeps_the_identity_of_finished_evaluations(paper_config):
     """evaluation.precision replaced the boolean evaluation.tf32: fp32 and tf32 keep the
     identity (the rule's params) the boolean gave, so finished evaluations do not rerun;
     the speed switches are no part of it."""
-    ev = experiments.evaluation_identity(paper_config, "cifar10")["evaluation"]
+    ev = evaluation_identity(paper_config, "cifar10")["evaluation"]
     assert ev["tf32"] is False and not {"precision", "channels_last", "compile"} & set(ev)
     # exactly what the boolean's config gave (Snakemake compares params by repr: key order counts)
     old = copy.deepcopy(paper_config)
@@ -489,11 +497,11 @@ def test_precision_keeps_the_identity_of_finished_evaluations(paper_config):
                          for k, v in old["evaluation"].items() if k not in ("channels_last", "compile")}
     before = {"data": experiments.data_identity(old, "cifar10", "test"),
               "evaluation": {k: v for k, v in experiments.evaluation(old, "cifar10").items() if k not in ("monitor", "weights")}}
-    assert repr(experiments.evaluation_identity(paper_config, "cifar10")) == repr(before)
+    assert repr(evaluation_identity(paper_config, "cifar10")) == repr(before)
     for precision, expected in (("tf32", {"tf32": True}), ("pytorch_default", {"precision": "pytorch_default"})):
         cfg = ltd_config.merge(paper_config, {"evaluation": {"precision": precision, "channels_last": True,
                                                              "compile": True}})
-        ev = experiments.evaluation_identity(cfg, "cifar10")["evaluation"]
+        ev = evaluation_identity(cfg, "cifar10")["evaluation"]
         assert {k: ev[k] for k in expected} == expected and not {"channels_last", "compile"} & set(ev)
 
 

@@ -3,6 +3,7 @@ import copy
 import pytest
 
 from ltd import experiments as ex
+from ltd import jobspec
 from ltd.experiments import Run
 
 
@@ -131,7 +132,7 @@ def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_defa
     assert runs[9].name == "cifar10_wrn-34-10_trades-ltd_T20_bf16_b6_s0"
     assert ex.run_schedule(paper_config, runs[9])["precision"] == "bf16"
     assert ex.run_schedule(paper_config, runs[0])["precision"] == "fp16"
-    assert ex.training_identity(paper_config, runs[9])["schedule"]["precision"] == "bf16"
+    assert jobspec.training(paper_config, runs[9]).identity["schedule"]["precision"] == "bf16"
     assert [e.trains_in for e in entries] == ["fp16"] * 5 + ["bf16"] * 5
     # the demo trains in fp32 by default: both its precisions are the entries' own, on table8's own data set
     demo = list(ex.table_students(demo_config, "table8"))
@@ -149,11 +150,11 @@ def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_defa
 def test_the_stalled_alarm_is_not_part_of_a_run_identity(paper_config):
     paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
     run = next(ex.table_students(paper_config, "table4"))
-    before = ex.training_identity(paper_config, run)
+    before = jobspec.training(paper_config, run).identity
     paper_config["train"]["stalled_attacks"] = {"warn": 0.2, "stop": 0.9}
-    assert ex.training_identity(paper_config, run) == before
+    assert jobspec.training(paper_config, run).identity == before
     paper_config["train"]["precision"] = "bf16"
-    assert ex.training_identity(paper_config, run) != before
+    assert jobspec.training(paper_config, run).identity != before
 
 
 def test_a_table_evaluates_last_or_best_weights(paper_config):

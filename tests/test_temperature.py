@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ltd import config as ltd_config
-from ltd import temperature
+from ltd import jobspec, temperature
 from ltd.data import load_split
 from ltd.experiments import Run
 from ltd.jobs.temperature import validate_model
@@ -93,7 +93,7 @@ def test_a_masked_candidate_has_the_best_pgd_accuracy_and_is_not_chosen(search_c
     vals = []
     for t, model in candidates.items():
         run = Run("students", "digits", "wrn-10-1", 0, method="trades-ltd", temperature=t, beta=6.0)
-        vals.append(validate_model(search_config, run, model, teacher, torch.device("cpu")))
+        vals.append(validate_model(jobspec.validation(search_config, run), model, teacher, torch.device("cpu")))
     by_t = {v["temperature"]: v for v in vals}
     masked, twin = by_t[1.0], by_t[3.0]
     assert masked["pgd_accuracy"] == max(v["pgd_accuracy"] for v in vals)  # PGD would have picked it

@@ -1,8 +1,6 @@
-"""Export a student for RobustBench (rules/published.smk)."""
-from ltd.experiments import Run
+"""Export a student for RobustBench (rules/published.smk); params.model: ltd.jobspec.Model."""
 from ltd.jobs import published
 from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
-published.export(snakemake.config, Run.parse("students", snakemake.wildcards.name), snakemake.input[0],
-                 snakemake.output[0])
+published.export(snakemake.params.model, snakemake.input[0], snakemake.output[0])

@@ -21,4 +21,4 @@ def prepare_data(config: dict, dataset: str, out: str | Path) -> None:
     if cfg["source"] == data.FOLDER and cfg.get("archive"):
         data.unpack_archive(cfg)
     save_json({"name": dataset, **data.describe_source(cfg, config["data_dir"]),
-               "provenance": provenance(config, settings=experiments.source_identity(config, dataset))}, out)
+               "provenance": provenance(config["run"], settings=experiments.source_identity(config, dataset))}, out)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .. import data, diagnostics, evaluate, experiments, runtime, tables
+from .. import data, diagnostics, evaluate, runtime, tables
 from ..autoattack import run_autoattack
 from ..board import Board
-from ..experiments import Run
 from ..files import load_json, save_json
+from ..jobspec import Evaluation
 from ..provenance import provenance
 from .common import load_model, split_tensors
 
@@ -39,26 +39,27 @@ def training_summary(metrics: dict, weights: str) -> dict:
             "robust": h.get("train_robust"), "skipped_steps": sum(r.get("train_skipped_steps", 0) for r in history)}
 
 
-def evaluate_run(config: dict, run: Run, model_path: str | Path, out: str | Path, *, state_path: str | Path,
+def evaluate_run(spec: Evaluation, model_path: str | Path, out: str | Path, *, state_path: str | Path,
                  device: torch.device, metrics_path: str | Path | None = None, weights: str = "last") -> dict:
     """Clean accuracy, PGD, AutoAttack and the gradient-masking diagnostics on the first
-    ``n_examples`` test images, of the ``weights`` at ``model_path``; ``metrics_path``: the
-    run's metrics.json (its training numbers go into the result and the diagnostics)."""
-    model = load_model(config, run, model_path, device)
+    ``n_examples`` test images, of the student's ``weights`` at ``model_path``;
+    ``metrics_path``: its metrics.json (its training numbers go into the result and the
+    diagnostics)."""
+    model = load_model(spec.model, model_path, device)
     training = training_summary(load_json(metrics_path), weights) if metrics_path else None
-    return evaluate_model(config, run.dataset, run.name, model, out, state_path=state_path, device=device,
-                          model_path=model_path, training=training)
+    return evaluate_model(spec, model, out, state_path=state_path, device=device, model_path=model_path,
+                          training=training)
 
 
-def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module, out: str | Path, *,
-                   state_path: str | Path, device: torch.device, model_path: str | Path | None = None,
-                   extra: dict | None = None, training: dict | None = None) -> dict:
-    """The evaluation of any model (our students, published checkpoints) on a data set of
-    the config: writes ``out`` (JSON) and its one-row report beside it (``report_stem``).
-    AutoAttack and the diagnostics' Square/APGD-CE runs resume from their state files.
-    ``training``: ``training_summary`` of the model."""
+def evaluate_model(spec: Evaluation, model: torch.nn.Module, out: str | Path, *, state_path: str | Path,
+                   device: torch.device, model_path: str | Path | None = None, extra: dict | None = None,
+                   training: dict | None = None) -> dict:
+    """The evaluation of any model (our students, published checkpoints) as ``spec`` says:
+    writes ``out`` (JSON) and its one-row report beside it (``report_stem``). AutoAttack
+    and the diagnostics' Square/APGD-CE runs resume from their state files. ``training``:
+    ``training_summary`` of the model."""
     t_start = time.time()
-    ev = experiments.evaluation(config, dataset)
+    ev = spec.settings
     state_path = Path(state_path)
     stem = state_path.with_suffix("")
     stale = [state_path, *diagnostics.state_files(stem)]
@@ -70,8 +71,8 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
                                       compile=ev.get("compile", False))
     runtime.allow_tf32(device, ev["precision"])  # recorded as the result's precision
     bs = ev["batch_size"]
-    x, y = split_tensors(config, dataset, "test", device, bs, n=ev.get("n_examples"))
-    result = {"run": name, "dataset": dataset, "n_examples": len(y), "eps": ev["eps"], "norm": "Linf",
+    x, y = split_tensors(spec.data, "test", device, bs, n=ev.get("n_examples"))
+    result = {"run": spec.model.name, "dataset": spec.data.name, "n_examples": len(y), "eps": ev["eps"], "norm": "Linf",
               "precision": evaluate.numeric_precision(device), "precision_setting": ev["precision"],
               "layout": evaluate.layout(model), **(extra or {}),
               **({"training": training} if training else {}),
@@ -95,12 +96,10 @@ def evaluate_model(config: dict, dataset: str, name: str, model: torch.nn.Module
         cfg=ev["diagnostics"], state_stem=stem,
         apgd_ce_flags=flags["apgd-ce"] if record["attacks"][0] == "apgd-ce" else None, training=training)
     result["report"] = diagnostics.report_row(result)
-    result["provenance"] = provenance(config, device, gpus=int(device.type == "cuda"),
+    result["provenance"] = provenance(spec.machine.results, device, gpus=int(device.type == "cuda"),
                                       wall_seconds=time.time() - t_start, seed=ev["seed"],
-                                      precision=record["precision"],
-                                      settings=experiments.evaluation_identity(config, dataset),
-                                      splits=data.describe(experiments.dataset_cfg(config, dataset),
-                                                           config["data_dir"], ("test",)))
+                                      precision=record["precision"], settings=spec.identity,
+                                      splits=data.describe(spec.data.section, spec.data.data_dir, ("test",)))
     save_json(result, out)
     tables.render(diagnostics.report_frame([result]), "", report_stem(out), formats=("csv",))
     _board(result, Path(out))

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .. import data, experiments, robustbench
-from ..experiments import Run
+from .. import data, robustbench
 from ..files import write_text
+from ..jobspec import Model, Published
 from .evaluate import evaluate_model
-
-
-def entry(config: dict, name: str) -> dict:
-    for e in config.get("published") or []:
-        if e["name"] == name:
-            return e
-    raise KeyError(f"published: no entry named {name!r}")
 
 
 def _fmt(v: float | None) -> str:
@@ -47,22 +40,21 @@ def comparison_markdown(e: dict, result: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_published(config: dict, name: str, path: str | Path, out: str | Path, markdown: str | Path, *,
+def evaluate_published(spec: Published, path: str | Path, out: str | Path, markdown: str | Path, *,
                        state_path: str | Path, device: torch.device) -> dict:
     """Load a `published:` entry's checkpoint ``path`` (the rule's input, resolved once by
     ltd.checks.published_file) strictly (our architecture, ``weights_only``) and evaluate
     it as a student is evaluated; the comparison with its reported numbers goes to ``markdown``."""
-    e = entry(config, name)
-    ds = experiments.dataset_cfg(config, e["dataset"])
-    model, info = robustbench.load_checkpoint(path, e["arch"], data.num_classes(ds, config["data_dir"]))
-    result = evaluate_model(config, e["dataset"], name, model, out, state_path=state_path, device=device,
-                            model_path=Path(path), extra={"published": {**info.as_dict(), "reported": e.get("reported")}})
+    e, ds = spec.entry, spec.evaluation.data
+    model, info = robustbench.load_checkpoint(path, e["arch"], data.num_classes(ds.section, ds.data_dir))
+    result = evaluate_model(spec.evaluation, model, out, state_path=state_path, device=device, model_path=Path(path),
+                            extra={"published": {**info.as_dict(), "reported": e.get("reported")}})
     write_text(comparison_markdown(e, result), markdown)
     return result
 
 
-def export(config: dict, run: Run, model_pt: str | Path, out: str | Path) -> Path:
+def export(model: Model, model_pt: str | Path, out: str | Path) -> Path:
     """A student's model.pt as RobustBench loads a model-zoo file, checked to load back
     strictly into its architecture."""
-    ds = experiments.dataset_cfg(config, run.dataset)
-    return robustbench.export(model_pt, out, arch=run.arch, num_classes=data.num_classes(ds, config["data_dir"]))
+    return robustbench.export(model_pt, out, arch=model.arch,
+                              num_classes=data.num_classes(model.data.section, model.data.data_dir))

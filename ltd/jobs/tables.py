@@ -152,7 +152,7 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"],
                                  paper=paper is not None)
     tables.render(tables.frame(rows, paper=paper is not None, columns=columns), caption, stem)
-    save_json({"provenance": provenance(config, settings={"table": spec, "tolerance": config["tolerance"]},
+    save_json({"provenance": provenance(config["run"], settings={"table": spec, "tolerance": config["tolerance"]},
                                         evaluations=[str(p) for p in evals]),
                "table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper_dataset,
                "tmax": None if tmax is None else tmax["tmax"], "rows": rows},

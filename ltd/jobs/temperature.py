@@ -9,20 +9,19 @@ import torch
 
 from .. import checkpoint, data, diagnostics, evaluate, experiments, temperature
 from ..autoattack import run_autoattack
-from ..experiments import Run
 from ..files import load_json, save_json
+from ..jobspec import Logits, Validation
 from ..losses import soft_labels as softmax_t
 from ..provenance import provenance
-from .common import dataset, load_model, split_tensors
+from .common import load_model, split_tensors
 
 
-def teacher_logits(config: dict, teacher: Run, model_path: str | Path, out: str | Path,
-                   device: torch.device, split: str = "train") -> None:
+def teacher_logits(spec: Logits, model_path: str | Path, out: str | Path, device: torch.device,
+                   split: str = "train") -> None:
     """Teacher logits on the un-augmented images of a split, in split order (precomputed
     soft labels belong to the un-augmented image; crop/flip are applied to the input only)."""
-    model = load_model(config, teacher, model_path, device)
-    bs = experiments.schedule(config, "teachers", teacher.dataset)["eval_batch_size"]
-    batches = data.eval_batches(dataset(config, teacher), config["data_dir"], split, device, bs)
+    model = load_model(spec.teacher, model_path, device)
+    batches = data.eval_batches(spec.teacher.data.section, spec.teacher.data.data_dir, split, device, spec.batch_size)
     with torch.no_grad():
         logits = [model(x).float().cpu() for x, _ in batches]
     checkpoint.save(torch.cat(logits), out)
@@ -32,15 +31,14 @@ def soft_labels(logits_path: str | Path, temperature_: float, out: str | Path) -
     checkpoint.save(softmax_t(checkpoint.load(logits_path), temperature_), out)
 
 
-def validate_model(config: dict, run: Run, model: torch.nn.Module, teacher: torch.nn.Module, device: torch.device,
+def validate_model(spec: Validation, model: torch.nn.Module, teacher: torch.nn.Module, device: torch.device,
                    state_stem: str | Path | None = None) -> dict:
     """An `auto` candidate on the validation split: clean, PGD and AutoAttack accuracy
     (``temperature_search.attacks``), the Eq. 9 objective with its KL natural term (soft
     labels at the run's own T), and the gradient-masking diagnostics whose flags drop a
     candidate from the search (ltd.temperature)."""
-    ev, tr = experiments.evaluation(config, run.dataset), experiments.attack(config, run.dataset, run.method)
-    ts, bs = experiments.search(config, run.dataset), ev["batch_size"]
-    x, y = split_tensors(config, run.dataset, "val", device, bs)
+    run, ev, tr, bs = spec.run, spec.settings, spec.attack, spec.settings["batch_size"]
+    x, y = split_tensors(spec.data, "val", device, bs)
     if len(y) == 0:
         raise ValueError(f"temperature 'auto' needs a validation split: set datasets.{run.dataset}.val_size > 0")
     model, teacher = model.to(device).eval(), teacher.to(device).eval()
@@ -49,8 +47,8 @@ def validate_model(config: dict, run: Run, model: torch.nn.Module, teacher: torc
     pgd = evaluate.pgd_accuracy(model, x, y, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
                                 batch_size=bs, seed=ev["seed"])
     state = None if state_stem is None else Path(f"{state_stem}_autoattack.json")
-    record, flags = run_autoattack(model, x, y, eps=ev["eps"], version="custom", attacks=ts["attacks"], batch_size=bs,
-                                   seed=ev["seed"], state_path=state, device=device)
+    record, flags = run_autoattack(model, x, y, eps=ev["eps"], version="custom", attacks=spec.search_attacks,
+                                   batch_size=bs, seed=ev["seed"], state_path=state, device=device)
     masking = diagnostics.run(model, x, y, clean=clean, robust=record["robust_accuracy"], pgd=pgd, eps=ev["eps"],
                               seed=ev["seed"], batch_size=bs, device=device, cfg=ev["diagnostics"],
                               state_stem=state_stem, apgd_ce_flags=flags.get("apgd-ce"))
@@ -63,16 +61,16 @@ def validate_model(config: dict, run: Run, model: torch.nn.Module, teacher: torc
     }
 
 
-def validate_run(config: dict, run: Run, model_path: str | Path, teacher_path: str | Path, out: str | Path,
+def validate_run(spec: Validation, model_path: str | Path, teacher_path: str | Path, out: str | Path,
                  device: torch.device) -> dict:
     """``validate_model`` on a trained candidate; its AutoAttack runs resume from state
     files beside ``out``."""
     stem = Path(out).with_suffix("")
-    result = validate_model(config, run, load_model(config, run, model_path, device),
-                            load_model(config, run.teacher, teacher_path, device), device, state_stem=stem)
-    result["provenance"] = provenance(config, device, seed=run.seed, precision=result["autoattack"]["precision"],
-                                      settings=experiments.validation_identity(config, run),
-                                      splits=data.describe(dataset(config, run), config["data_dir"], ("val",)))
+    result = validate_model(spec, load_model(spec.model, model_path, device),
+                            load_model(spec.teacher, teacher_path, device), device, state_stem=stem)
+    result["provenance"] = provenance(spec.machine.results, device, seed=spec.run.seed,
+                                      precision=result["autoattack"]["precision"], settings=spec.identity,
+                                      splits=data.describe(spec.data.section, spec.data.data_dir, ("val",)))
     save_json(result, out)
     for f in Path(out).parent.glob(f"{stem.name}_*.json"):
         f.unlink()  # the state files, once the result is written
@@ -85,7 +83,7 @@ def find_tmax(config: dict, dataset_name: str, substitute_metrics: list[str | Pa
     result = {"dataset": dataset_name, "threshold": ts["threshold"],
               "substitutes": [{"T": t, "clean_accuracy": a} for t, a in subs],
               "tmax": temperature.find_tmax(subs, ts["threshold"]),
-              "provenance": provenance(config, settings={"temperature_search": ts})}
+              "provenance": provenance(config["run"], settings={"temperature_search": ts})}
     save_json(result, out)
     return result
 
@@ -102,7 +100,7 @@ def select_temperature(config: dict, group: str, tmax_path: str | Path, validati
         d.update({k: v[k] for k in ("clean_accuracy", "pgd_accuracy", "robust_accuracy", "eq9_kl")})
     result = {"temperature": chosen, "tmax": tmax, "criterion": ts["criterion"], "attacks": ts["attacks"],
               "candidates": decisions,
-              "provenance": provenance(config, settings={"temperature_search": ts})}
+              "provenance": provenance(config["run"], settings={"temperature_search": ts})}
     save_json(result, out)
     return result
 

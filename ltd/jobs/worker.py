@@ -8,8 +8,8 @@ import sys
 import torch
 
 from .. import distributed, runtime
-from ..experiments import Run
 from ..files import load_json
+from ..jobspec import Training
 from ..train import Preempted, StalledAttacks
 from .train import PREEMPTED_EXIT, train_run
 
@@ -22,8 +22,8 @@ def main(argv: list[str]) -> int:
     if ctx.device.type == "cuda":
         runtime.setup("cuda")  # the precision flags; the GPU itself is LOCAL_RANK's (init)
     try:
-        train_run(job["config"], Run.parse(job["role"], job["run"]), out_dir=job["out_dir"],
-                  soft_labels=job["soft_labels"], teacher=job["teacher"], device=ctx.device)
+        train_run(Training.from_json(job["spec"]), out_dir=job["out_dir"], soft_labels=job["soft_labels"],
+                  teacher=job["teacher"], device=ctx.device)
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT

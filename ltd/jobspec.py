@@ -1,0 +1,243 @@
+"""What one job computes, resolved from the config once.
+
+A rule's ``params.spec`` is its job's spec, built here from the config and the job's run;
+the script hands it to the library (a multi-process training job writes it to job.json for
+its torchrun workers), so no job re-reads the config. ``params.identity`` is the spec's
+``identity``: the settings that define the job's output. Snakemake reruns a job whose
+identity changed (it compares params by repr, plain values only, so the spec object itself
+is no rerun trigger) and a training checkpoint carries a fingerprint of it, so a
+checkpoint of other settings is never continued. Nothing else defines a result: the
+machine, the schedule's speed switches and the evaluation's layout change how fast a job
+runs, not what it computes.
+
+Torch-free: Snakemake builds the specs while it plans.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import experiments as ex
+from . import methods
+from .experiments import Run
+
+# Schedule keys that change no trained weights: speed switches, and the stalled-attack
+# alarm, which only warns or stops a run (whose checkpoint then continues to the same weights).
+SPEED_KEYS = ("channels_last", "compile", "compile_attack", "eval_batch_size")
+NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks")
+# The evaluated model's layout and compilation: speed switches, like the schedule's.
+EVALUATION_SPEED_KEYS = ("channels_last", "compile")
+# The evaluation settings a validation uses (not n_examples, precision or the test-set AutoAttack).
+VALIDATION_KEYS = ("eps", "batch_size", "pgd_steps", "pgd_step_size", "seed", "diagnostics")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a job runs (``device``, ``jobs_per_gpu``) and the results folder its
+    provenance names (the config's ``run``); never part of an identity."""
+
+    device: str = "auto"
+    jobs_per_gpu: int = 1
+    results: str = ""
+
+
+@dataclass(frozen=True)
+class Data:
+    """A data set as a job loads it: its config section and where its files live."""
+
+    name: str
+    section: dict[str, Any]
+    data_dir: str
+
+    def identity(self, split: str) -> dict[str, Any]:
+        return ex.split_identity(self.section, split)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A trained model as a job loads it: its name, architecture and data set (its classes)."""
+
+    name: str
+    arch: str
+    data: Data
+
+
+@dataclass(frozen=True)
+class Training:
+    """A teacher's, substitute's or student's training: the run (method, arch, T, beta,
+    seed, soft-label mode and own precision are in its name), its data, its schedule (the
+    role's, with the run's own precision; speed switches included), the method's training
+    attack and AWP settings, the students' per-epoch PGD monitor (None: no monitor) and the
+    torch.distributed processes it runs as."""
+
+    run: Run
+    data: Data
+    schedule: dict[str, Any]
+    attack: dict[str, Any] | None
+    awp: dict[str, Any] | None
+    monitor: dict[str, Any] | None
+    processes: int
+    machine: Machine
+
+    @property
+    def precision(self) -> str:
+        return self.schedule["precision"]
+
+    @property
+    def model(self) -> Model:
+        return Model(self.run.name, self.run.arch, self.data)
+
+    @property
+    def teacher(self) -> Model:
+        """The teacher that labels a run's batches on the fly."""
+        return Model(self.run.teacher.name, self.run.teacher.arch, self.data)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": self.run.name, "data": self.data.identity("train"),
+                               "schedule": {k: v for k, v in self.schedule.items() if k not in NOT_IDENTITY_KEYS}}
+        if self.attack is not None:
+            out["attack"] = self.attack
+        if self.awp is not None:
+            out["awp"] = self.awp
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Training":
+        return cls(**{**d, "run": Run(**d["run"]), "data": Data(**d["data"]), "machine": Machine(**d["machine"])})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's evaluation on its data set's test images; ``settings`` are the data set's
+    evaluation settings (speed switches included)."""
+
+    model: Model
+    settings: dict[str, Any]
+    machine: Machine
+
+    @property
+    def data(self) -> Data:
+        return self.model.data
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Everything besides the model that defines the numbers: the test images and the
+        evaluation settings (not ``monitor``, a training setting, nor ``weights``, which is
+        in the evaluation's file name)."""
+        ev = {k: v for k, v in self.settings.items() if k not in ("monitor", "weights", *EVALUATION_SPEED_KEYS)}
+        if ev.get("precision") in ("fp32", "tf32"):  # as the boolean it replaced, in its place (params compare
+            # by repr): finished evaluations keep their identity, no rerun; pytorch_default is new
+            ev = {("tf32" if k == "precision" else k): (v == "tf32" if k == "precision" else v) for k, v in ev.items()}
+        return {"data": self.data.identity("test"), "evaluation": ev}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """An ``auto`` candidate's validation (Sec. 4.2, step 2): the student and its teacher on
+    the validation images, with the evaluation settings it uses, the method's training
+    attack (the Eq. 9 criterion runs it) and the search's AutoAttack attacks."""
+
+    run: Run
+    data: Data
+    settings: dict[str, Any]
+    attack: dict[str, Any]
+    search_attacks: list[str]
+    machine: Machine
+
+    @property
+    def model(self) -> Model:
+        return Model(self.run.name, self.run.arch, self.data)
+
+    @property
+    def teacher(self) -> Model:
+        return Model(self.run.teacher.name, self.run.teacher.arch, self.data)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"data": self.data.identity("val"), "evaluation": self.settings, "attack": self.attack,
+                "search_attacks": self.search_attacks}
+
+
+@dataclass(frozen=True)
+class Logits:
+    """A teacher's logits on the un-augmented training images (``batch_size``: a speed setting)."""
+
+    teacher: Model
+    batch_size: int
+    machine: Machine
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.teacher.data.identity("train")
+
+
+def machine(config: dict[str, Any]) -> Machine:
+    return Machine(config["device"], int(config.get("jobs_per_gpu", 1)), config["run"])
+
+
+def data(config: dict[str, Any], dataset: str) -> Data:
+    return Data(dataset, copy.deepcopy(ex.dataset_cfg(config, dataset)), str(config["data_dir"]))
+
+
+def training(config: dict[str, Any], run: Run) -> Training:
+    m = methods.get(run.method)
+    ev = ex.evaluation(config, run.dataset)
+    monitor = ev.get("monitor") or {}
+    return Training(
+        run=run, data=data(config, run.dataset), schedule=copy.deepcopy(ex.run_schedule(config, run)),
+        attack=copy.deepcopy(ex.attack(config, run.dataset, run.method)) if m.attack else None,
+        awp=dict(config["awp"]) if m.awp else None,
+        # Students' per-epoch PGD accuracy on a few test images: the training curves show
+        # robust overfitting and (with soft labels at high T) masking as it develops.
+        monitor={"n_examples": monitor["n_examples"], "pgd_steps": monitor["pgd_steps"], "eps": ev["eps"],
+                 "step_size": ev["pgd_step_size"], "seed": ev["seed"]}
+        if run.role == "students" and monitor.get("n_examples") else None,
+        processes=ex.processes(config, run.dataset), machine=machine(config))
+
+
+def model(config: dict[str, Any], run: Run) -> Model:
+    return Model(run.name, run.arch, data(config, run.dataset))
+
+
+def evaluation(config: dict[str, Any], model: Model) -> Evaluation:
+    return Evaluation(model, copy.deepcopy(ex.evaluation(config, model.data.name)), machine(config))
+
+
+def student_evaluation(config: dict[str, Any], run: Run) -> Evaluation:
+    return evaluation(config, model(config, run))
+
+
+def validation(config: dict[str, Any], run: Run) -> Validation:
+    ev = ex.evaluation(config, run.dataset)
+    return Validation(run, data(config, run.dataset), copy.deepcopy({k: v for k, v in ev.items() if k in VALIDATION_KEYS}),
+                      copy.deepcopy(ex.attack(config, run.dataset, run.method)),
+                      list(ex.search(config, run.dataset)["attacks"]), machine(config))
+
+
+def logits(config: dict[str, Any], teacher: Run) -> Logits:
+    return Logits(model(config, teacher), ex.schedule(config, "teachers", teacher.dataset)["eval_batch_size"],
+                  machine(config))
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published checkpoint's evaluation: its `published:` entry (name, dataset, arch,
+    where it comes from, the numbers its authors reported) and the evaluation of its data set."""
+
+    entry: dict[str, Any]
+    evaluation: Evaluation
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"entry": self.entry, **self.evaluation.identity}
+
+
+def published(config: dict[str, Any], entry: dict[str, Any]) -> Published:
+    checkpoint = Model(entry["name"], entry["arch"], data(config, entry["dataset"]))
+    return Published(copy.deepcopy(entry), evaluation(config, checkpoint))
