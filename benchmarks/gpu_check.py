@@ -310,7 +310,7 @@ def loop_runner(ctx: Context, method: str, *, today: bool, compiled=None, device
     x, y, q = synthetic_batch(ctx, images, seed=2)
     split = data.Split(x.to(device), y.to(device), None)
     padding = int(ex.dataset_cfg(ctx.config, DATASET).get("crop_padding", 4))
-    loader = (PerBatchDrawLoader if today else data.DeviceLoader)(split, batch, soft_labels=q.to(device),
+    loader = (PerBatchDrawLoader if today else data.DeviceLoader)(split, batch, q=q.to(device),
                                                                   crop_padding=padding, seed=0)
     totals = (HostTensorTotals if today else _Totals)(device)
     channels_last = ctx.channels_last and device.type == "cuda"
@@ -840,7 +840,7 @@ def part_natural(ctx: Context) -> dict:
     x, y, q = synthetic_batch(ctx, ctx.loader_images, seed=2)
     split = data.Split(x.to(ctx.device), y.to(ctx.device), None)
     padding = int(ex.dataset_cfg(ctx.config, DATASET).get("crop_padding", 4))
-    loader = data.DeviceLoader(split, ctx.batch, soft_labels=q.to(ctx.device), crop_padding=padding, seed=0)
+    loader = data.DeviceLoader(split, ctx.batch, q=q.to(ctx.device), crop_padding=padding, seed=0)
     next(iter(loader.epoch(0)))  # warm-up
 
     def epoch():

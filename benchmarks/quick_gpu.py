@@ -7,7 +7,7 @@ real CIFAR-10, for one GPU, in at most 8 minutes, with the workflow's own job fu
 The question it answers: does the paper's collapse at T >= 15 (high clean accuracy, no
 robustness) appear when TRADES+LTD trains in fp16, and not in bf16? It runs, one after
 the other, exactly what the workflow's jobs run (ltd.jobs: prepare_data, train_run,
-teacher_logits, soft_labels, evaluate_run; ltd.train.fit and the steps inside them),
+teacher_logits, write_soft_labels, evaluate_run; ltd.train.fit and the steps inside them),
 under config/quick.yaml + config/cifar10_jpeg.yaml with a shorter schedule:
 
 1. ``data``: CIFAR-10's JPEG archive (``--archive``; default ../shared/data/ beside the
@@ -229,14 +229,14 @@ class Slice:
                 "precision": m["precision"], "history": m["history"],
                 "seconds": m["train_seconds_this_attempt"]}
 
-    def soft_labels(self, t: float) -> Path:
+    def soft_label_file(self, t: float) -> Path:
         logits = self.runs / "soft_labels" / f"{self.teacher.name}_logits.pt"
         if not logits.exists():
             logits.parent.mkdir(parents=True, exist_ok=True)
             temperature_jobs.teacher_logits(jobspec.logits(self.config, self.teacher),
                                             self.runs / self.teacher.dir / "model.pt", logits, self.device)
         q = logits.with_name(f"{self.teacher.name}_T{ex.fmt_num(t)}.pt")
-        temperature_jobs.soft_labels(logits, t, q)
+        temperature_jobs.write_soft_labels(logits, t, q)
         return q
 
     def student_run(self, t: float):
@@ -248,7 +248,7 @@ class Slice:
     def train_student(self, t: float, precision: str) -> dict:
         cfg, run = student_config(self.config, precision), self.student_run(t)
         m = train_jobs.train_run(jobspec.training(cfg, run), out_dir=self.student_dir(t, precision),
-                                 soft_labels=self.soft_labels(t), device=self.device)
+                                 soft_label_file=self.soft_label_file(t), device=self.device)
         history = [{k: h.get(k) for k in HISTORY_KEYS} for h in m["history"]]
         return {"run": run.name, "temperature": t, "precision_asked": precision, "precision": m["precision"],
                 "train_images": m["provenance"]["splits"]["train"]["n"], "epochs": m["epochs"],

@@ -252,7 +252,7 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe_on = methods.forward_equivalents(run.method, steps, awp_on=True)
             notes.append(f"AWP on for {on} of {epochs} epochs ({fe_on:.2f} vs {fe:.2f} fwd-eq)")
             fe = (on * fe_on + (epochs - on) * fe) / epochs
-        if run.labels == "on_the_fly":  # the teacher (same architecture) labels every augmented image
+        if run.soft_label_mode == "on_the_fly":  # the teacher (same architecture) labels every augmented image
             fe += 1.0
             notes.append("soft labels on the fly: +1 teacher forward per image")
         flop = fwd * (fe * n * epochs + test_images(config, run.dataset) * epochs)  # + per-epoch clean test
@@ -311,7 +311,7 @@ def table_jobs(config: dict, table: str) -> list[Job]:
         add(Job("student", run))
         if run.uses_soft_labels:
             add(Job("teacher", run.teacher))
-            if run.labels != "on_the_fly":  # precomputed soft labels come from the teacher's logits
+            if run.soft_label_mode != "on_the_fly":  # precomputed soft labels come from the teacher's logits
                 add(Job("logits", run.teacher))
     if ex.search(config, dataset) is not None:  # the table reports its data set's T_max
         add(Job("teacher", ex.search_teacher(config, dataset)))

@@ -404,7 +404,7 @@ def _table_problems(config: dict, scope: Scope) -> tuple[list[str], set[str], di
             if m is not None and m.role == "students":
                 if m.awp:
                     awp_datasets.add(dataset)
-                roles[dataset].update(("students", "teachers") if m.soft_labels else ("students",))
+                roles[dataset].update(("students", "teachers") if m.uses_soft_labels else ("students",))
             problems += _entry_problems(config, f"{where}.entries[{i}]", e, spec, dataset, search)
     return problems, awp_datasets, roles
 

@@ -398,7 +398,7 @@ def _epoch_draws(generator: torch.Generator, n: int, shuffle: bool, bounds: list
 
 
 class DeviceLoader:
-    """Batches of (x, y, soft_labels or None) from tensors already on the device.
+    """Batches of (x, y, q or None) from tensors already on the device.
 
     The order and augmentation of epoch e depend only on (seed, e), so a run resumed
     at an epoch boundary sees exactly the batches an uninterrupted run would. With
@@ -412,7 +412,7 @@ class DeviceLoader:
         self,
         split: Split,
         batch_size: int,
-        soft_labels: torch.Tensor | None = None,
+        q: torch.Tensor | None = None,
         shuffle: bool = True,
         crop_padding: int = 0,
         augment: bool = True,
@@ -421,10 +421,10 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ):
-        if soft_labels is not None and len(soft_labels) != len(split):
-            raise ValueError(f"{len(soft_labels)} soft labels for {len(split)} training images")
+        if q is not None and len(q) != len(split):
+            raise ValueError(f"{len(q)} soft labels for {len(split)} training images")
         _check_rank(rank, world_size)
-        self.split, self.q = split, soft_labels
+        self.split, self.q = split, q
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.padding, self.seed, self.drop_last = crop_padding, seed, drop_last
         self.rank, self.world_size = rank, world_size
@@ -457,12 +457,12 @@ class StreamLoader:
     """
 
     def __init__(self, split: FileSplit, batch_size: int, transform, device: torch.device | str,
-                 soft_labels: torch.Tensor | None = None, seed: int = 0, workers: int = LOADER_WORKERS,
+                 q: torch.Tensor | None = None, seed: int = 0, workers: int = LOADER_WORKERS,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        if soft_labels is not None and len(soft_labels) != len(split):
-            raise ValueError(f"{len(soft_labels)} soft labels for {len(split)} training images")
+        if q is not None and len(q) != len(split):
+            raise ValueError(f"{len(q)} soft labels for {len(split)} training images")
         _check_rank(rank, world_size)
-        self.split, self.q, self.device = split, soft_labels, torch.device(device)
+        self.split, self.q, self.device = split, q, torch.device(device)
         self.dataset = ImageFiles(split, transform)
         self.seed, self.workers, self.rank, self.world_size = seed, workers, rank, world_size
         self.bounds = _batch_bounds(len(split), batch_size, world_size, drop_last)
@@ -486,16 +486,16 @@ class StreamLoader:
 
 
 def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batch_size: int,
-                      soft_labels: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1):
+                      q: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1):
     """The training split's loader: a DeviceLoader for in-memory sources (crop with
     ``crop_padding`` + flip), a StreamLoader for imagefolder (RandomResizedCrop + flip)."""
     if _source(cfg) == "imagefolder":
         transform = train_transform(cfg["image_size"], cfg.get("crop_scale", (0.08, 1.0)))
         return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
-                            device, soft_labels, seed=seed, workers=cfg.get("workers", LOADER_WORKERS),
+                            device, q, seed=seed, workers=cfg.get("workers", LOADER_WORKERS),
                             rank=rank, world_size=world_size)
     split = load_split(cfg, data_dir, "train").to(device)
-    return DeviceLoader(split, batch_size, soft_labels=soft_labels, crop_padding=cfg.get("crop_padding", 0),
+    return DeviceLoader(split, batch_size, q=q, crop_padding=cfg.get("crop_padding", 0),
                         seed=seed, rank=rank, world_size=world_size)
 
 

@@ -60,7 +60,7 @@ class Run:
     method: str = "natural"
     temperature: float | None = None
     beta: float | None = None
-    labels: str | None = None  # a student's soft-label mode (SOFT_LABEL_MODES); None without soft labels
+    soft_label_mode: str | None = None  # a student's (SOFT_LABEL_MODES); None without soft labels
     precision: str | None = None  # a student's own precision (PRECISIONS) over its schedule's; None: the schedule's
 
     @property
@@ -70,7 +70,7 @@ class Run:
             parts.append(self.method)
         if self.temperature is not None:
             parts.append(f"T{fmt_num(self.temperature)}")
-        if self.labels == "on_the_fly":
+        if self.soft_label_mode == "on_the_fly":
             parts.append("fly")
         if self.precision is not None:
             parts.append(self.precision)
@@ -90,7 +90,7 @@ class Run:
 
     @property
     def uses_soft_labels(self) -> bool:
-        return methods.get(self.method).soft_labels
+        return methods.get(self.method).uses_soft_labels
 
     @classmethod
     def parse(cls, role: str, name: str) -> "Run":
@@ -107,7 +107,7 @@ class Run:
         problem = methods.temperature_problem(method, d.get("temperature"))
         if problem:
             raise ValueError(f"run name {name!r}: {problem}")
-        soft = methods.get(method).soft_labels
+        soft = methods.get(method).uses_soft_labels
         return cls(
             role=role,
             dataset=d["dataset"],
@@ -116,7 +116,7 @@ class Run:
             method=method,
             temperature=float(d["temperature"]) if d.get("temperature") else None,
             beta=float(d["beta"]) if d.get("beta") else None,
-            labels=("on_the_fly" if d.get("fly") else "precomputed") if soft and role == "students" else None,
+            soft_label_mode=("on_the_fly" if d.get("fly") else "precomputed") if soft and role == "students" else None,
             precision=d.get("precision"),
         )
 
@@ -253,21 +253,22 @@ def seeds(config: dict[str, Any]) -> list[int]:
     return list(config.get("seeds") or [config["seed"]])
 
 
-def soft_label_mode(config: dict[str, Any], dataset: str) -> str:
+def data_soft_label_mode(config: dict[str, Any], dataset: str) -> str:
     """A data set's soft-label mode (`datasets.<d>.soft_labels`, else `soft_labels`)."""
     return dataset_cfg(config, dataset).get("soft_labels") or config["soft_labels"]
 
 
 def student(config: dict[str, Any], dataset: str, arch: str, method: str, temperature: float | None,
-            beta: float, seed: int | None = None, labels: str | None = None, precision: str | None = None) -> Run:
+            beta: float, seed: int | None = None, soft_label_mode: str | None = None,
+            precision: str | None = None) -> Run:
     problem = methods.temperature_problem(method, temperature)
     if problem:
         raise ValueError(problem)
-    soft = methods.get(method).soft_labels
+    soft = methods.get(method).uses_soft_labels
     t = float(temperature) if soft else None
     seed = config["seed"] if seed is None else seed
-    mode = (labels or soft_label_mode(config, dataset)) if soft else None
-    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta), labels=mode,
+    mode = (soft_label_mode or data_soft_label_mode(config, dataset)) if soft else None
+    return Run("students", dataset, arch, seed, method=method, temperature=t, beta=float(beta), soft_label_mode=mode,
                precision=precision)
 
 
@@ -294,7 +295,7 @@ class Entry:
     temperature: float | str | None
     beta: float
     label: str
-    labels: str | None = None  # the entry's own soft-label mode where it differs from its data set's; else None
+    soft_label_mode: str | None = None  # the entry's own where it differs from its data set's; else None
     precision: str | None = None  # the entry's own training precision where it differs from its data set's
     runs_on: str | None = None  # the data set its runs use (stand-ins applied); None: ``dataset``
     trains_in: str | None = None  # the precision its schedule asks for (its own or its data set's)
@@ -328,7 +329,7 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
         raise KeyError(f"tables.{table}: no such table; the config defines {', '.join(table_names(config))}")
     spec = config["tables"][table]
     runs_on = table_dataset(config, table)
-    default_mode = soft_label_mode(config, runs_on)
+    default_mode = data_soft_label_mode(config, runs_on)
     raw = []
     for i, e in enumerate(spec["entries"]):
         where = f"tables.{table}.entries[{i}]"
@@ -339,7 +340,7 @@ def table_entries(config: dict[str, Any], table: str) -> list[Entry]:
         problem = methods.temperature_problem(e["method"], temps)
         if problem:
             raise ValueError(f"{where}: {problem}")
-        soft = methods.get(e["method"]).soft_labels
+        soft = methods.get(e["method"]).uses_soft_labels
         # the entry's own soft-label mode and precision: None unless they differ from its data set's
         mode = e.get("soft_labels") if soft else None
         mode = None if mode == default_mode else mode
@@ -376,7 +377,7 @@ def entry_run(config: dict[str, Any], entry: Entry, chosen_t: float | None = Non
             raise ValueError("an 'auto' entry needs the temperature chosen by the search")
         t = chosen_t
     return student(config, entry.runs_on or stand_in(config, "datasets", entry.dataset),
-                   stand_in(config, "archs", entry.arch), entry.method, t, entry.beta, seed, labels=entry.labels,
+                   stand_in(config, "archs", entry.arch), entry.method, t, entry.beta, seed, soft_label_mode=entry.soft_label_mode,
                    precision=entry.precision)
 
 
@@ -427,7 +428,7 @@ def datasets_in_use(config: dict[str, Any]) -> list[str]:
 def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) -> str:
     """Name of the temperature search an ``auto`` row depends on (one per seed)."""
     probe = entry_run(config, entry, chosen_t=1.0, seed=seed)
-    fly = "_fly" if probe.labels == "on_the_fly" else ""
+    fly = "_fly" if probe.soft_label_mode == "on_the_fly" else ""
     precision = f"_{probe.precision}" if probe.precision else ""
     return f"{probe.dataset}_{probe.arch}_{probe.method}{fly}{precision}_b{fmt_num(probe.beta)}_s{probe.seed}"
 
@@ -446,8 +447,8 @@ def search_candidates(config: dict[str, Any], group: str) -> list[Run]:
     ts = search(config, m["dataset"])
     if ts is None:
         raise ValueError(f"an 'auto' temperature on {m['dataset']!r} needs datasets.{m['dataset']}.temperature_search")
-    labels = "on_the_fly" if m["fly"] else "precomputed"
-    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]), labels,
+    mode = "on_the_fly" if m["fly"] else "precomputed"
+    return [student(config, m["dataset"], m["arch"], m["method"], t, float(m["beta"]), int(m["seed"]), mode,
                     m["precision"]) for t in ts["grid"]]
 
 

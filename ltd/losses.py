@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_labels(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def tempered_softmax(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """q_T(x) = softmax(z_teacher(x) / T)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")

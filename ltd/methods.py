@@ -11,7 +11,7 @@ Adding a method = one step class in ``ltd/steps.py`` under its kind in
 ``ltd.steps.STEP_CLASSES`` + one entry below + config rows
 (``datasets.<d>.attack.<family>``, table entries)::
 
-    Method("mart-ltd", "MART+LTD", "mart", soft_labels=True, attack="mart",
+    Method("mart-ltd", "MART+LTD", "mart", uses_soft_labels=True, attack="mart",
            base="mart", cost=lambda k: 2 * k + 6, note="q_T in the CE term of MART's BCE only"),
 
 No torch here: planning the workflow's DAG reads the registry. The step classes live in
@@ -33,7 +33,7 @@ class Method:
     label: str
     step: str  # its step's kind: a key of ltd.steps.STEP_CLASSES, built with (method, **settings)
     role: str = "students"
-    soft_labels: bool = False  # the natural term's target is q_T (LTD): runs carry a temperature
+    uses_soft_labels: bool = False  # the natural term's target is q_T (LTD): runs carry a temperature
     attack: str | None = None  # key of datasets.<d>.attack (falls back to `default`)
     awp: bool = False  # needs `awp:` {gamma, warmup_epochs, proxy_lr}
     base: str | None = None  # for an LTD variant: the one-hot method it extends
@@ -49,16 +49,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # Teachers: natural training (cross-entropy on one-hot labels). Substitutes (Sec. 4.2):
     # natural data, the teacher's soft labels at T.
     Method("natural", "Natural", "natural", role="teachers"),
-    Method("soft", "Soft labels", "natural", role="substitutes", soft_labels=True),
+    Method("soft", "Soft labels", "natural", role="substitutes", uses_soft_labels=True),
     # TRADES (Zhang et al. 2019, yaodongyu/TRADES): 1 + 2k (attack) + 2 x 3 (x, x' with backward).
     Method("trades", "TRADES", "trades", attack="trades", cost=lambda k: 2 * k + 7),
-    Method("trades-ltd", "TRADES+LTD", "trades", soft_labels=True, attack="trades", base="trades",
+    Method("trades-ltd", "TRADES+LTD", "trades", uses_soft_labels=True, attack="trades", base="trades",
            cost=lambda k: 2 * k + 7, note="Eq. 9: the natural term CE(q_T, f(x)); the KL term and the attack "
                                           "need no label"),
     # TRADES-AWP (Wu et al. 2020, csdongxian/AWP): TRADES plus the proxy's forward of x and x'
     # and their backward (weights only): 2 + 4 = 6 more while AWP is on.
     Method("awp", "AWP", "awp", attack="awp", awp=True, cost=lambda k: 2 * k + 7, awp_cost=6.0),
-    Method("awp-ltd", "AWP+LTD", "awp", soft_labels=True, attack="awp", awp=True, base="awp",
+    Method("awp-ltd", "AWP+LTD", "awp", uses_soft_labels=True, attack="awp", awp=True, base="awp",
            cost=lambda k: 2 * k + 7, awp_cost=6.0,
            note="TRADES-AWP with q_T in the natural term, in the update and in the weight-perturbation objective"),
     # Beyond the paper: LTD for other adversarial-training methods (table7).
@@ -66,13 +66,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # al.'s loop, AWP off): 2k (attack) + 3 (x' with backward) + 1 (the official post-update
     # forward of x, for its BN statistics). beta: unused.
     Method("pgd-at", "PGD-AT", "pgd", attack="pgd", cost=lambda k: 2 * k + 4),
-    Method("pgd-at-ltd", "PGD-AT+LTD", "pgd", soft_labels=True, attack="pgd", base="pgd-at",
+    Method("pgd-at-ltd", "PGD-AT+LTD", "pgd", uses_soft_labels=True, attack="pgd", base="pgd-at",
            cost=lambda k: 2 * k + 4,
            note="the loss CE(q_T, f(x')) replaces CE(y, f(x')); the attack keeps the true label y (the "
                 "paper crafts adversarial examples with the original label)"),
     # MART (Wang et al. 2020, YisenWang/MART): 2k (attack) + 2 x 3 (x and x' with backward).
     Method("mart", "MART", "mart", attack="mart", cost=lambda k: 2 * k + 6),
-    Method("mart-ltd", "MART+LTD", "mart", soft_labels=True, attack="mart", base="mart",
+    Method("mart-ltd", "MART+LTD", "mart", uses_soft_labels=True, attack="mart", base="mart",
            cost=lambda k: 2 * k + 6,
            note="q_T replaces y in the cross-entropy of MART's boosted CE only, CE(q_T, f(x')); its margin "
                 "term (the most probable wrong class) and the misclassification weight 1 - f_y(x) keep y, "
@@ -97,9 +97,9 @@ def temperature_problem(method: str, temperature: Any) -> str | None:
     checks: a method that learns from soft labels needs one (a T, or ``auto`` in a
     table), a one-hot method takes none. None when ``temperature`` fits ``method``."""
     m = get(method)
-    if m.soft_labels and temperature is None:
+    if m.uses_soft_labels and temperature is None:
         return f"method {method!r} learns from soft labels: it needs a temperature (a T, or `auto` in a table)"
-    if not m.soft_labels and temperature is not None:
+    if not m.uses_soft_labels and temperature is not None:
         ltd = next((n for n, o in METHODS.items() if o.base == method), None)
         return (f"method {method!r} uses one-hot labels: it takes no temperature"
                 + (f" (its LTD variant, {ltd!r}, does)" if ltd else ""))

@@ -121,7 +121,7 @@ def uniform_limit(oracle: np.ndarray) -> float:
     return float(np.log(oracle.shape[-1]) - entropy_rows(oracle).mean())
 
 
-def softmax_t(z: np.ndarray, T: float | np.ndarray) -> np.ndarray:
+def tempered_softmax(z: np.ndarray, T: float | np.ndarray) -> np.ndarray:
     """softmax(z / T) along the last axis (Eq. 5), stable."""
     a = np.asarray(z, dtype=np.float64) / T
     a = a - a.max(axis=-1, keepdims=True)
@@ -184,7 +184,7 @@ def binary_case(settings: dict, seed: int) -> tuple[pd.DataFrame, dict]:
     temps = np.asarray(settings["temperatures"], dtype=np.float64)
     rows = []
     for T in temps:
-        q = softmax_t(np.array([m, 0.0]), T)  # (q, 1-q) on (predicted, other)
+        q = tempered_softmax(np.array([m, 0.0]), T)  # (q, 1-q) on (predicted, other)
         correct = np.where(labels[:, None] == np.arange(2), q[0], q[1])
         d2 = discrepancy(oracle, correct)
         pred = np.where(miss, 1 - labels, labels)

@@ -53,7 +53,7 @@ class Step(Protocol):
 
 def natural_target(method: Method, y: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
     """Class indices, or the teacher's soft labels for a method that learns from them."""
-    if not method.soft_labels:
+    if not method.uses_soft_labels:
         return y
     if q is None:
         raise ValueError(f"method {method.name!r} trains on the teacher's soft labels, but q is None")
@@ -127,9 +127,9 @@ class TradesStep(Step):
             return trades_adversarial(model, x, self.attack, start=start)
         return trades_adversarial(model, x, self.attack, start=start, compiled=self.compiled_attack)
 
-    def loss(self, model, x, x_adv, target):
-        """The TRADES(+LTD) loss at the model's current weights, BN updated as officially:
-        TRADES's x, x', x (AWPStep overrides the order)."""
+    def forwards(self, model, x, x_adv):
+        """The natural and adversarial logits the TRADES(+LTD) loss takes, at the model's
+        current weights, BN updated as officially: TRADES's x, x', x (AWPStep overrides the order)."""
         replay = self.replay(model)
         with replay.record():
             logits_nat = model(x)
@@ -141,7 +141,7 @@ class TradesStep(Step):
         start = random_start(x)
         x_adv = self.adversarial(model, x, start)
         target = natural_target(self.method, y, q)
-        logits_nat, logits_adv = self.loss(model, x, x_adv, target)
+        logits_nat, logits_adv = self.forwards(model, x, x_adv)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
         stuck = stalled(x_adv, start, x, self.attack["eps"])
         return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
@@ -193,7 +193,7 @@ class AWPStep(TradesStep):
             self._proxy = awp_lib.make_proxy(model)
         return self._proxy
 
-    def loss(self, model, x, x_adv, target):
+    def forwards(self, model, x, x_adv):  # TRADES-AWP's order: x', x, x
         replay = self.replay(model)
         logits_adv = model(x_adv)
         with replay.record():
@@ -218,7 +218,7 @@ class AWPStep(TradesStep):
                                              proxy_lr=self.proxy_lr, n_local=len(x))
         awp_lib.add_perturbation(model, delta)
         self._delta = delta
-        logits_nat, logits_adv = self.loss(model, x, x_adv, target)
+        logits_nat, logits_adv = self.forwards(model, x, x_adv)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
         stuck = stalled(x_adv, start, x, self.attack["eps"])
         return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
@@ -325,7 +325,7 @@ class MartStep(Step):
         self.method, self.beta, self.attack = method, beta, attack
 
     def __call__(self, model, x, y, q):
-        target = natural_target(self.method, y, q) if self.method.soft_labels else None
+        target = natural_target(self.method, y, q) if self.method.uses_soft_labels else None
         start = random_start(x)
         forward = None if self.compiled_attack is None else self.compiled_attack.bind(model)
         x_adv = mart_attack(model, x, y, start=start, **self.attack, forward=forward)

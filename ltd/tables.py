@@ -84,7 +84,7 @@ def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], t
         return _row(label, "this run", clean, robust, p_clean, p_robust, run=rs[0]["run"],
                     runs=[r["run"] for r in rs], run_role="students", clean_sd=clean_sd, robust_sd=robust_sd,
                     seeds=len(rs), temperature=None if e.is_auto else e.temperature, beta=e.beta, auto=e.is_auto,
-                    labels=e.labels, own_precision=e.precision, trains_in=e.trains_in, training=_training(rs))
+                    soft_label_mode=e.soft_label_mode, own_precision=e.precision, trains_in=e.trains_in, training=_training(rs))
 
     for p in paper_rows:
         if "reported" in p:

@@ -296,7 +296,7 @@ def job_identity(kind, role="students"):
     return lambda w: _spec(kind, role, w.name).identity
 
 
-def soft_labels_of(role):
+def soft_label_file_of(role):
     def f(w):
         run = ex.Run.parse(role, w.name)
         return f"{R}/soft_labels/{run.teacher.name}/T{ex.fmt_num(run.temperature)}.pt"
@@ -310,10 +310,10 @@ def training_inputs(role):
     def inputs(w):
         run = ex.Run.parse(role, w.name)
         out = {"data": data_json(run.dataset)}
-        if run.labels == "on_the_fly":
+        if run.soft_label_mode == "on_the_fly":
             out["teacher"] = run_path(run.teacher, "model.pt")
         elif run.uses_soft_labels:
-            out["soft_labels"] = soft_labels_of(role)(w)
+            out["soft_label_file"] = soft_label_file_of(role)(w)
         return out
 
     return inputs

@@ -115,7 +115,7 @@ def test_fp16_step_equals_a_plain_amp_trades_loop(device, method, init_scale, tm
                         lambda *a, **k: adversarial.append(real(*a, **k)) or adversarial[-1])
     _Recording.grads = {}
     ours = copy.deepcopy(model0)
-    loader = data.DeviceLoader(data.Split(x, y, None), len(y), soft_labels=q, shuffle=False, augment=False)
+    loader = data.DeviceLoader(data.Split(x, y, None), len(y), q=q, shuffle=False, augment=False)
     torch.manual_seed(100)  # the attack's random start
     history = loop.fit(ours, build_step(method, beta=BETA, attack=ATTACK), loader, SCHED, ckpt_path=tmp_path / "c.pt",
                        device=device, precision="fp16")

@@ -66,7 +66,7 @@ def test_crop_flip_keeps_pixels_and_shape():
 def test_loader_is_deterministic_per_epoch():
     split = data.Split(torch.rand(50, 3, 8, 8), torch.arange(50) % 10, np.arange(50))
     q = torch.softmax(torch.randn(50, 10), 1)
-    loader = data.DeviceLoader(split, 16, soft_labels=q, crop_padding=1, seed=3)
+    loader = data.DeviceLoader(split, 16, q=q, crop_padding=1, seed=3)
     a = [b for b in loader.epoch(2)]
     b = [b for b in loader.epoch(2)]
     c = [b for b in loader.epoch(3)]
@@ -94,7 +94,7 @@ def _assert_shards_make_the_global_batches(make, world_size, epoch=1):
 def test_device_loader_shards_each_global_batch():
     split = data.Split(torch.rand(50, 3, 8, 8), torch.arange(50) % 10, np.arange(50))
     q = torch.rand(50, 10)
-    make = lambda r, w: data.DeviceLoader(split, 16, soft_labels=q, crop_padding=1, seed=3, rank=r, world_size=w)
+    make = lambda r, w: data.DeviceLoader(split, 16, q=q, crop_padding=1, seed=3, rank=r, world_size=w)
     _assert_shards_make_the_global_batches(make, 3)  # 16 = 5 + 5 + 6; the last batch (2 images) is dropped
     assert len(make(0, 3)) == 3 and len(make(0, 2)) == 4
     with pytest.raises(ValueError, match="rank 3"):

@@ -10,12 +10,12 @@ from ltd.experiments import Run
 @pytest.mark.parametrize("run", [
     Run("teachers", "cifar10", "wrn-34-10", 0),
     Run("substitutes", "cifar10", "wrn-34-10", 1, method="soft", temperature=50.0),
-    Run("students", "cifar100", "wrn-34-10", 0, method="trades-ltd", temperature=0.5, beta=6.0, labels="precomputed"),
-    Run("students", "cifar10", "wrn-34-10", 0, method="awp-ltd", temperature=5.0, beta=6.0, labels="on_the_fly"),
+    Run("students", "cifar100", "wrn-34-10", 0, method="trades-ltd", temperature=0.5, beta=6.0, soft_label_mode="precomputed"),
+    Run("students", "cifar10", "wrn-34-10", 0, method="awp-ltd", temperature=5.0, beta=6.0, soft_label_mode="on_the_fly"),
     Run("students", "digits", "preact-resnet18", 3, method="trades", beta=3.5),
-    Run("students", "cifar10", "wrn-34-10", 0, method="trades-ltd", temperature=20.0, beta=6.0, labels="precomputed",
+    Run("students", "cifar10", "wrn-34-10", 0, method="trades-ltd", temperature=20.0, beta=6.0, soft_label_mode="precomputed",
         precision="bf16"),
-    Run("students", "cifar10", "wrn-34-10", 0, method="awp-ltd", temperature=5.0, beta=6.0, labels="on_the_fly",
+    Run("students", "cifar10", "wrn-34-10", 0, method="awp-ltd", temperature=5.0, beta=6.0, soft_label_mode="on_the_fly",
         precision="fp16"),
     Run("students", "cifar10", "wrn-34-10", 0, method="trades", beta=6.0, precision="fp32"),
 ])

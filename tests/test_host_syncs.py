@@ -59,7 +59,7 @@ def test_a_training_step_never_waits_for_the_host(method):
     n = 24
     split = data.Split(torch.rand(n, 3, 8, 8, generator=g), torch.arange(n) % 10, np.arange(n)).to(META)
     q = F.softmax(torch.randn(n, 10, generator=g), 1).to(META)
-    loader = data.DeviceLoader(split, 8, soft_labels=q, crop_padding=2, seed=0)
+    loader = data.DeviceLoader(split, 8, q=q, crop_padding=2, seed=0)
     m = methods.get(method)
     step = steps.build_step(method, beta=6.0, attack=ATTACK if m.attack else None,
                               awp={"gamma": 5e-3, "warmup_epochs": 1, "proxy_lr": 0.1} if m.awp else None)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd.losses import natural_loss, soft_cross_entropy, soft_labels, trades_kl, trades_loss
+from ltd.losses import natural_loss, soft_cross_entropy, tempered_softmax, trades_kl, trades_loss
 
 
 def test_soft_ce_with_one_hot_equals_cross_entropy():
@@ -25,16 +25,16 @@ def test_soft_labels_sum_to_one_and_sharpen_as_t_falls():
     z = torch.randn(16, 10) * 3
     maxima = []
     for t in [20.0, 5.0, 1.0, 0.5]:
-        q = soft_labels(z, t)
+        q = tempered_softmax(z, t)
         assert torch.allclose(q.sum(1), torch.ones(16))
         maxima.append(q.max(1).values)
     for hot, cold in zip(maxima, maxima[1:]):
         assert (cold > hot).all()
-    assert torch.equal(soft_labels(z, 1e-3).argmax(1), z.argmax(1))
-    assert (soft_labels(z, 1e-3).max(1).values > 0.999).all()
-    assert torch.allclose(soft_labels(z, 1e4), torch.full_like(z, 0.1), atol=1e-3)
+    assert torch.equal(tempered_softmax(z, 1e-3).argmax(1), z.argmax(1))
+    assert (tempered_softmax(z, 1e-3).max(1).values > 0.999).all()
+    assert torch.allclose(tempered_softmax(z, 1e4), torch.full_like(z, 0.1), atol=1e-3)
     with pytest.raises(ValueError):
-        soft_labels(z, 0)
+        tempered_softmax(z, 0)
 
 
 def test_kl_is_zero_at_x_and_positive_elsewhere():
@@ -55,6 +55,6 @@ def test_trades_loss_parts_and_dispatch():
     assert loss0.item() == pytest.approx(F.cross_entropy(nat, y).item(), rel=1e-6)
     loss6, parts = trades_loss(nat, adv, y, beta=6.0)
     assert loss6.item() == pytest.approx((parts["natural"] + 6.0 * parts["robust"]).item(), rel=1e-5)
-    q = soft_labels(torch.randn(4, 10), 5.0)
+    q = tempered_softmax(torch.randn(4, 10), 5.0)
     assert natural_loss(nat, q).item() == pytest.approx(soft_cross_entropy(nat, q).item())
     assert natural_loss(nat, y).item() == pytest.approx(F.cross_entropy(nat, y).item())

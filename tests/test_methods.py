@@ -38,7 +38,7 @@ def test_registry_is_consistent():
         assert Step in steps.STEP_CLASSES[m.step].__mro__  # an explicit Step: the no-op hooks are inherited
         if m.base is not None:  # an LTD variant: the one-hot method it extends, same attack and AWP
             base = methods.get(m.base)
-            assert m.soft_labels and not base.soft_labels and base.attack == m.attack and base.awp == m.awp
+            assert m.uses_soft_labels and not base.uses_soft_labels and base.attack == m.attack and base.awp == m.awp
             assert m.label.startswith(base.label) and m.note
         if m.role == "students":
             assert m.attack is not None
@@ -74,7 +74,7 @@ def test_each_step_trains_a_tiny_model(batch, name):
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if k.endswith("weight"))
 
 
-@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.soft_labels])
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.uses_soft_labels])
 def test_ltd_variants_really_use_q(batch, name):
     """With q one-hot an LTD step is its base method's; with soft q its loss differs; without q it refuses."""
     model, x, y, q = batch
@@ -99,6 +99,6 @@ def test_run_names_follow_the_registry():
     for name, m in methods.METHODS.items():
         if m.role != "students":
             continue
-        run = Run("students", "cifar10", "wrn-34-10", 0, method=name, temperature=5.0 if m.soft_labels else None,
-                  beta=6.0, labels="precomputed" if m.soft_labels else None)
-        assert Run.parse("students", run.name) == run and run.uses_soft_labels == m.soft_labels
+        run = Run("students", "cifar10", "wrn-34-10", 0, method=name, temperature=5.0 if m.uses_soft_labels else None,
+                  beta=6.0, soft_label_mode="precomputed" if m.uses_soft_labels else None)
+        assert Run.parse("students", run.name) == run and run.uses_soft_labels == m.uses_soft_labels

@@ -141,7 +141,7 @@ class Ours:
     def __init__(self, method, monkeypatch):
         m = get(method)
         self.step = build_step(method, beta=BETA, attack=PGD if m.attack == "pgd" else MART)
-        self.soft = m.soft_labels
+        self.soft = m.uses_soft_labels
         self.x_adv = None
         if m.attack == "pgd":  # record x' as the step makes it
             real = steps.pgd_delta
@@ -195,7 +195,7 @@ def compare(method, model0, epochs, monkeypatch, q_of=lambda y, q: q):
     """Two epochs of two batches, ours against the official loop, each step from the
     same state. Returns the official num_batches_tracked per step."""
     ours, official = Ours(method, monkeypatch), _official(method)
-    soft = get(method).soft_labels
+    soft = get(method).uses_soft_labels
     a, b = copy.deepcopy(model0).train(), copy.deepcopy(model0).train()
     opt_a, opt_b = _sgd(a), _sgd(b)
     tracked, moved = [], 0

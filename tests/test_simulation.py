@@ -44,13 +44,13 @@ def test_discrepancy_is_zero_iff_model_equals_oracle():
     oracle = rng.dirichlet(np.full(5, 0.3), 1000)
     oracle[:10] = np.eye(5)[rng.integers(0, 5, 10)]  # exact zeros: 0 log 0 = 0
     assert sim.discrepancy(oracle, oracle) == pytest.approx(0.0, abs=1e-12)
-    model = sim.softmax_t(np.log(np.maximum(oracle, 1e-12)), 2.0)
+    model = sim.tempered_softmax(np.log(np.maximum(oracle, 1e-12)), 2.0)
     assert sim.discrepancy(oracle, model) > 1e-3
     # direction: KL(oracle || model), i.e. cross-entropy minus the oracle's entropy (Eq. 8)
     ce = -(oracle * np.log(model)).sum(-1).mean()
     assert sim.discrepancy(oracle, model) == pytest.approx(ce - sim.entropy_rows(oracle).mean(), rel=1e-9)
     # not the reverse KL (they differ on a strictly positive oracle too)
-    positive = sim.softmax_t(np.log(np.maximum(oracle, 1e-6)), 1.0)
+    positive = sim.tempered_softmax(np.log(np.maximum(oracle, 1e-6)), 1.0)
     assert sim.discrepancy(positive, model) != pytest.approx(sim.discrepancy(model, positive), rel=1e-3)
 
 

@@ -88,7 +88,7 @@ def test_rows_made_otherwise_are_drawn_beside_the_curve(demo_config, tmp_path, m
     from ltd.jobs import tables as table_jobs
 
     entries = [e for e in ex.table_entries(demo_config, "table4") if not e.is_auto]
-    assert [e.labels for e in entries].count("on_the_fly") == 1 and {e.labels for e in entries} == {None, "on_the_fly"}
+    assert [e.soft_label_mode for e in entries].count("on_the_fly") == 1 and {e.soft_label_mode for e in entries} == {None, "on_the_fly"}
     results = [result(ex.entry_run(demo_config, e), 0.9 - i / 100, 0.5 - i / 100) for i, e in enumerate(entries)]
     rows = tables.assemble(entries, results, PAPER["table4"]["rows"])
     save_json({"table": "table4", "dataset": "digits", "paper_dataset": "CIFAR-10", "tmax": 20.0, "rows": rows},
@@ -99,7 +99,7 @@ def test_rows_made_otherwise_are_drawn_beside_the_curve(demo_config, tmp_path, m
     table_jobs.render_figure(tmp_path / "table4.json", "temperature", tmp_path / "fig")
     xs = [p["x"] for p in drawn["points"]]
     assert len(xs) == len(set(xs)) == len(entries) - 2  # TRADES is the baseline, on the fly apart
-    fly = next(r for r in rows if r.get("labels") == "on_the_fly")
+    fly = next(r for r in rows if r.get("soft_label_mode") == "on_the_fly")
     assert drawn["apart"] == [{"x": 5.0, "clean": fly["clean"], "robust": fly["robust"],
                                "label": "TRADES+LTD T=5 (on the fly)"}]
     # and the real figure renders with it

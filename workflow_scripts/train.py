@@ -12,5 +12,5 @@ spec = snakemake.params.spec
 device = runtime.setup(spec.machine.device, snakemake.threads, gpus=snakemake.resources.get("gpu", 0),
                        job=snakemake.log[0], jobs_per_gpu=spec.machine.jobs_per_gpu)
 sys.exit(train.train_job(spec, out_dir=Path(snakemake.output.model).parent,
-                         soft_labels=snakemake.input.get("soft_labels"), teacher=snakemake.input.get("teacher"),
+                         soft_label_file=snakemake.input.get("soft_label_file"), teacher=snakemake.input.get("teacher"),
                          device=device))

@@ -49,7 +49,7 @@ def recipe_notes(rows: list[dict], loaded: list[dict], paper_rows: list[dict], e
         if s:
             schedules.setdefault(_schedule_text(s), []).append(r["label"])
     notes = []
-    baselines = any(not methods.get(e.method).soft_labels for e in entries)
+    baselines = any(not methods.get(e.method).uses_soft_labels for e in entries)
     ours = "Our rows, baselines included," if baselines else "Our rows"
     if len(schedules) == 1:
         notes.append(f"{ours} are trained with this config's schedule: {next(iter(schedules))}")
@@ -179,7 +179,7 @@ def render_figure(table_json: str | Path, kind: str, stem: str | Path) -> None:
     # beside the curve: each curve varies T or beta alone.
     groups: dict[tuple, list[dict]] = {}
     for r in points:
-        groups.setdefault((r.get("labels"), r.get("own_precision")), []).append(r)
+        groups.setdefault((r.get("soft_label_mode"), r.get("own_precision")), []).append(r)
     main = (None, None) if (None, None) in groups else next(iter(groups), (None, None))
     variants, apart = [], []
     for key, rows in groups.items():

@@ -11,7 +11,7 @@ from .. import checkpoint, data, diagnostics, evaluate, experiments, temperature
 from ..autoattack import run_autoattack
 from ..files import load_json, save_json
 from ..jobspec import Logits, Validation
-from ..losses import soft_labels as softmax_t
+from ..losses import tempered_softmax
 from ..provenance import provenance
 from .common import load_model, split_tensors
 
@@ -27,8 +27,9 @@ def teacher_logits(spec: Logits, model_path: str | Path, out: str | Path, device
     checkpoint.save(torch.cat(logits), out)
 
 
-def soft_labels(logits_path: str | Path, temperature_: float, out: str | Path) -> None:
-    checkpoint.save(softmax_t(checkpoint.load(logits_path), temperature_), out)
+def write_soft_labels(logits_path: str | Path, temperature: float, out: str | Path) -> None:
+    """q_T of every training image, from the teacher's logits: the precomputed soft labels."""
+    checkpoint.save(tempered_softmax(checkpoint.load(logits_path), temperature), out)
 
 
 def validate_model(spec: Validation, model: torch.nn.Module, teacher: torch.nn.Module, device: torch.device,
@@ -42,7 +43,7 @@ def validate_model(spec: Validation, model: torch.nn.Module, teacher: torch.nn.M
     if len(y) == 0:
         raise ValueError(f"temperature 'auto' needs a validation split: set datasets.{run.dataset}.val_size > 0")
     model, teacher = model.to(device).eval(), teacher.to(device).eval()
-    q = softmax_t(evaluate.predict(teacher, x, bs), run.temperature)
+    q = tempered_softmax(evaluate.predict(teacher, x, bs), run.temperature)
     clean = evaluate.clean_accuracy(model, x, y, bs)
     pgd = evaluate.pgd_accuracy(model, x, y, eps=ev["eps"], step_size=ev["pgd_step_size"], steps=ev["pgd_steps"],
                                 batch_size=bs, seed=ev["seed"])

@@ -23,20 +23,20 @@ from ..files import save_json
 from ..jobspec import Training
 from ..models import count_parameters
 from ..provenance import fingerprint, provenance
-from ..soft_labels import TeacherLabels
+from ..teacher_labels import TeacherLabels
 from ..train import Preempted, StalledAttacks, fit
 from .common import load_model, new_model, tensors
 
 PREEMPTED_EXIT = Preempted.exit_code
 
 
-def train_run(spec: Training, *, out_dir: str | Path, soft_labels: str | Path | None = None,
+def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Path | None = None,
               teacher: str | Path | None = None, device: torch.device) -> dict:
     """Train a teacher, substitute or student as ``spec`` says; writes model.pt (a plain
     state dict, the RobustBench layout; students also best.pt), metrics.json,
     history.jsonl, the run's curves and TensorBoard files into ``out_dir``. Resumes from
     ``out_dir/checkpoint.pt`` if a previous attempt with the same identity left one. A
-    soft-label run takes precomputed ``soft_labels`` (a file of q_T), or, when its labels
+    soft-label run takes precomputed ``soft_label_file`` (q_T), or, when its labels
     are made on the fly, the ``teacher``'s model.pt."""
     run, out_dir = spec.run, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_labels: str | Path | 
     step = steps.build_step(run.method, beta=run.beta, attack=spec.attack, awp=spec.awp)
     if spec.schedule.get("compile_attack"):  # a speed switch: the attack's forwards compiled, no weight gradients
         step.compiled_attack = compiled.AttackForward()
-    loader = _loader(spec, soft_labels, teacher, device, precision)
+    loader = _loader(spec, soft_label_file, teacher, device, precision)
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
     model = new_model(spec.model)
     monitor = _Monitor(spec, device)
@@ -72,18 +72,18 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_labels: str | Path | 
     return metrics
 
 
-def _loader(spec: Training, soft_labels: str | Path | None, teacher: str | Path | None, device: torch.device,
+def _loader(spec: Training, soft_label_file: str | Path | None, teacher: str | Path | None, device: torch.device,
             precision: str):
     """This process's slice of the training batches, with their labels: one-hot, the
     precomputed q_T, or q_T made on the fly by the teacher on the very augmented batch."""
-    run, on_the_fly = spec.run, spec.run.labels == "on_the_fly"
+    run, on_the_fly = spec.run, spec.run.soft_label_mode == "on_the_fly"
     q = None
     if run.uses_soft_labels and not on_the_fly:
-        if soft_labels is None:
+        if soft_label_file is None:
             raise ValueError(f"{run.name} trains on precomputed soft labels but none were given")
-        q = checkpoint.load(soft_labels, map_location=device)
+        q = checkpoint.load(soft_label_file, map_location=device)
     loader = data.make_train_loader(spec.data.section, spec.data.data_dir, device, spec.schedule["batch_size"],
-                                    soft_labels=q, seed=run.seed, rank=distributed.rank(),
+                                    q=q, seed=run.seed, rank=distributed.rank(),
                                     world_size=distributed.world_size())
     if not on_the_fly:
         return loader
@@ -129,7 +129,7 @@ def _metrics(spec: Training, model: torch.nn.Module, history: list[dict], *, cle
         "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
         "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
         "clean_accuracy": clean, "epochs": len(history),
-        "schedule": spec.schedule, "attack": spec.attack, "awp": spec.awp, "soft_labels": run.labels,
+        "schedule": spec.schedule, "attack": spec.attack, "awp": spec.awp, "soft_labels": run.soft_label_mode,
         "precision": precision, "best": best_epoch(history) if run.role == "students" else None,
         "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
@@ -164,7 +164,7 @@ def draw_curves(name: str, history: list[dict], stem: Path) -> None:
         print(f"{name}: the training curves could not be drawn: {e!r}", file=sys.stderr)
 
 
-def launch_train(nprocs: int, spec: Training, out_dir: str | Path, soft_labels: str | Path | None = None,
+def launch_train(nprocs: int, spec: Training, out_dir: str | Path, soft_label_file: str | Path | None = None,
                  teacher: str | Path | None = None, device: str = "auto", threads: int | None = None) -> None:
     """``nprocs`` processes of ``ltd.jobs.worker`` under torchrun, each running
     ``train_run`` on its slice of every global batch (the job, its spec included, is
@@ -172,13 +172,13 @@ def launch_train(nprocs: int, spec: Training, out_dir: str | Path, soft_labels: 
     out_dir = Path(out_dir)
     job = out_dir / "job.json"
     save_json({"spec": spec.to_json(), "out_dir": str(out_dir),
-               "soft_labels": None if soft_labels is None else str(soft_labels),
+               "soft_label_file": None if soft_label_file is None else str(soft_label_file),
                "teacher": None if teacher is None else str(teacher),
                "device": device, "threads": threads}, job)
     distributed.launch(nprocs, "ltd.jobs.worker", [str(job)])
 
 
-def train_job(spec: Training, *, out_dir: str | Path, soft_labels: str | Path | None = None,
+def train_job(spec: Training, *, out_dir: str | Path, soft_label_file: str | Path | None = None,
               teacher: str | Path | None = None, device: torch.device) -> int:
     """A workflow training job: one process, or ``spec.processes`` torch.distributed ones
     (torchrun; gloo on the CPU). Returns the exit code: 0, or 143 when SIGTERM stopped it
@@ -187,9 +187,9 @@ def train_job(spec: Training, *, out_dir: str | Path, soft_labels: str | Path | 
     try:
         if n > 1:
             threads = max(1, torch.get_num_threads() // n)
-            launch_train(n, spec, out_dir, soft_labels, teacher, device=device.type, threads=threads)
+            launch_train(n, spec, out_dir, soft_label_file, teacher, device=device.type, threads=threads)
         else:
-            train_run(spec, out_dir=out_dir, soft_labels=soft_labels, teacher=teacher, device=device)
+            train_run(spec, out_dir=out_dir, soft_label_file=soft_label_file, teacher=teacher, device=device)
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT

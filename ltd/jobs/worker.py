@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     if ctx.device.type == "cuda":
         runtime.setup("cuda")  # the precision flags; the GPU itself is LOCAL_RANK's (init)
     try:
-        train_run(Training.from_json(job["spec"]), out_dir=job["out_dir"], soft_labels=job["soft_labels"],
+        train_run(Training.from_json(job["spec"]), out_dir=job["out_dir"], soft_label_file=job["soft_label_file"],
                   teacher=job["teacher"], device=ctx.device)
     except Preempted as e:
         print(e, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Soft labels on the fly (ltd/soft_labels.py): the teacher labels the augmented batch."""
+"""Soft labels on the fly (ltd/teacher_labels.py): the teacher labels the augmented batch."""
 
 import copy
 import dataclasses
@@ -12,9 +12,9 @@ from ltd.data import DeviceLoader, Split
 from ltd.experiments import Run
 from ltd.files import load_json
 from ltd.jobs import train
-from ltd.losses import soft_labels
+from ltd.losses import tempered_softmax
 from ltd.models import build_model
-from ltd.soft_labels import TeacherLabels
+from ltd.teacher_labels import TeacherLabels
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_labels_follow_the_augmented_batch(loader_and_teacher):
     for (x, y, q), (x0, y0, q0) in zip(fly.epoch(1), loader.epoch(1)):
         assert torch.equal(x, x0) and torch.equal(y, y0) and q0 is None
         with torch.no_grad():
-            torch.testing.assert_close(q, soft_labels(teacher(x), 5.0))
+            torch.testing.assert_close(q, tempered_softmax(teacher(x), 5.0))
         assert torch.allclose(q.sum(1), torch.ones(len(q)))
     # a preempted epoch resumes after its finished steps with the same batches and labels
     whole = list(fly.epoch(2))
@@ -56,7 +56,7 @@ def test_on_the_fly_student_trains_from_the_teacher_file(demo_config, tmp_path):
     c["train"].update(epochs=1, batch_size=32, lr_milestones=[])
     c["student"] = {}
     c["evaluation"]["monitor"] = {"n_examples": 0, "pgd_steps": 1}
-    run = ex.student(c, "digits", "wrn-10-1", "trades-ltd", 5, 6.0, labels="on_the_fly")
+    run = ex.student(c, "digits", "wrn-10-1", "trades-ltd", 5, 6.0, soft_label_mode="on_the_fly")
     assert run.name == "digits_wrn-10-1_trades-ltd_T5_fly_b6_s0" and Run.parse("students", run.name) == run
     torch.manual_seed(0)
     checkpoint.save(build_model("wrn-10-1", 10).state_dict(), tmp_path / "teacher.pt")
@@ -71,8 +71,8 @@ def test_on_the_fly_student_trains_from_the_teacher_file(demo_config, tmp_path):
 def test_on_the_fly_costs_one_more_forward_and_no_logits_job(paper_config):
     entry = next(e for e in ex.table_entries(paper_config, "table4") if e.temperature == 5.0)
     pre = ex.entry_run(paper_config, entry)
-    fly = ex.entry_run(paper_config, dataclasses.replace(entry, labels="on_the_fly"))
-    assert (pre.labels, fly.labels) == ("precomputed", "on_the_fly") and fly.name.endswith("_T5_fly_b6_s0")
+    fly = ex.entry_run(paper_config, dataclasses.replace(entry, soft_label_mode="on_the_fly"))
+    assert (pre.soft_label_mode, fly.soft_label_mode) == ("precomputed", "on_the_fly") and fly.name.endswith("_T5_fly_b6_s0")
     cost = {r: budget.job_cost(paper_config, budget.Job("student", r)).forward_equivalents for r in (pre, fly)}
     assert cost[fly] == cost[pre] + 1
     # ImageNet labels on the fly: Table III needs its teachers but none of their logits

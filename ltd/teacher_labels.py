@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from . import runtime
-from .losses import soft_labels as softmax_t
+from .losses import tempered_softmax
 
 
 class TeacherLabels:
@@ -37,7 +37,7 @@ class TeacherLabels:
         self.teacher.eval()
         with runtime.autocast(self.device, self.precision):
             logits = self.teacher(x)
-        return softmax_t(logits.float(), self.temperature)
+        return tempered_softmax(logits.float(), self.temperature)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = self.loader.epoch(epoch, start=start) if self._start and start else self.loader.epoch(epoch)
