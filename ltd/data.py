@@ -329,13 +329,13 @@ class ImageFiles(torch.utils.data.Dataset):
 # --- training loaders -------------------------------------------------------------------
 
 
-def _batch_bounds(n: int, batch_size: int, world_size: int, drop_last: bool) -> list[tuple[int, int]]:
+def _batch_bounds(n: int, batch_size: int, world_size: int) -> list[tuple[int, int]]:
     """Global batches as [start, stop) positions in the epoch's order. A short last batch
-    is dropped with drop_last, or when it cannot give every process an image."""
+    is dropped when it cannot give every process an image."""
     bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     if bounds:
         last = bounds[-1][1] - bounds[-1][0]
-        if (drop_last and last < batch_size) or last < world_size:
+        if last < world_size:
             bounds.pop()
     return bounds
 
@@ -417,7 +417,6 @@ class DeviceLoader:
         crop_padding: int = 0,
         augment: bool = True,
         seed: int = 0,
-        drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -426,9 +425,9 @@ class DeviceLoader:
         _check_rank(rank, world_size)
         self.split, self.q = split, q
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.padding, self.seed, self.drop_last = crop_padding, seed, drop_last
+        self.padding, self.seed = crop_padding, seed
         self.rank, self.world_size = rank, world_size
-        self.bounds = _batch_bounds(len(split), batch_size, world_size, drop_last)
+        self.bounds = _batch_bounds(len(split), batch_size, world_size)
 
     def __len__(self) -> int:
         return len(self.bounds)
@@ -458,14 +457,14 @@ class StreamLoader:
 
     def __init__(self, split: FileSplit, batch_size: int, transform, device: torch.device | str,
                  q: torch.Tensor | None = None, seed: int = 0, workers: int = LOADER_WORKERS,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1):
         if q is not None and len(q) != len(split):
             raise ValueError(f"{len(q)} soft labels for {len(split)} training images")
         _check_rank(rank, world_size)
         self.split, self.q, self.device = split, q, torch.device(device)
         self.dataset = ImageFiles(split, transform)
         self.seed, self.workers, self.rank, self.world_size = seed, workers, rank, world_size
-        self.bounds = _batch_bounds(len(split), batch_size, world_size, drop_last)
+        self.bounds = _batch_bounds(len(split), batch_size, world_size)
 
     def __len__(self) -> int:
         return len(self.bounds)

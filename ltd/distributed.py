@@ -13,10 +13,10 @@ Design (the loop's side is in train.fit):
 * BatchNorm stays per process (each normalises its own slice of the global batch, as
   torchvision's ImageNet reference and DataParallel training do); ``SyncBatchNorm``
   runs on CUDA only (torch 2.14 raises ``ValueError`` for CPU inputs), so it cannot be
-  the default of a code path the CPU demo must exercise; :func:`sync_batchnorm`
-  converts a model where wanted. The running statistics are averaged over processes
-  after every step (:func:`average_buffers`), so every process holds the same model at
-  all times: rank 0's checkpoint is everyone's state, and resuming is exact.
+  the default of a code path the CPU demo must exercise. The running statistics are
+  averaged over processes after every step (:func:`average_buffers`), so every process
+  holds the same model at all times: rank 0's checkpoint is everyone's state, and
+  resuming is exact.
 * The global RNG stream is the same in every process (same seed, same checkpoint), so
   a resume restores every rank from rank 0's state. Consequence: the TRADES attack's
   0.001 * N(0, 1) start is the same noise pattern for example j of every rank's slice.
@@ -133,11 +133,6 @@ def broadcast_state(model: torch.nn.Module) -> None:
     if active():
         for t in model.state_dict().values():
             dist.broadcast(t, 0)
-
-
-def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """BatchNorm -> SyncBatchNorm (batch statistics of the global batch). CUDA only."""
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _stream(f):
