@@ -89,21 +89,12 @@ def precision_note(rows: list[dict]) -> str | None:
     return "Training precision: " + "; ".join(f"{amp.get(p, p)}: {', '.join(ls)}" for p, ls in by.items())
 
 
-def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: str | Path | None,
-                 paper_path: str | Path, stem: str | Path) -> None:
-    """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
-    spec = config["tables"][table]
-    # A table the paper does not have (a user's own): our columns only.
-    all_paper = yaml.safe_load(Path(paper_path).read_text())
-    paper = all_paper.get(table)
-    entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
-    if len(entries) * n_seeds != len(evals):
-        raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(evals)} evaluations were given")
-    loaded = [load_json(p) for p in evals]
-    results = [loaded[i * n_seeds:(i + 1) * n_seeds] for i in range(len(entries))]  # each row's seeds
-    tmax = load_json(tmax_path) if tmax_path else None
-    rows = tables.assemble(entries, results, paper["rows"] if paper else [],
-                           tmax if spec.get("tmax_row") else None, tolerance=config["tolerance"])
+def table_notes(config: dict, table: str, entries: list, rows: list[dict], loaded: list[dict], paper: dict | None,
+                tmax: dict | None) -> list[str]:
+    """The notes under a table's caption: the T_max search, the evaluation, the images,
+    the training attacks, recipes and precisions, the evaluated weights, the stalled
+    columns, the stand-ins, the marks, the seeds."""
+    spec, n_seeds = config["tables"][table], len(experiments.seeds(config))
     dataset = experiments.table_dataset(config, table)
     notes = []
     if tmax is not None:
@@ -125,8 +116,7 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
         notes.append(precision)
     weights = experiments.table_weights(config, table)
     notes.append(weights_note(loaded, weights, experiments.evaluation(config, dataset)))
-    columns = spec.get("columns") or []
-    if {"stalled", "adv_accuracy"} & set(columns):
+    if {"stalled", "adv_accuracy"} & set(spec.get("columns") or []):
         notes.append("Stalled: the fraction of the evaluated epoch's training attacks whose x' never left its random "
                      "start (input gradient exactly zero at every step); x' acc.: training accuracy on those x'")
     stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
@@ -145,13 +135,33 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
         notes.append(f"Ours: mean over {n_seeds} seeds, ± the sample standard deviation")
     if paper is None:
         notes.append("Not a table of the paper: no paper columns")
+    return notes
+
+
+def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: str | Path | None,
+                 paper_path: str | Path, stem: str | Path) -> None:
+    """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
+    spec = config["tables"][table]
+    # A table the paper does not have (a user's own): our columns only.
+    all_paper = yaml.safe_load(Path(paper_path).read_text())
+    paper = all_paper.get(table)
+    entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
+    if len(entries) * n_seeds != len(evals):
+        raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(evals)} evaluations were given")
+    loaded = [load_json(p) for p in evals]
+    results = [loaded[i * n_seeds:(i + 1) * n_seeds] for i in range(len(entries))]  # each row's seeds
+    tmax = load_json(tmax_path) if tmax_path else None
+    rows = tables.assemble(entries, results, paper["rows"] if paper else [],
+                           tmax if spec.get("tmax_row") else None, tolerance=config["tolerance"])
+    dataset = experiments.table_dataset(config, table)
+    notes = table_notes(config, table, entries, rows, loaded, paper, tmax)
     # the data set as the paper writes it (CIFAR-10), from any paper table on the same data set
     paper_dataset = (paper or next((all_paper[t] for t, other in config["tables"].items()
                                     if t in all_paper and other and other["dataset"] == spec["dataset"]),
                                    {"dataset": spec["dataset"]}))["dataset"]
     caption = tables.caption_for(spec["caption"], dataset, paper_dataset, notes, demo=dataset != spec["dataset"],
                                  paper=paper is not None)
-    tables.render(tables.frame(rows, paper=paper is not None, columns=columns), caption, stem)
+    tables.render(tables.frame(rows, paper=paper is not None, columns=spec.get("columns") or []), caption, stem)
     save_json({"provenance": provenance(config["run"], settings={"table": spec, "tolerance": config["tolerance"]},
                                         evaluations=[str(p) for p in evals]),
                "table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper_dataset,
