@@ -218,7 +218,7 @@ class Slice:
 
     def data(self) -> dict:
         out = self.out / "data.json"
-        data_jobs.prepare_data(self.config, DATASET, out)  # unpacks the archive (sha256 checked) if needed
+        data_jobs.prepare_data(jobspec.source(self.config, DATASET), out)  # unpacks the archive (sha256 checked) if needed
         rec = load_json(out)
         return {k: rec[k] for k in ("source", "path", "classes", "lossy", "train", "test", "archive")}
 

@@ -167,10 +167,10 @@ _SPLIT_KEYS = {
 }
 
 
-def source_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """What defines a data set's source (what prepare_data fetches, builds or unpacks)."""
-    cfg = dataset_cfg(config, dataset)
-    return {k: cfg[k] for k in _SOURCE_KEYS if k in cfg}
+def source_identity(section: dict[str, Any]) -> dict[str, Any]:
+    """What defines a data set's source (what prepare_data fetches, builds or unpacks),
+    from its config ``section``."""
+    return {k: section[k] for k in _SOURCE_KEYS if k in section}
 
 
 def split_identity(section: dict[str, Any], split: str) -> dict[str, Any]:

@@ -56,6 +56,29 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A data set's source as prepare_data fetches, builds, unpacks or indexes it."""
+
+    data: Data
+    machine: Machine
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return ex.source_identity(self.data.section)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A data set's temperature search (``temperature_search``: T_max's threshold, the
+    criterion and attacks that choose an ``auto`` row's T), for the jobs of Sec. 4.2 that
+    run no model: T_max from the substitutes, the choice among the validated candidates."""
+
+    dataset: str
+    settings: dict[str, Any]
+    machine: Machine
+
+
+@dataclass(frozen=True)
 class Model:
     """A trained model as a job loads it: its name, architecture and data set (its classes)."""
 
@@ -183,6 +206,17 @@ def machine(config: dict[str, Any]) -> Machine:
 
 def data(config: dict[str, Any], dataset: str) -> Data:
     return Data(dataset, copy.deepcopy(ex.dataset_cfg(config, dataset)), str(config["data_dir"]))
+
+
+def source(config: dict[str, Any], dataset: str) -> Source:
+    return Source(data(config, dataset), machine(config))
+
+
+def search(config: dict[str, Any], dataset: str) -> Search:
+    settings = ex.search(config, dataset)
+    if settings is None:
+        raise ValueError(f"datasets.{dataset}.temperature_search is null: this data set has no T_max search")
+    return Search(dataset, copy.deepcopy(settings), machine(config))
 
 
 def training(config: dict[str, Any], run: Run) -> Training:

@@ -6,7 +6,8 @@ rule prepare_data:
     output:
         f"{R}/data/{{dataset}}.json",
     params:
-        identity=lambda w: ex.source_identity(config, w.dataset),
+        spec=lambda w: jobspec.source(config, w.dataset),
+        identity=lambda w: jobspec.source(config, w.dataset).identity,
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     resources:

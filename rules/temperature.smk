@@ -48,6 +48,7 @@ rule tmax:
     output:
         tmax_json("{dataset}"),
     params:
+        spec=lambda w: jobspec.search(config, w.dataset),
         threshold=lambda w: ex.search(config, w.dataset)["threshold"],
     log:
         f"{R}/logs/temperature/{{dataset}}.tmax.log",
@@ -87,6 +88,7 @@ checkpoint select_temperature:
     output:
         f"{R}/temperature/{{group}}/selection.json",
     params:
+        spec=lambda w: jobspec.search(config, search_dataset(w)),
         criterion=lambda w: ex.search(config, search_dataset(w))["criterion"],
     log:
         f"{R}/logs/temperature/{{group}}.selection.log",

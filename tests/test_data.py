@@ -374,6 +374,7 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
 
 
 def test_prepare_data_unpacks_and_records_the_archive(tree, tmp_path, monkeypatch):
+    from ltd import jobspec
     from ltd.files import load_json
     from ltd.jobs.data import prepare_data
 
@@ -381,7 +382,8 @@ def test_prepare_data_unpacks_and_records_the_archive(tree, tmp_path, monkeypatc
     archive = _tar(root, tmp_path / "a.tar.gz")
     monkeypatch.chdir(tmp_path)  # workflow paths are relative to the working directory
     section = {**_fcfg("data/mine", archive="a.tar.gz"), "attack": {}, "evaluation": {}}
-    prepare_data({"run": "t", "data_dir": "data", "datasets": {"mine": section}}, "mine", "mine.json")
+    spec = jobspec.Source(jobspec.Data("mine", section, "data"), jobspec.Machine(results="t"))
+    prepare_data(spec, "mine.json")
     rec = load_json("mine.json")
     assert rec["source"] == "cifarfolder" and rec["train"]["images"] == 15 and rec["test"]["images"] == 7
     assert rec["archive"] == {"archive": "a.tar.gz", "sha256": sources.sha256_file(archive)}

@@ -181,5 +181,5 @@ def test_the_source_is_part_of_every_result_identity():
         assert a != b and b["archive_sha256"] == jpeg["datasets"]["cifar10"]["archive_sha256"]
         other = ltd_config.merge(jpeg, {"datasets": {"cifar10": {"classes": CIFAR10_CLASSES[::-1]}}})
         assert ex.data_identity(other, "cifar10", split) != b
-    assert ex.source_identity(jpeg, "cifar10") == {k: jpeg["datasets"]["cifar10"][k] for k in (
+    assert ex.source_identity(jpeg["datasets"]["cifar10"]) == {k: jpeg["datasets"]["cifar10"][k] for k in (
         "source", "path", "archive", "archive_sha256")}

@@ -2,5 +2,5 @@ from ltd.jobs import temperature
 from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
-temperature.select_temperature(snakemake.config, snakemake.wildcards.group, snakemake.input.tmax,
-                        list(snakemake.input.validations), snakemake.output[0])
+temperature.select_temperature(snakemake.params.spec, snakemake.input.tmax, list(snakemake.input.validations),
+                               snakemake.output[0])

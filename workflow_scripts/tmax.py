@@ -2,4 +2,4 @@ from ltd.jobs import temperature
 from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
-temperature.find_tmax(snakemake.config, snakemake.wildcards.dataset, list(snakemake.input), snakemake.output[0])
+temperature.find_tmax(snakemake.params.spec, list(snakemake.input), snakemake.output[0])

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data, experiments
+from .. import data
 from ..files import save_json
+from ..jobspec import Source
 from ..provenance import provenance
 
 
-def prepare_data(config: dict, dataset: str, out: str | Path) -> None:
+def prepare_data(spec: Source, out: str | Path) -> None:
     """Fetch (CIFAR: download once, before any parallel job), build (the demo's ImageFolder
     tree, from ``build_from``), unpack (a cifarfolder's ``archive``) or index a data set's
     source, and record what it holds.
     The splits drawn from it (val_size, train_size, test_size, image size) are each job's
     own settings, recorded in its result; changing them does not fetch anything again."""
-    cfg = experiments.dataset_cfg(config, dataset)
+    cfg, data_dir = spec.data.section, spec.data.data_dir
     if cfg["source"] == "imagefolder" and cfg.get("build_from") and not Path(cfg["path"]).exists():
-        data.write_image_folder(cfg["build_from"], config["data_dir"], cfg["path"])
+        data.write_image_folder(cfg["build_from"], data_dir, cfg["path"])
     if cfg["source"] == data.FOLDER and cfg.get("archive"):
         data.unpack_archive(cfg)
-    save_json({"name": dataset, **data.describe_source(cfg, config["data_dir"]),
-               "provenance": provenance(config["run"], settings=experiments.source_identity(config, dataset))}, out)
+    save_json({"name": spec.data.name, **data.describe_source(cfg, data_dir),
+               "provenance": provenance(spec.machine.results, settings=spec.identity)}, out)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, diagnostics, evaluate, experiments, temperature
+from .. import checkpoint, data, diagnostics, evaluate, temperature
 from ..autoattack import run_autoattack
 from ..files import load_json, save_json
-from ..jobspec import Logits, Validation
+from ..jobspec import Logits, Search, Validation
 from ..losses import tempered_softmax
 from ..provenance import provenance
 from .common import load_model, split_tensors
@@ -78,22 +78,21 @@ def validate_run(spec: Validation, model_path: str | Path, teacher_path: str | P
     return result
 
 
-def find_tmax(config: dict, dataset_name: str, substitute_metrics: list[str | Path], out: str | Path) -> dict:
-    ts = experiments.search(config, dataset_name)
+def find_tmax(spec: Search, substitute_metrics: list[str | Path], out: str | Path) -> dict:
+    """Step 1: T_max, the lowest substitute temperature whose clean accuracy falls below the threshold."""
+    ts = spec.settings
     subs = [(m["temperature"], m["clean_accuracy"]) for m in map(load_json, substitute_metrics)]
-    result = {"dataset": dataset_name, "threshold": ts["threshold"],
+    result = {"dataset": spec.dataset, "threshold": ts["threshold"],
               "substitutes": [{"T": t, "clean_accuracy": a} for t, a in subs],
               "tmax": temperature.find_tmax(subs, ts["threshold"]),
-              "provenance": provenance(config["run"], settings={"temperature_search": ts})}
+              "provenance": provenance(spec.machine.results, settings={"temperature_search": ts})}
     save_json(result, out)
     return result
 
 
-def select_temperature(config: dict, group: str, tmax_path: str | Path, validations: list[str | Path],
-                       out: str | Path) -> dict:
+def select_temperature(spec: Search, tmax_path: str | Path, validations: list[str | Path], out: str | Path) -> dict:
     """Step 2: the chosen T and every candidate's verdict (kept, or dropped and why)."""
-    dataset_name = experiments.search_candidates(config, group)[0].dataset
-    ts = experiments.search(config, dataset_name)
+    ts = spec.settings
     tmax = load_json(tmax_path)["tmax"]
     vals = [load_json(p) for p in validations]
     chosen, decisions = temperature.choose(vals, tmax, ts["criterion"])
@@ -101,7 +100,7 @@ def select_temperature(config: dict, group: str, tmax_path: str | Path, validati
         d.update({k: v[k] for k in ("clean_accuracy", "pgd_accuracy", "robust_accuracy", "eq9_kl")})
     result = {"temperature": chosen, "tmax": tmax, "criterion": ts["criterion"], "attacks": ts["attacks"],
               "candidates": decisions,
-              "provenance": provenance(config["run"], settings={"temperature_search": ts})}
+              "provenance": provenance(spec.machine.results, settings={"temperature_search": ts})}
     save_json(result, out)
     return result
 
