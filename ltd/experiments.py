@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from . import methods
+from .config import dataset_defaults
 from .methods import ROLES
 
 ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
@@ -134,6 +135,12 @@ def stand_in(config: dict[str, Any], kind: str, name: str) -> str:
 
 
 def dataset_cfg(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A data set's settings: its section over the schema's ``dataset_defaults`` (a new
+    dict). Identities copy the section as written (``_written``; ltd/config.py says why)."""
+    return {**dataset_defaults(), **_written(config, name)}
+
+
+def _written(config: dict[str, Any], name: str) -> dict[str, Any]:
     try:
         return config["datasets"][name]
     except KeyError:
@@ -178,13 +185,13 @@ _SPLIT_KEYS = {
 
 def source_identity(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """What defines a data set's source (what prepare_data fetches, builds or unpacks)."""
-    cfg = dataset_cfg(config, dataset)
+    cfg = _written(config, dataset)
     return {k: cfg[k] for k in _SOURCE_KEYS if k in cfg}
 
 
 def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
     """What defines a split's images (and, for train, their augmentation)."""
-    cfg = dataset_cfg(config, dataset)
+    cfg = _written(config, dataset)  # as written, defaults not laid under: the keys it had
     keys = _SPLIT_KEYS[split] + (("test_size",) if cfg["source"] == "digits" and split != "test" else ())
     return {k: cfg[k] for k in keys if k in cfg}
 
@@ -270,7 +277,7 @@ def resources(config: dict[str, Any], kind: str, dataset: str | None = None) -> 
 
 def processes(config: dict[str, Any], dataset: str) -> int:
     """torch.distributed processes (one per GPU) of a training job on this data set."""
-    return int(dataset_cfg(config, dataset).get("processes", 1))
+    return int(dataset_cfg(config, dataset)["processes"])
 
 
 def search(config: dict[str, Any], dataset: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ import torch
 from torchvision.transforms import functional as TF
 
 from ltd import data, sources
+from ltd import experiments as ex
 
 # the demo's data set section (config/demo.yaml), spelled out so these tests stand alone
 DIGITS = {"source": "digits", "image_size": 16, "test_size": 397, "val_size": 200, "crop_padding": 2}
@@ -125,7 +126,9 @@ def folder(tmp_path_factory):
 
 
 def _cfg(root, **kw):
-    return {"source": "imagefolder", "path": str(root), "image_size": 32, "workers": 0, **kw}
+    """An imagefolder section as the jobs get it: its schema defaults laid under (dataset_cfg)."""
+    section = {"source": "imagefolder", "path": str(root), "image_size": 32, "workers": 0, **kw}
+    return ex.dataset_cfg({"datasets": {"d": section}}, "d")
 
 
 def test_write_image_folder_layout_is_atomic_and_replaces(folder, tmp_path):
