@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import experiments as ex
-from . import methods
+from . import methods, sources
 from .experiments import Run
-from .sources import DIGITS_CLASSES, DIGITS_POOL, DIGITS_TEST_SIZE, FOLDER, sizes
+from .sources import DIGITS_CLASSES, FOLDER, sizes
 
 # How many test images AutoAttack keeps attacking depends on the model: assumed
 # (clean accuracy, robust accuracy), roughly the paper's and RobustBench's figures.
@@ -56,28 +56,26 @@ def _source_cfg(config: dict, dataset: str) -> dict:
     return cfg
 
 
+def split_sizes(config: dict, dataset: str) -> dict[str, int]:
+    """Images per split (ltd.sources.split_sizes), the source's counted where not fixed; an
+    imagefolder built from an in-memory source splits that source's train and test images."""
+    cfg = ex.dataset_cfg(config, dataset)
+    if cfg["source"] == "imagefolder" and cfg.get("build_from"):
+        built = sources.split_sizes(_source_cfg(config, dataset))
+        return sources.split_sizes(cfg, {"train": built["train"], "test": built["test"]})
+    return sources.split_sizes(cfg, None if cfg["source"] == "digits" else sizes(cfg))
+
+
 def train_images(config: dict, dataset: str) -> int:
-    cfg, src_cfg = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)
-    if src_cfg["source"] == "digits":
-        pool = DIGITS_POOL - src_cfg.get("test_size", DIGITS_TEST_SIZE)
-    else:
-        pool = sizes(src_cfg)["train"]
-    n = pool - cfg.get("val_size", 0)
-    return min(n, cfg["train_size"]) if cfg.get("train_size") else n
+    return split_sizes(config, dataset)["train"]
 
 
 def test_images(config: dict, dataset: str) -> int:
-    cfg, src_cfg = ex.dataset_cfg(config, dataset), _source_cfg(config, dataset)
-    if src_cfg["source"] == "digits":
-        n = src_cfg.get("test_size", DIGITS_TEST_SIZE)
-        return n if cfg["source"] == "digits" else min(n, cfg.get("test_size") or n)
-    n = sizes(src_cfg)["test"]
-    return min(n, cfg.get("test_size") or n)
+    return split_sizes(config, dataset)["test"]
 
 
 def image_size(config: dict, dataset: str) -> int:
-    cfg = ex.dataset_cfg(config, dataset)
-    return int(cfg.get("image_size", 32))  # CIFAR: 32; digits: upsampled to image_size (default 32)
+    return sources.image_size(ex.dataset_cfg(config, dataset))
 
 
 def num_classes(config: dict, dataset: str) -> int:
@@ -187,8 +185,8 @@ def jobs_per_gpu_throughput(config: dict) -> float:
     """Aggregate throughput of ``jobs_per_gpu`` jobs sharing a GPU, relative to one job per
     GPU (budget.jobs_per_gpu_throughput, measured by benchmarks/gpu_check.py for k = 1, 2,
     3); 1.0, the one-job figures, where none was measured for this k."""
-    k = int(config.get("jobs_per_gpu", 1))
-    measured = config["budget"].get("jobs_per_gpu_throughput") or [1.0]
+    k = int(config["jobs_per_gpu"])
+    measured = config["budget"]["jobs_per_gpu_throughput"]
     return float(measured[k - 1]) if k <= len(measured) else 1.0
 
 
@@ -269,7 +267,7 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe = evaluation_forward_equivalents(ev, classes, acc)["total"]
             notes.append(f"AutoAttack {ev['autoattack']['version']}, assumed clean {acc[0]:.0%} / robust {acc[1]:.0%}")
         else:  # validation: clean, PGD, the search's AutoAttack, Eq. 9 on the validation split
-            n = int(ex.dataset_cfg(config, run.dataset).get("val_size", 0))
+            n = split_sizes(config, run.dataset)["val"]
             steps = int(ex.attack(config, run.dataset, run.method)["steps"])
             search_aa = {**ev, "autoattack": {"version": "custom", "attacks": ex.search(config, run.dataset)["attacks"]}}
             fe = evaluation_forward_equivalents(search_aa, classes, acc)["total"] + 1 + 2 * steps + 1
@@ -393,7 +391,7 @@ def precision_lines(config: dict, small: bool = False) -> list[str]:
     f = ".4f" if small else ".1f"
     hours = {p: estimate(with_evaluation_precision(config, p))["eval GPU-h"].iloc[-1] for p in EVAL_PRECISION_KEYS}
     configured = config["evaluation"]["precision"]
-    k, throughput = int(config.get("jobs_per_gpu", 1)), jobs_per_gpu_throughput(config)
+    k, throughput = int(config["jobs_per_gpu"]), jobs_per_gpu_throughput(config)
     per_gpu = (f"{k} jobs per GPU at {throughput:g}x the aggregate rate of one (measured)" if throughput != 1.0 else
                f"{k} job(s) per GPU, priced at one job's rate" + (" (not measured for this k)" if k > 1 else ""))
     return [f"`eval GPU-h` in total by evaluation.precision (configured: {configured}): "
@@ -441,7 +439,7 @@ def time_limit(config: dict, job: Job) -> int:
     CIFAR teacher then asks for about an hour, a TRADES+LTD student for 5 h, instead of
     every job for the same 48 h. The estimate assumes the ``budget:`` GPU: on a slower one
     raise the safety factor (or write minutes)."""
-    s = config.get("slurm") or {}
+    s = config["slurm"]
     c = job_cost(config, job)
-    minutes = c.gpu_hours / c.processes * 60 * s.get("budget_safety", 2.0) + s.get("budget_startup", 15)
+    minutes = c.gpu_hours / c.processes * 60 * s["budget_safety"] + s["budget_startup"]
     return int(-(-minutes // 10) * 10)

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 from . import experiments as ex
 from . import methods
 from .archs import check_arch
-from .sources import DIGITS_POOL, DIGITS_TEST_SIZE, SIZES, folder_problem
+from .sources import folder_problem, split_sizes
 
 
 class ConfigError(ValueError):
@@ -81,14 +81,6 @@ def units(config: dict) -> None:
                 if k in ("near_zero_robust", "high_clean", "pgd_gap", "zero_gradient"):
                     fraction(f"{where}.diagnostics.{k}", v)
     _raise(problems)
-
-
-def _train_pool(ds: dict) -> int | None:
-    """Training images before the validation split is held out (None: not known here)."""
-    src = ds["source"]
-    if src == "digits":
-        return DIGITS_POOL - ds.get("test_size", DIGITS_TEST_SIZE)
-    return SIZES[src]["train"] if src in SIZES and src != "imagefolder" else None
 
 
 def resource_limit(value: Any) -> int | None:
@@ -353,14 +345,14 @@ def _stand_in_problems(config: dict) -> list[str]:
 
 def _dataset_problems(config: dict, name: str, gpus: int | None, scope: Scope) -> list[str]:
     """A data set's splits, and its training processes against the GPUs and the batch."""
-    problems, ds = [], config["datasets"][name]
-    pool = _train_pool(ds)
-    if pool is not None and ds.get("val_size", 0) >= pool:
-        problems.append(f"datasets.{name}.val_size = {ds['val_size']} leaves no training images (of {pool}); "
-                        f"write a smaller number")
+    problems, ds = [], ex.dataset_cfg(config, name)
+    sizes = split_sizes(ds)  # a file source's counts are not read here: None
+    if sizes["train"] is not None and sizes["train"] <= 0:
+        problems.append(f"datasets.{name}.val_size = {ds['val_size']} leaves no training images "
+                        f"(of {sizes['train'] + ds['val_size']}); write a smaller number")
     n = ex.processes(config, name)
-    per_node = config.get("gpus_per_node")
-    k = int(config.get("jobs_per_gpu", 1))  # --resources gpu counts slots, k per GPU: GPUs = gpu // k
+    per_node = config["gpus_per_node"]
+    k = int(config["jobs_per_gpu"])  # --resources gpu counts slots, k per GPU: GPUs = gpu // k
     devices = (gpus, "--resources gpu") if k == 1 or gpus is None else \
         (gpus // k, f"--resources gpu / jobs_per_gpu = {gpus} / {k}")
     if config["device"] != "cpu" and name in scope.train:
@@ -425,7 +417,7 @@ def _entry_problems(config: dict, key: str, e: dict, spec: dict, dataset: str, s
         check_arch(ex.stand_in(config, "archs", e.get("arch", spec.get("arch")) or ""))
     except ValueError as err:
         problems.append(f"{key}.arch (or {key.rsplit('.', 1)[0]}.arch): {err}")
-    ds = config["datasets"][dataset]
+    ds = ex.dataset_cfg(config, dataset)
     attacks = ds.get("attack") or {}
     if m.attack not in attacks and "default" not in attacks:
         problems.append(f"datasets.{dataset}.attack: no `{m.attack}` (the training attack of {e['method']}, "
@@ -435,9 +427,9 @@ def _entry_problems(config: dict, key: str, e: dict, spec: dict, dataset: str, s
         if search is None:
             problems.append(f"{key}: temperature `auto` needs datasets.{dataset}.temperature_search "
                             "(it is null); give temperatures instead, or define the search")
-        if ds.get("val_size", 0) <= 0:
+        if ds["val_size"] <= 0:
             problems.append(f"{key}: temperature `auto` is chosen on a validation split, but "
-                            f"datasets.{dataset}.val_size is {ds.get('val_size', 0)}; "
+                            f"datasets.{dataset}.val_size is {ds['val_size']}; "
                             "write e.g. val_size: 5000 (held out of the training images)")
     return problems
 

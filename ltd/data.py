@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from . import sources
-from .sources import DIGITS_CLASSES, DIGITS_TEST_SIZE, FOLDER, LOADER_WORKERS, SIZES
+from .sources import DIGITS_CLASSES, FOLDER, LOADER_WORKERS, SIZES, split_sizes
 
 NUM_CLASSES = {"cifar10": SIZES["cifar10"]["classes"], "cifar100": SIZES["cifar100"]["classes"],
                "digits": DIGITS_CLASSES}  # in-memory sources of a fixed size
@@ -104,32 +104,31 @@ def _indices(cfg: dict, split: str, n: int, carve_test: bool, shuffle_test: bool
     set. Otherwise ``test_size`` takes the first N of a fixed permutation of the test set
     (``shuffle_test``: always in that order, so that any prefix covers all classes). val
     is a fixed ``val_size`` of the training set that train excludes; ``train_size`` keeps
-    the first N of a fixed permutation of the rest.
+    the first N of a fixed permutation of the rest. How many: ltd.sources.split_sizes.
     """
     rng = np.random.default_rng(SPLIT_SEED)
+    sizes = split_sizes(cfg, {"train": n, "test": n})
     if carve_test:
         order = rng.permutation(n)
-        n_test = cfg.get("test_size", DIGITS_TEST_SIZE)
         if split == "test":
-            return np.sort(order[:n_test])
-        pool = np.sort(order[n_test:])
+            return np.sort(order[:sizes["test"]])
+        pool = np.sort(order[sizes["test"]:])
     elif split == "test":
-        n_test = cfg.get("test_size")
         if shuffle_test:
-            return rng.permutation(n)[:n_test]
-        return np.sort(rng.permutation(n)[:n_test]) if n_test else np.arange(n)
+            return rng.permutation(n)[:sizes["test"]]
+        return np.sort(rng.permutation(n)[:sizes["test"]]) if sizes["test"] < n else np.arange(n)
     else:
         pool = np.arange(n)
 
-    val_size = cfg.get("val_size", 0)
+    val_size = sizes["val"]
     if val_size >= len(pool):
         raise ValueError(f"dataset.val_size={val_size} leaves no training images (pool of {len(pool)})")
     val_idx = np.sort(rng.permutation(pool)[:val_size])
     if split == "val":
         return val_idx
     train_idx = np.setdiff1d(pool, val_idx)
-    if cfg.get("train_size"):
-        train_idx = np.sort(rng.permutation(train_idx)[: cfg["train_size"]])
+    if sizes["train"] < len(train_idx):
+        train_idx = np.sort(rng.permutation(train_idx)[: sizes["train"]])
     return train_idx
 
 
@@ -170,7 +169,7 @@ def load_split(cfg: dict, data_dir: str, split: str) -> Split:
             ys.append(y)
         return Split(torch.cat(xs), torch.cat(ys), fs.indices)
     if src == "digits":
-        x, y = _digits(cfg.get("image_size", 32))
+        x, y = _digits(sources.image_size(cfg))
         idx = _indices(cfg, split, len(y), carve_test=True)
     elif src == FOLDER:
         files, labels, idx = _folder_split(cfg, split)
@@ -489,12 +488,12 @@ def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batc
     """The training split's loader: a DeviceLoader for in-memory sources (crop with
     ``crop_padding`` + flip), a StreamLoader for imagefolder (RandomResizedCrop + flip)."""
     if _source(cfg) == "imagefolder":
-        transform = train_transform(cfg["image_size"], cfg.get("crop_scale", (0.08, 1.0)))
+        transform = train_transform(cfg["image_size"], cfg["crop_scale"])
         return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
-                            device, q, seed=seed, workers=cfg.get("workers", LOADER_WORKERS),
+                            device, q, seed=seed, workers=cfg["workers"],
                             rank=rank, world_size=world_size)
     split = load_split(cfg, data_dir, "train").to(device)
-    return DeviceLoader(split, batch_size, q=q, crop_padding=cfg.get("crop_padding", 0),
+    return DeviceLoader(split, batch_size, q=q, crop_padding=cfg["crop_padding"],
                         seed=seed, rank=rank, world_size=world_size)
 
 
@@ -512,7 +511,7 @@ def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | st
     fs = fs.head(n) if n is not None else fs
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])), batch_size=batch_size,
-                                         num_workers=cfg.get("workers", LOADER_WORKERS), pin_memory=device.type == "cuda",
+                                         num_workers=cfg["workers"], pin_memory=device.type == "cuda",
                                          generator=torch.Generator())  # leave the global RNG alone
     for x, y, _ in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

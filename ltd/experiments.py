@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from . import methods
+from .config import dataset_defaults
 from .methods import ROLES
 
 ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
@@ -134,6 +135,13 @@ def stand_in(config: dict[str, Any], kind: str, name: str) -> str:
 
 
 def dataset_cfg(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A data set's settings: its section over the schema's ``dataset_defaults`` (a new
+    dict). Identities copy the section as written (``dataset_section``; ltd/config.py says why)."""
+    return {**dataset_defaults(), **dataset_section(config, name)}
+
+
+def dataset_section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A data set's section as the config writes it, without the defaults laid under it."""
     try:
         return config["datasets"][name]
     except KeyError:
@@ -169,19 +177,19 @@ _SPLIT_KEYS = {
 
 def source_identity(section: dict[str, Any]) -> dict[str, Any]:
     """What defines a data set's source (what prepare_data fetches, builds or unpacks),
-    from its config ``section``."""
+    from its ``section`` as written (``dataset_section``: a default is no part of it)."""
     return {k: section[k] for k in _SOURCE_KEYS if k in section}
 
 
 def split_identity(section: dict[str, Any], split: str) -> dict[str, Any]:
     """What defines a split's images (and, for train, their augmentation), from the data
-    set's config ``section``."""
+    set's ``section`` as written (``dataset_section``: a default is no part of it)."""
     keys = _SPLIT_KEYS[split] + (("test_size",) if section["source"] == "digits" and split != "test" else ())
     return {k: section[k] for k in keys if k in section}
 
 
 def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
-    return split_identity(dataset_cfg(config, dataset), split)
+    return split_identity(dataset_section(config, dataset), split)
 
 
 def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
@@ -220,7 +228,7 @@ def resources(config: dict[str, Any], kind: str, dataset: str | None = None) -> 
 
 def processes(config: dict[str, Any], dataset: str) -> int:
     """torch.distributed processes (one per GPU) of a training job on this data set."""
-    return int(dataset_cfg(config, dataset).get("processes", 1))
+    return int(dataset_cfg(config, dataset)["processes"])
 
 
 def search(config: dict[str, Any], dataset: str) -> dict[str, Any] | None:
@@ -250,7 +258,7 @@ def substitutes(config: dict[str, Any], dataset: str) -> list[Run]:
 def seeds(config: dict[str, Any]) -> list[int]:
     """The seeds every table row is trained with (``seeds``; default: just ``seed``). Each
     seed is a full replicate: its own teacher, soft labels and students."""
-    return list(config.get("seeds") or [config["seed"]])
+    return list(config["seeds"] or [config["seed"]])
 
 
 def data_soft_label_mode(config: dict[str, Any], dataset: str) -> str:
@@ -393,7 +401,7 @@ def table_weights(config: dict[str, Any], table: str) -> str:
     of its data set (default ``last``). ``best`` needs the training curves' PGD monitor."""
     dataset = table_dataset(config, table)
     ev = evaluation(config, dataset)
-    weights = config["tables"][table].get("weights") or ev.get("weights") or "last"
+    weights = config["tables"][table].get("weights") or ev["weights"]
     if weights == "best" and not (ev.get("monitor") or {}).get("n_examples"):
         raise ValueError(f"tables.{table}: weights `best` are the epoch with the best monitored PGD accuracy, but "
                          f"evaluation.monitor.n_examples is 0 for {dataset!r}: switch the monitor on or write "

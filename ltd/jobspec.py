@@ -45,14 +45,17 @@ class Machine:
 
 @dataclass(frozen=True)
 class Data:
-    """A data set as a job loads it: its config section and where its files live."""
+    """A data set as a job loads it: its settings (``section``, defaults laid under), the
+    section as the config writes it (``written``: what identities copy) and where its
+    files live."""
 
     name: str
     section: dict[str, Any]
+    written: dict[str, Any]
     data_dir: str
 
     def identity(self, split: str) -> dict[str, Any]:
-        return ex.split_identity(self.section, split)
+        return ex.split_identity(self.written, split)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Source:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return ex.source_identity(self.data.section)
+        return ex.source_identity(self.data.written)
 
 
 @dataclass(frozen=True)
@@ -201,11 +204,12 @@ class Logits:
 
 
 def machine(config: dict[str, Any]) -> Machine:
-    return Machine(config["device"], int(config.get("jobs_per_gpu", 1)), config["run"])
+    return Machine(config["device"], int(config["jobs_per_gpu"]), config["run"])
 
 
 def data(config: dict[str, Any], dataset: str) -> Data:
-    return Data(dataset, copy.deepcopy(ex.dataset_cfg(config, dataset)), str(config["data_dir"]))
+    return Data(dataset, copy.deepcopy(ex.dataset_cfg(config, dataset)),
+                copy.deepcopy(ex.dataset_section(config, dataset)), str(config["data_dir"]))
 
 
 def source(config: dict[str, Any], dataset: str) -> Source:

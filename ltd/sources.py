@@ -16,6 +16,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from .config import dataset_defaults
+
 # train / test images as the source ships them, and classes. ImageNet-1k (an ImageFolder
 # tree; the number of classes is read from its train/ folder by ltd.data).
 SIZES = {
@@ -24,11 +26,46 @@ SIZES = {
     "imagefolder": {"train": 1_281_167, "test": 50_000, "classes": 1000},
 }
 # scikit-learn's digits: one pool of 1,797 images; ltd.data carves a fixed test split of
-# `test_size` (this default) out of it.
+# `test_size` (this default: a digits-only one, so not the schema's) out of it.
 DIGITS_POOL, DIGITS_TEST_SIZE, DIGITS_CLASSES = 1_797, 397, 10
-# DataLoader processes per training process for image files (a data set's `workers`
-# overrides it); ltd.data decodes with them, the Slurm resources count them.
-LOADER_WORKERS = 8
+# The side of CIFAR's images, and of the digits upsampled where `image_size` is unset.
+IMAGE_SIZE = 32
+# DataLoader processes per training process for image files: the schema's default of a
+# data set's `workers` (ltd.experiments.dataset_cfg holds it), named for rules/common.smk.
+LOADER_WORKERS = dataset_defaults()["workers"]
+
+
+def split_sizes(cfg: dict, counts: dict | None = None) -> dict[str, int | None]:
+    """How many images each split of a data set has: {"train", "val", "test"}; None where
+    its source's count is unknown. The budget, the config checks and ltd.data's index
+    selection all take their numbers from here. ``cfg``: the data set's section (as written:
+    its schema defaults are laid under here, as ltd.experiments.dataset_cfg does; a
+    `build_from` section reaches here unfilled); ``counts``: {"train", "test"} images of the
+    sets the splits are drawn from, where counted (the files, the data loaded; digits:
+    its one pool, as "train"), else CIFAR's and the digits' own.
+
+    digits carves a fixed ``test_size`` out of its pool; any other source's test split is
+    its first ``test_size`` test images (all if unset). val is ``val_size`` images held
+    out of the training set; train is the rest, its first ``train_size`` if set."""
+    cfg = {**dataset_defaults(), **cfg}
+    if cfg["source"] == "digits":
+        test = cfg.get("test_size", DIGITS_TEST_SIZE)
+        pool = (counts or {}).get("train", DIGITS_POOL) - test
+    else:
+        counts = SIZES[cfg["source"]] if counts is None and cfg["source"] in ("cifar10", "cifar100") else counts or {}
+        pool, test = counts.get("train"), counts.get("test")
+        if test is not None and cfg.get("test_size"):
+            test = min(test, cfg["test_size"])
+    train = None if pool is None else pool - cfg["val_size"]
+    if train is not None and cfg.get("train_size"):
+        train = min(train, cfg["train_size"])
+    return {"train": train, "val": cfg["val_size"], "test": test}
+
+
+def image_size(cfg: dict) -> int:
+    """The side of a data set's images: its ``image_size`` (digits: upsampled to it;
+    imagefolder: the crop), else CIFAR's 32."""
+    return int(cfg.get("image_size") or IMAGE_SIZE)
 
 # ---- cifarfolder: a CIFAR-style tree of image files ------------------------------------
 

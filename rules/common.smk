@@ -7,7 +7,6 @@ from pathlib import Path
 from ltd import budget, checks, jobspec
 from ltd import experiments as ex
 from ltd.files import load_json
-from ltd.sources import LOADER_WORKERS
 
 R = f"results/{config['run']}"
 ON_CPU = config["device"] == "cpu"
@@ -32,8 +31,8 @@ def dataset_of(role):
     return lambda w: ex.Run.parse(role, w.name).dataset
 
 
-SLURM = config.get("slurm") or {}
-MAX_RUNTIME = SLURM.get("max_runtime")  # minutes; None: no cap
+SLURM = config["slurm"]  # defaults: config/schema.yaml
+MAX_RUNTIME = SLURM["max_runtime"]  # minutes; None: no cap
 TRAINING = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}  # role -> budget job kind
 
 
@@ -119,9 +118,9 @@ def retries(kind):
 
 
 # ---- how a GPU job asks Slurm for its GPUs (slurm.gpu_request, gpu_type) ----
-GPU_REQUEST = SLURM.get("gpu_request", "gpus")
-GPU_TYPE = SLURM.get("gpu_type")
-GPU_TYPE_AS_CONSTRAINT = SLURM.get("gpu_type_as_constraint", False)
+GPU_REQUEST = SLURM["gpu_request"]
+GPU_TYPE = SLURM["gpu_type"]
+GPU_TYPE_AS_CONSTRAINT = SLURM["gpu_type_as_constraint"]
 
 
 def gpu_resources(n):
@@ -160,8 +159,8 @@ def slurm_extra(kind=None, dataset_fn=None, job_fn=None, gpus_fn=None):
     marked TIMEOUT, and Snakemake would delete its complete outputs and run it again.
     Merged here because a rule's slurm_extra replaces the profile's (a slurm_extra under
     set-resources would drop the signal: check_site_slurm_extra() refuses it)."""
-    site = SLURM.get("extra") or ""
-    lead = SLURM.get("signal_seconds", 0) if kind else 0
+    site = SLURM["extra"] or ""
+    lead = SLURM["signal_seconds"] if kind else 0
     per_node = GPU_REQUEST == "gpus-per-node" and gpus_fn is not None and not ON_CPU and workflow.is_main_process
     if not (site or lead or per_node):
         return {}
@@ -208,7 +207,7 @@ def check_site_slurm_extra():
         raise checks.ConfigError(
             [
                 f"set-resources: {', '.join(sorted(bad))}: a `slurm_extra` there replaces the rule's own "
-                f"({'--signal=TERM@... ' if SLURM.get('signal_seconds') else ''}"
+                f"({'--signal=TERM@... ' if SLURM['signal_seconds'] else ''}"
                 f"{'--gpus-per-node ' if GPU_REQUEST == 'gpus-per-node' else ''}flags), so the job would run past its "
                 "limit and lose its outputs; put the site's sbatch flags in the config's `slurm: extra:` instead "
                 "(added to every job's slurm_extra)"
@@ -250,9 +249,9 @@ def train_threads(role):
 
 def loader_workers(dataset):
     """DataLoader worker processes per process: image-file data sets decode with them
-    (`workers`, default ltd.sources.LOADER_WORKERS; ltd/data.py), in-memory ones use none."""
+    (`workers`; ltd/data.py), in-memory ones use none."""
     d = ex.dataset_cfg(config, dataset)
-    return d.get("workers", LOADER_WORKERS) if d.get("source") == "imagefolder" else 0
+    return d["workers"] if d["source"] == "imagefolder" else 0
 
 
 def cpus(threads, dataset_fn, training=False):

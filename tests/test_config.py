@@ -265,3 +265,56 @@ def test_a_plan_needs_only_what_its_targets_run(tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     out = stopped.stdout + stopped.stderr
     assert stopped.returncode != 0 and "datasets.imagenet.processes = 4" in out, out[-3000:]
+
+
+def _sparse(config):
+    """A config that leaves out every key with a schema default (and writes a data set's
+    override layers), as a user's own file may."""
+    import copy
+
+    c = copy.deepcopy(config)
+    for k in ("jobs_per_gpu", "gpus_per_node", "seeds", "slurm"):
+        c.pop(k, None)
+    for k in ("channels_last", "compile", "compile_attack", "stalled_attacks"):
+        c["train"].pop(k, None)
+    for k in ("channels_last", "compile", "weights"):
+        c["evaluation"].pop(k, None)
+    c["budget"].pop("jobs_per_gpu_throughput", None)
+    c["student"] = {"stalled_attacks": {"stop": 0.9}}
+    return c
+
+
+@pytest.mark.parametrize("overlays", [[], ["config/demo.yaml"], ["config/quick.yaml"]])
+def test_defaults_filled_alike_with_and_without_snakemake(overlays):
+    """ltd.config.fill_defaults (a machine without Snakemake) fills what Snakemake's
+    validate fills: the same config, shipped or sparse; override layers keep only the
+    keys they wrote (the speed switches' defaults would override `train`'s)."""
+    import copy
+
+    from snakemake.utils import validate
+
+    raw = yaml.safe_load(ltd_config.DEFAULT.read_text())
+    for o in overlays:
+        raw = ltd_config.merge(raw, yaml.safe_load((ROOT / o).read_text()))
+    for config in (raw, _sparse(raw)):
+        by_snakemake, by_hand = copy.deepcopy(config), copy.deepcopy(config)
+        validate(by_snakemake, str(ltd_config.SCHEMA))
+        assert ltd_config.fill_defaults(by_hand) == by_snakemake
+    sparse = ltd_config.fill_defaults(_sparse(raw))
+    assert sparse["slurm"] == {"max_runtime": None, "signal_seconds": 0, "budget_safety": 2.0, "budget_startup": 15,
+                               "gpu_request": "gpus", "gpu_type": None, "gpu_type_as_constraint": False, "extra": None}
+    assert sparse["train"]["stalled_attacks"] == {"warn": 0.5, "stop": None} and sparse["jobs_per_gpu"] == 1
+    assert sparse["student"] == {"stalled_attacks": {"warn": 0.5, "stop": 0.9}}  # no speed switch filled in
+
+
+def test_data_set_defaults_are_laid_under_not_written_in(paper_config):
+    """A data set's defaults come from ex.dataset_cfg; its section (what data identities
+    copy) stays as written, so a default never enters a finished run's identity."""
+    from ltd import experiments as ex
+
+    config = ltd_config.merge(paper_config, {"datasets": {"extra": {"source": "cifar10", "attack": {}, "evaluation": {}}}})
+    assert "val_size" not in config["datasets"]["extra"]
+    cfg = ex.dataset_cfg(config, "extra")
+    assert (cfg["val_size"], cfg["crop_padding"], cfg["processes"]) == (0, 0, 1)
+    assert "val_size" not in ex.data_identity(config, "extra", "train")
+    assert ex.data_identity(config, "cifar10", "train")["val_size"] == 0  # written: kept

@@ -7,6 +7,7 @@ import torch
 from torchvision.transforms import functional as TF
 
 from ltd import data, sources
+from ltd import experiments as ex
 
 # the demo's data set section (config/demo.yaml), spelled out so these tests stand alone
 DIGITS = {"source": "digits", "image_size": 16, "test_size": 397, "val_size": 200, "crop_padding": 2}
@@ -125,7 +126,9 @@ def folder(tmp_path_factory):
 
 
 def _cfg(root, **kw):
-    return {"source": "imagefolder", "path": str(root), "image_size": 32, "workers": 0, **kw}
+    """An imagefolder section as the jobs get it: its schema defaults laid under (dataset_cfg)."""
+    section = {"source": "imagefolder", "path": str(root), "image_size": 32, "workers": 0, **kw}
+    return ex.dataset_cfg({"datasets": {"d": section}}, "d")
 
 
 def test_write_image_folder_layout_is_atomic_and_replaces(folder, tmp_path):
@@ -382,7 +385,7 @@ def test_prepare_data_unpacks_and_records_the_archive(tree, tmp_path, monkeypatc
     archive = _tar(root, tmp_path / "a.tar.gz")
     monkeypatch.chdir(tmp_path)  # workflow paths are relative to the working directory
     section = {**_fcfg("data/mine", archive="a.tar.gz"), "attack": {}, "evaluation": {}}
-    spec = jobspec.Source(jobspec.Data("mine", section, "data"), jobspec.Machine(results="t"))
+    spec = jobspec.Source(jobspec.Data("mine", section, section, "data"), jobspec.Machine(results="t"))
     prepare_data(spec, "mine.json")
     rec = load_json("mine.json")
     assert rec["source"] == "cifarfolder" and rec["train"]["images"] == 15 and rec["test"]["images"] == 7

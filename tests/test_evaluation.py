@@ -266,7 +266,7 @@ def tiny_config(eps=EPS, **diag):
     cfg["datasets"]["tiny"] = {"source": "digits", "image_size": 8, "test_size": 397,
                                "attack": {"default": {"eps": EPS, "step_size": 2 / 255, "steps": 2}},
                                "evaluation": {"eps": eps, "n_examples": 40, "pgd_step_size": eps / 4}}
-    cfg["evaluation"] = {"batch_size": 40, "pgd_steps": 5, "seed": 0, "precision": "fp32",
+    cfg["evaluation"] = {**cfg["evaluation"], "batch_size": 40, "pgd_steps": 5, "seed": 0, "precision": "fp32",
                          "autoattack": {"version": "custom", "attacks": ["apgd-ce"]},
                          "diagnostics": {**cfg["evaluation"]["diagnostics"], "square_queries": 100,
                                          "square_n_examples": 40, **diag}}

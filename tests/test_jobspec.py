@@ -44,7 +44,7 @@ def test_a_spec_is_a_copy_of_the_config(paper_config):
     spec = jobspec.training(config, run)
     spec.schedule["lr"] = 99.0
     spec.attack["steps"] = 99
-    spec.data.section["source"] = "other"
+    spec.data.section["source"] = spec.data.written["source"] = "other"
     assert config == paper_config
 
 

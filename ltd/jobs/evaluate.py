@@ -67,8 +67,8 @@ def evaluate_model(spec: Evaluation, model: torch.nn.Module, out: str | Path, *,
         for f in stale:
             if f.exists() and f.stat().st_mtime < Path(model_path).stat().st_mtime:
                 f.unlink()  # left by an evaluation of an older model: never resume from it
-    model = evaluate.evaluation_model(model.to(device), channels_last=ev.get("channels_last", False),
-                                      compile=ev.get("compile", False))
+    model = evaluate.evaluation_model(model.to(device), channels_last=ev["channels_last"],
+                                      compile=ev["compile"])
     runtime.allow_tf32(device, ev["precision"])  # recorded as the result's precision
     bs = ev["batch_size"]
     x, y = split_tensors(spec.data, "test", device, bs, n=ev.get("n_examples"))
