@@ -108,6 +108,15 @@ def dataset_defaults() -> dict[str, Any]:
     return copy.deepcopy(_dataset_defaults())
 
 
+def train_defaults() -> dict[str, Any]:
+    """The schema's defaults of the top-level ``train`` (speed switches off, the
+    stalled-attack alarm): what a schedule written by hand (tests, benchmarks) leaves out.
+    A workflow job's schedule has them already (Snakemake's validate filled ``train``)."""
+    out: dict[str, Any] = {}
+    _fill(_schema()["properties"]["train"], out)
+    return out
+
+
 def load(*overlays: str | Path, validate: bool = True, gpus: int | None = None) -> dict[str, Any]:
     """config.yaml with ``overlays`` layered on; ``validate``: the checks the Snakefile runs
     before any job (ltd.checks: units, the schema, cross-field; ``gpus`` as --resources gpu)."""

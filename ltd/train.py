@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, runtime
+from . import checkpoint, config, distributed, runtime
 from .board import Board
 from .steps import Step
 
@@ -63,9 +63,6 @@ from .steps import Step
 # running values; under torch.distributed also the SIGTERM vote). A read stalls the GPU's
 # queue: rarely.
 SYNC_EVERY = 25
-# `train.stalled_attacks` when a schedule leaves it out: warn when half of an epoch's
-# training attacks stalled, never stop.
-STALLED_DEFAULTS = {"warn": 0.5, "stop": None}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -180,6 +177,7 @@ def fit(
     JSON lines to ``log_path``). Raises ``Preempted`` after SIGTERM, ``NonFiniteLoss`` on a
     NaN/inf loss AMP would not recover from, ``StalledAttacks`` (``sched['stalled_attacks']``).
     """
+    sched = {**config.train_defaults(), **sched}  # the schema's defaults under a schedule written by hand
     loop = _Loop(model, step, loader, sched, ckpt_path=Path(ckpt_path), device=device, precision=precision,
                  fingerprint=fingerprint, desc=desc, best=best)
     loop.resume()
@@ -215,7 +213,7 @@ class _Loop:
         self.net, self.channels_last = _speed_switches(model, step, sched, device, desc)
         self.opt, self.lr_sched = make_optimizer(model, sched)
         self.scaler = runtime.grad_scaler(device, precision)
-        self.alarm = {**STALLED_DEFAULTS, **(sched.get("stalled_attacks") or {})}
+        self.alarm = sched["stalled_attacks"]
         self.history: list[dict] = []
         self.start, self.skip, self.partial = 0, 0, None
         self.steps_per_epoch = len(loader)
@@ -373,11 +371,11 @@ def _speed_switches(model, step, sched: dict, device, desc: str):
     a run's identity). channels_last suits cuDNN's convolutions under bf16 and fp16;
     torch.compile is opt-in (measure first)."""
     model.to(device)
-    channels_last = device.type == "cuda" and sched.get("channels_last", False)
+    channels_last = device.type == "cuda" and sched["channels_last"]
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net = model
-    if sched.get("compile"):
+    if sched["compile"]:
         if step.supports_compile:
             net = torch.compile(model)
         else:
