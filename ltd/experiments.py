@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from . import methods
-from .config import dataset_defaults
 from .methods import ROLES
+from .schema import dataset_defaults
 
 ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
 
@@ -136,7 +136,7 @@ def stand_in(config: dict[str, Any], kind: str, name: str) -> str:
 
 def dataset_cfg(config: dict[str, Any], name: str) -> dict[str, Any]:
     """A data set's settings: its section over the schema's ``dataset_defaults`` (a new
-    dict). Identities copy the section as written (``dataset_section``; ltd/config.py says why)."""
+    dict). Identities copy the section as written (``dataset_section``; ltd/schema.py says why)."""
     return {**dataset_defaults(), **dataset_section(config, name)}
 
 

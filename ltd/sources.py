@@ -16,7 +16,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from .config import dataset_defaults
+from .schema import dataset_defaults
 
 # train / test images as the source ships them, and classes. ImageNet-1k (an ImageFolder
 # tree; the number of classes is read from its train/ folder by ltd.data).

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, config, distributed, runtime
+from . import checkpoint, distributed, runtime, schema
 from .board import Board
 from .steps import Step
 
@@ -177,7 +177,7 @@ def fit(
     JSON lines to ``log_path``). Raises ``Preempted`` after SIGTERM, ``NonFiniteLoss`` on a
     NaN/inf loss AMP would not recover from, ``StalledAttacks`` (``sched['stalled_attacks']``).
     """
-    sched = {**config.train_defaults(), **sched}  # the schema's defaults under a schedule written by hand
+    sched = {**schema.train_defaults(), **sched}  # the schema's defaults under a schedule written by hand
     loop = _Loop(model, step, loader, sched, ckpt_path=Path(ckpt_path), device=device, precision=precision,
                  fingerprint=fingerprint, desc=desc, best=best)
     loop.resume()

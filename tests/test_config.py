@@ -286,7 +286,7 @@ def _sparse(config):
 
 @pytest.mark.parametrize("overlays", [[], ["config/demo.yaml"], ["config/quick.yaml"]])
 def test_defaults_filled_alike_with_and_without_snakemake(overlays):
-    """ltd.config.fill_defaults (a machine without Snakemake) fills what Snakemake's
+    """ltd.schema.fill_defaults (a machine without Snakemake) fills what Snakemake's
     validate fills: the same config, shipped or sparse; override layers keep only the
     keys they wrote (the speed switches' defaults would override `train`'s)."""
     import copy
