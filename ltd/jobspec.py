@@ -90,8 +90,24 @@ class Model:
     data: Data
 
 
+class _RunModels:
+    """A run's own model and its teacher (same data set; its soft labels or its on-the-fly
+    labels come from the teacher), for the specs of jobs that name a run."""
+
+    run: Run
+    data: Data
+
+    @property
+    def model(self) -> Model:
+        return Model(self.run.name, self.run.arch, self.data)
+
+    @property
+    def teacher(self) -> Model:
+        return Model(self.run.teacher.name, self.run.teacher.arch, self.data)
+
+
 @dataclass(frozen=True)
-class Training:
+class Training(_RunModels):
     """A teacher's, substitute's or student's training: the run (method, arch, T, beta,
     seed, soft-label mode and own precision are in its name), its data, its schedule (the
     role's, with the run's own precision; speed switches included), the method's training
@@ -110,15 +126,6 @@ class Training:
     @property
     def precision(self) -> str:
         return self.schedule["precision"]
-
-    @property
-    def model(self) -> Model:
-        return Model(self.run.name, self.run.arch, self.data)
-
-    @property
-    def teacher(self) -> Model:
-        """The teacher that labels a run's batches on the fly."""
-        return Model(self.run.teacher.name, self.run.teacher.arch, self.data)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -164,7 +171,7 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class Validation:
+class Validation(_RunModels):
     """An ``auto`` candidate's validation (Sec. 4.2, step 2): the student and its teacher on
     the validation images, with the evaluation settings it uses, the method's training
     attack (the Eq. 9 criterion runs it) and the search's AutoAttack attacks."""
@@ -175,14 +182,6 @@ class Validation:
     attack: dict[str, Any]
     search_attacks: list[str]
     machine: Machine
-
-    @property
-    def model(self) -> Model:
-        return Model(self.run.name, self.run.arch, self.data)
-
-    @property
-    def teacher(self) -> Model:
-        return Model(self.run.teacher.name, self.run.teacher.arch, self.data)
 
     @property
     def identity(self) -> dict[str, Any]:
