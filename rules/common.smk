@@ -295,6 +295,13 @@ def job_identity(kind, role="students"):
     return lambda w: _spec(kind, role, w.name).identity
 
 
+@lru_cache(maxsize=None)
+def dataset_spec(kind, dataset):
+    """The spec of a data set's job (ltd.jobspec: its source, its temperature search), built
+    once per data set for the params of the rules that take it."""
+    return {"source": jobspec.source, "search": jobspec.search}[kind](config, dataset)
+
+
 def soft_label_file_of(role):
     def f(w):
         run = ex.Run.parse(role, w.name)

@@ -6,8 +6,8 @@ rule prepare_data:
     output:
         f"{R}/data/{{dataset}}.json",
     params:
-        spec=lambda w: jobspec.source(config, w.dataset),
-        identity=lambda w: jobspec.source(config, w.dataset).identity,
+        spec=lambda w: dataset_spec("source", w.dataset),
+        identity=lambda w: dataset_spec("source", w.dataset).identity,
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     resources:

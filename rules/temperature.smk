@@ -48,8 +48,8 @@ rule tmax:
     output:
         tmax_json("{dataset}"),
     params:
-        spec=lambda w: jobspec.search(config, w.dataset),
-        threshold=lambda w: ex.search(config, w.dataset)["threshold"],
+        spec=lambda w: dataset_spec("search", w.dataset),
+        threshold=lambda w: dataset_spec("search", w.dataset).settings["threshold"],
     log:
         f"{R}/logs/temperature/{{dataset}}.tmax.log",
     script:
@@ -88,8 +88,8 @@ checkpoint select_temperature:
     output:
         f"{R}/temperature/{{group}}/selection.json",
     params:
-        spec=lambda w: jobspec.search(config, search_dataset(w)),
-        criterion=lambda w: ex.search(config, search_dataset(w))["criterion"],
+        spec=lambda w: dataset_spec("search", search_dataset(w)),
+        criterion=lambda w: dataset_spec("search", search_dataset(w)).settings["criterion"],
     log:
         f"{R}/logs/temperature/{{group}}.selection.log",
     script:
