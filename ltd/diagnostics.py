@@ -20,7 +20,9 @@ Four checks, each stored with its numbers, its threshold and whether it fired:
 
 A fifth check reads the student's training (``training``, from its metrics.json):
 ``stalled_training`` fires when at least ``stalled_training`` of the evaluated epoch's
-training attacks never left their random start. Then a near-zero robust accuracy is no
+training attacks stalled (moved fewer than ``ltd.attacks.STALLED_BELOW``, half, of their
+pixels from the random start: fp16 underflow is usually partial, so a few pixels may move
+while most stay). Then a near-zero robust accuracy is no
 masking at evaluation: the attack failed during training (in fp16 its input gradient
 underflowed) and the model was trained naturally. ``cause`` says which of the two the
 flags point to.
@@ -79,14 +81,15 @@ MEANING = {
     "black_box": "black-box Square beats white-box APGD-CE: gradients mislead the attack",
     "near_zero_robust": "robust accuracy near zero with high clean accuracy",
     "zero_gradients": "input gradients are zero or not finite on many images",
-    "stalled_training": "the training attack stalled (x' never left its random start): the model was trained "
+    "stalled_training": "the training attack stalled (x' moved fewer than half of its pixels from its random start): the "
+                        "model was trained "
                         "naturally, so its robustness failed during training, not at evaluation",
 }
 MASKING = ("pgd_gap", "black_box", "zero_gradients")  # signs that the evaluation's gradients mislead
 
 
 def cause(flags: list[str]) -> str | None:
-    """What the flags point to: the attack failed during training (its x' never moved),
+    """What the flags point to: the attack failed during training (its x' barely moved),
     or the model masks gradients at evaluation (or, near-zero robustness alone, neither
     is shown)."""
     if "stalled_training" in flags:
@@ -111,8 +114,9 @@ def assess(*, clean: float, robust: float, pgd: float | None, thresholds: dict,
         "zero_gradients": None if gradients is None else zero_gradient_check(threshold=t["zero_gradient"],
                                                                              **gradients),
         "stalled_training": None if stalled is None else stalled_training_check(
-            stalled, t.get("stalled_training", STALLED_TRAINING), adv_accuracy=training.get("adv_accuracy"),
-            epoch=training.get("epoch"), precisions=training.get("precisions")),
+            stalled, t.get("stalled_training", STALLED_TRAINING), moved=training.get("moved"),
+            adv_accuracy=training.get("adv_accuracy"), epoch=training.get("epoch"),
+            precisions=training.get("precisions")),
     }
     flags = [k for k in CHECKS if checks[k] is not None and checks[k]["flagged"]]
     return {"thresholds": t, **checks, "flags": flags, "flagged": bool(flags), "cause": cause(flags),

@@ -8,11 +8,14 @@ everything else: autocast, backward, the optimiser, checkpoints. The two hooks a
 called by the loop for every step (no-ops unless a step needs them).
 
 Every step with a training attack reports, besides its loss terms, ``attack_stats``:
-``stalled`` (the fraction of the batch whose x' never left its random start: an input
-gradient exactly zero at every attack step, as fp16 underflow gives at high T) and
-``adv_accuracy`` (accuracy on x', from the logits of x' the step computes anyway). The
-loop keeps them as history keys ``train_stalled`` and ``train_adv_accuracy`` (TRADES's
-and MART's KL term is ``train_robust``).
+``moved`` (the mean over the batch of the fraction of its pixels that x' moved from its
+random start), ``stalled`` (the fraction of the batch whose attack moved fewer than
+``ltd.attacks.STALLED_BELOW`` = half of its pixels: an input gradient exactly zero at
+every attack step on most pixels, as fp16 underflow gives at high T, even where a few
+pixels stayed representable) and ``adv_accuracy`` (accuracy on x', from the logits of x'
+the step computes anyway). The loop keeps them as history keys ``train_moved``,
+``train_stalled`` and ``train_adv_accuracy`` (TRADES's and MART's KL term is
+``train_robust``).
 
 BatchNorm: each step leaves the running statistics as its official loop does
 (``ltd.batchnorm``: the official TRADES update runs f(x) twice, we once and replay its
@@ -28,7 +31,7 @@ import torch
 
 from . import awp as awp_lib
 from . import distributed, methods
-from .attacks import mart_attack, pgd_delta, pgd_start, random_start, stalled, trades_attack
+from .attacks import mart_attack, moved, moved_fraction, pgd_delta, pgd_start, random_start, stalled, trades_attack
 from .batchnorm import CleanForwardReplay
 from .losses import mart_loss, natural_loss, trades_kl, trades_loss
 from .methods import Method
@@ -73,10 +76,13 @@ class NaturalStep(Step):
         return loss, logits, {"loss": loss.detach()}
 
 
-def attack_stats(stalled_mask: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The training attack's statistics (fractions of the batch, detached device scalars):
-    ``stalled`` (x' never left its random start) and ``adv_accuracy`` (f(x') right)."""
-    return {"stalled": stalled_mask.float().mean(), "adv_accuracy": (logits_adv.detach().argmax(1) == y).float().mean()}
+def attack_stats(moved_pixels: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The training attack's statistics (means over the batch, detached device scalars),
+    from ``moved_pixels`` (per example, the fraction of pixels its attack moved):
+    ``moved`` (its mean), ``stalled`` (fewer than ``STALLED_BELOW`` moved) and
+    ``adv_accuracy`` (f(x') right)."""
+    return {"stalled": stalled(moved_pixels).float().mean(), "moved": moved_pixels.mean(),
+            "adv_accuracy": (logits_adv.detach().argmax(1) == y).float().mean()}
 
 
 def trades_adversarial(model: torch.nn.Module, x: torch.Tensor, attack: dict,
@@ -143,8 +149,8 @@ class TradesStep(Step):
         target = natural_target(self.method, y, q)
         logits_nat, logits_adv = self.forwards(model, x, x_adv)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
-        stuck = stalled(x_adv, start, x, self.attack["eps"])
-        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
+        moved_pixels = moved_fraction(x_adv, start, x, self.attack["eps"])
+        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(moved_pixels, logits_adv, y)}
 
 
 class AWPStep(TradesStep):
@@ -220,8 +226,8 @@ class AWPStep(TradesStep):
         self._delta = delta
         logits_nat, logits_adv = self.forwards(model, x, x_adv)
         loss, parts = trades_loss(logits_nat.float(), logits_adv.float(), target, self.beta)
-        stuck = stalled(x_adv, start, x, self.attack["eps"])
-        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
+        moved_pixels = moved_fraction(x_adv, start, x, self.attack["eps"])
+        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(moved_pixels, logits_adv, y)}
 
     def after_update(self, model: torch.nn.Module) -> None:
         if self._delta is not None:
@@ -295,8 +301,7 @@ class PgdStep(Step):
         if training:
             device = x.device.type
             self._pending = (x, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        stuck = (delta == start).flatten(1).all(1)
-        return loss, logits_adv, {"loss": loss.detach(), **attack_stats(stuck, logits_adv, y)}
+        return loss, logits_adv, {"loss": loss.detach(), **attack_stats(moved(delta, start), logits_adv, y)}
 
     def after_update(self, model: torch.nn.Module) -> None:
         """The official post-update forward of x in train mode (its BN statistics update)."""
@@ -332,8 +337,8 @@ class MartStep(Step):
         logits_nat = model(x)
         logits_adv = model(x_adv)
         loss, parts = mart_loss(logits_nat.float(), logits_adv.float(), y, self.beta, target)
-        stuck = stalled(x_adv, start, x, self.attack["eps"])
-        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(stuck, logits_adv, y)}
+        moved_pixels = moved_fraction(x_adv, start, x, self.attack["eps"])
+        return loss, logits_nat, {"loss": loss.detach(), **parts, **attack_stats(moved_pixels, logits_adv, y)}
 
 
 # Each Method's step kind (ltd/methods.py, torch-free, names it) -> its class, here beside

@@ -22,11 +22,14 @@ non-finite loss whose update was *not* skipped (bf16 and fp32 have no scaler: ev
 non-finite loss), or a non-finite loss at every step since the last sync point (the
 forward itself overflows: no loss scale helps).
 
-Stalled attacks: steps with a training attack report the fraction of examples whose x'
-never left its random start (``train_stalled``). An epoch where at least
-``stalled_attacks.warn`` of them stalled warns loudly in the job's log (the run has
-become natural training: in fp16, the input gradient underflowed to zero);
-``stalled_attacks.stop`` stops it with ``StalledAttacks`` after the epoch's checkpoint.
+Stalled attacks: steps with a training attack report the mean fraction of pixels their
+attack moved from its random start (``train_moved``) and the fraction of examples whose
+attack stalled, moving fewer than ``ltd.attacks.STALLED_BELOW`` (half) of its pixels
+(``train_stalled``: fp16 underflow is usually partial, a few pixels keep a representable
+gradient and move while the rest stay). An epoch where at least ``stalled_attacks.warn``
+of them stalled warns loudly in the job's log (the run has become natural training: in
+fp16, the input gradient underflowed to zero); ``stalled_attacks.stop`` stops it with
+``StalledAttacks`` after the epoch's checkpoint.
 
 Preemption: SIGTERM (Slurm, before preemption or the time limit) makes the loop write a
 checkpoint after the optimiser step in progress — position within the epoch and the
@@ -56,6 +59,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed, runtime, schema
+from .attacks import STALLED_BELOW
 from .board import Board
 from .steps import Step
 
@@ -70,7 +74,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 class StalledAttacks(RuntimeError):
-    """``train.stalled_attacks.stop`` of an epoch's training attacks never moved x'."""
+    """``train.stalled_attacks.stop`` of an epoch's training attacks stalled (moved fewer
+    than ``ltd.attacks.STALLED_BELOW`` of their pixels)."""
 
 
 class Preempted(RuntimeError):
@@ -392,10 +397,13 @@ def _stalled_alarm(record: dict, alarm: dict, desc: str, ckpt_path: Path, main: 
     stopping = stop is not None and stalled >= stop
     if not stopping and (warn is None or stalled < warn):
         return
-    what = (f"{100 * stalled:.1f} % of epoch {record['epoch']}'s training attacks never left their random start "
-            f"(input gradient exactly zero at every attack step; robust accuracy on x' in training "
-            f"{100 * record.get('train_adv_accuracy', float('nan')):.1f} %): this run is training naturally, "
-            f"not adversarially")
+    moved = record.get("train_moved")
+    what = (f"{100 * stalled:.1f} % of epoch {record['epoch']}'s training attacks stalled, moving fewer than "
+            f"{100 * STALLED_BELOW:.0f} % of their pixels from the random start"
+            + ("" if moved is None else f"; an attack moved {100 * moved:.1f} % of the pixels on average")
+            + f" (input gradient exactly zero at every attack step on most pixels; robust accuracy on x' in "
+            f"training {100 * record.get('train_adv_accuracy', float('nan')):.1f} %): this run is training "
+            f"naturally, not adversarially")
     why = ("in fp16 a small input gradient underflows to zero (students of nearly uniform soft labels, high T, "
            "have small logits); bf16 has fp32's range" if record.get("precision") == "fp16" else
            "the model's outputs do not depend on its input near x (saturated or constant outputs)")

@@ -108,18 +108,81 @@ def test_stalled_is_exactly_the_examples_whose_attack_never_moved(trained, attac
 
     half_blind = HalfBlind().eval()
     torch.manual_seed(0)
-    kw = {"eps": EPS, "step_size": 0.02, "steps": 3}
+    moved = _moved(attack, half_blind, x, y, {"eps": EPS, "step_size": 0.02, "steps": 3})
+    assert torch.equal(moved == 0, blind) and torch.equal(attacks.stalled(moved), blind)
+
+
+def _moved(attack, model, x, y, kw):
+    """Per example the fraction of pixels ``attack``'s x' moved from its start."""
+    from ltd import attacks
+
     if attack == "pgd":
-        start = attacks.pgd_start(x, EPS)
-        stuck = (attacks.pgd_delta(half_blind, x, y, start=start, **kw) == start).flatten(1).all(1)
-    else:
-        start = attacks.random_start(x)
+        start = attacks.pgd_start(x, kw["eps"])
+        return attacks.moved(attacks.pgd_delta(model, x, y, start=start, **kw), start)
+    start = attacks.random_start(x)
+    if attack == "trades":
         with torch.no_grad():
-            logits = half_blind(x)
-        x_adv = (trades_attack(half_blind, x, logits, start=start, **kw) if attack == "trades"
-                 else attacks.mart_attack(half_blind, x, y, start=start, **kw))
-        stuck = attacks.stalled(x_adv, start, x, EPS)
-    assert torch.equal(stuck, blind)
+            logits = model(x).float()
+        x_adv = trades_attack(model, x, logits, start=start, **kw)
+    else:
+        x_adv = attacks.mart_attack(model, x, y, start=start, **kw)
+    return attacks.moved_fraction(x_adv, start, x, kw["eps"])
+
+
+def _start_gradient(attack, model, x, y, eps):
+    """The input gradient of ``attack``'s loss at a random start (its first step's)."""
+    from ltd import attacks
+
+    start = (x + attacks.pgd_start(x, eps)) if attack == "pgd" else attacks.random_start(x)
+    start.requires_grad_(True)
+    if attack == "trades":
+        with torch.no_grad():
+            log_p = F.log_softmax(model(x).float(), 1)
+        loss = F.kl_div(F.log_softmax(model(start).float(), 1), log_p, reduction="sum", log_target=True)
+    else:
+        loss = F.cross_entropy(model(start).float(), y)
+    return torch.autograd.grad(loss, start)[0]
+
+
+class PartlyUnderflowing(nn.Module):
+    """Input gradients that fp16 keeps on a few pixels and underflows on the rest, as on
+    a real fp16 network (most pixels' gradient exactly zero, not all): the features of a
+    4 x 4 corner patch weigh 100, the others 1e-6; where those small weights scale the
+    gradient it falls below fp16's smallest subnormal (6e-8), never below fp32's."""
+
+    def __init__(self, size=16, patch=4):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+        weight = torch.full((size, size), 1e-6)
+        weight[:patch, :patch] = 100.0
+        self.register_buffer("weight", weight)
+
+    def forward(self, x):
+        return self.fc((torch.relu(self.conv(x)) * self.weight).mean((2, 3)))
+
+
+@pytest.mark.parametrize("attack", ["trades", "mart", "pgd"])
+def test_partial_fp16_underflow_stalls_the_attack_though_a_few_pixels_move(attack):
+    """The rule counts attacks that moved fewer than STALLED_BELOW of their pixels: here
+    each fp16 attack moves the ~10 % of pixels around the patch (the old rule, "no pixel
+    moved", counted none of them stalled); every fp32 attack moves nearly all pixels."""
+    from ltd import attacks, runtime
+
+    torch.manual_seed(0)
+    model, x = PartlyUnderflowing().eval(), torch.rand(32, 3, 16, 16)
+    y = torch.arange(32) % 10
+    kw = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3}
+    for precision in ("fp16", "fp32"):
+        torch.manual_seed(1)
+        with runtime.autocast(torch.device("cpu"), precision):
+            zero = (_start_gradient(attack, model, x, y, kw["eps"]) == 0).float().mean().item()
+            moved = _moved(attack, model, x, y, kw)
+        if precision == "fp16":
+            assert 0.8 < zero < 1.0, zero  # underflow on most pixels, not all
+            assert (moved > 0).all() and (moved < 0.2).all(), moved  # every attack moved a few pixels
+            assert (moved == 0).sum() == 0 and attacks.stalled(moved).all()  # old rule: 0 %; new: 100 %
+        else:
+            assert zero == 0.0 and (moved > 0.95).all() and not attacks.stalled(moved).any(), moved
 
 
 def test_an_fp16_attack_stalls_on_small_logits_where_fp32_moves():
@@ -137,5 +200,6 @@ def test_an_fp16_attack_stalls_on_small_logits_where_fp32_moves():
                 logits = model(x).float()
             start = attacks.random_start(x)
             x_adv = trades_attack(model, x, logits, eps=8 / 255, step_size=2 / 255, steps=2, start=start)
-        fractions[precision] = attacks.stalled(x_adv, start, x, 8 / 255).float().mean().item()
+        moved = attacks.moved_fraction(x_adv, start, x, 8 / 255)
+        fractions[precision] = attacks.stalled(moved).float().mean().item()
     assert fractions == {"fp16": 1.0, "fp32": 0.0}

@@ -191,7 +191,7 @@ def test_history_numbers_equal_per_step_host_sums(tmp_path):
         def __call__(self, model, x, y, q):
             loss, logits, stats = super().__call__(model, x, y, q)
             seen.append((loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y), stats["robust"].item(),
-                         stats["stalled"].item(), stats["adv_accuracy"].item()))
+                         stats["stalled"].item(), stats["adv_accuracy"].item(), stats["moved"].item()))
             return loss, logits, stats
 
     step = Recording(base.method, beta=6.0, attack=base.attack)
@@ -213,6 +213,7 @@ def test_history_numbers_equal_per_step_host_sums(tmp_path):
         assert h["train_robust"] == pytest.approx(sum(s[3] * s[2] for s in steps) / n, rel=1e-6)
         assert h["train_stalled"] == pytest.approx(sum(s[4] * s[2] for s in steps) / n, abs=1e-12)
         assert h["train_adv_accuracy"] == pytest.approx(sum(s[5] * s[2] for s in steps) / n, abs=1e-12)
+        assert h["train_moved"] == pytest.approx(sum(s[6] * s[2] for s in steps) / n, abs=1e-12) and h["train_moved"] > 0
 
 
 def _stalling_fit(tmp_path, alarm, name):
@@ -238,9 +239,10 @@ def test_stalled_attacks_warn_loudly_and_can_stop_the_run(tmp_path, capsys):
     from ltd import train as loop
 
     history = _stalling_fit(tmp_path, {"warn": 0.5, "stop": None}, "warned")
-    assert [h["train_stalled"] for h in history] == [1.0, 1.0]
+    assert [(h["train_stalled"], h["train_moved"]) for h in history] == [(1.0, 0.0), (1.0, 0.0)]
     err = capsys.readouterr().err
     assert err.count("WARNING warned: 100.0 % of epoch") == 2 and "in fp16 a small input gradient underflows" in err
+    assert "moving fewer than 50 % of their pixels" in err and "moved 0.0 % of the pixels on average" in err
     _stalling_fit(tmp_path, {"warn": None, "stop": None}, "quiet")
     assert "WARNING" not in capsys.readouterr().err
     with pytest.raises(loop.StalledAttacks, match="stopped by train.stalled_attacks.stop = 0.9"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .. import diagnostics, experiments, figures, methods, sources, tables
+from ..attacks import STALLED_BELOW
 from ..files import load_json, save_json
 from ..provenance import provenance
 
@@ -117,8 +118,10 @@ def table_notes(config: dict, table: str, entries: list, rows: list[dict], loade
     weights = experiments.table_weights(config, table)
     notes.append(weights_note(loaded, weights, experiments.evaluation(config, dataset)))
     if {"stalled", "adv_accuracy"} & set(spec.get("columns") or []):
-        notes.append("Stalled: the fraction of the evaluated epoch's training attacks whose x' never left its random "
-                     "start (input gradient exactly zero at every step); x' acc.: training accuracy on those x'")
+        notes.append(f"Stalled: the fraction of the evaluated epoch's training attacks that moved fewer than "
+                     f"{100 * STALLED_BELOW:.0f} % of their pixels from the random start (input gradient exactly "
+                     "zero at every step on most pixels, as fp16 underflow gives; a working fp32 attack moves nearly "
+                     "all); x' acc.: training accuracy on those x'")
     stand_ins = [f"{new} for {old}" for kind in ("datasets", "archs")
                  for old, new in (config.get("stand_ins") or {}).get(kind, {}).items()
                  if old in {spec["dataset"], *(e.arch for e in entries)}
