@@ -37,3 +37,10 @@ def test_compile_attack_benchmark_runs(tmp_path):
              "--warmup", "0", "--attack-steps", "2", "--threads", "1", "--backend", "aot_eager",
              "--variants", "eager", "attack", tmp_path=tmp_path)
     assert r["attack"]["first_loss_relative_difference"] < 5e-3 and r["attack_over_eager"] > 0
+
+
+def test_stalled_attacks_benchmark_runs(tmp_path):
+    r = _run("stalled_attacks.py", "--digits", "8", "--arch", "wrn-10-1", "--n", "8", "--states", "random",
+             "--attack-steps", "2", "--threads", "1", tmp_path=tmp_path)
+    assert [row["attack"] for row in r["rows"]] == ["trades", "mart", "pgd"]
+    assert all(0 <= row["moved_min"] <= row["moved_mean"] <= 1 for row in r["rows"])
