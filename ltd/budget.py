@@ -36,6 +36,7 @@ from typing import Any
 
 from . import experiments as ex
 from . import methods, sources
+from . import throughput as tl
 from .experiments import Run
 from .sources import DIGITS_CLASSES, FOLDER, sizes
 
@@ -95,6 +96,7 @@ COUNTED_FORWARD_FLOPS = {
     ("wrn-34-10", 32, 10): 13317812736, ("wrn-34-10", 32, 100): 13317927936,
     ("wrn-34-20", 32, 10): 53163713536, ("wrn-34-20", 32, 100): 53163943936,
     ("resnet-50", 224, 1000): 8178368512, ("wrn-50-2", 224, 1000): 22796042240,
+    ("preact-resnet18", 32, 10): 1110845440, ("preact-resnet18", 32, 100): 1110937600,  # quick.yaml
 }
 
 
@@ -230,10 +232,53 @@ class Cost:
     gpu_hours: float
     processes: int = 1
     notes: list[str] = field(default_factory=list)
+    step: str = ""  # what runs, priced per image and forward-equivalent: "<method> <precision>" or "attack <precision>"
+    seconds_per_fe: float = 0.0  # that rate (for AWP, of its AWP-on epochs)
+    basis: str = ""  # what priced it (ltd.throughput.Rate): measured, or the model, FLOP- or launch-bound
+    rate: str = ""  # the measured row or the model's numbers
+
+
+def train_rate(config: dict, run: Run, sched: dict, awp_on: bool) -> tl.Rate:
+    """Seconds per image and forward-equivalent of ``run``'s training step (AWP on or off),
+    in the schedule's precision on the budget's GPU (ltd.throughput: measured, or the model)."""
+    s = config["budget"]
+    method = methods.get(run.method)
+    step_method = run.method
+    if method.awp and not awp_on:  # AWP off (its warm-up): the step is TRADES(+LTD)'s (ltd.steps.AWPStep)
+        step_method = {"awp": "trades", "awp-ltd": "trades-ltd"}[run.method]
+    size, classes = image_size(config, run.dataset), num_classes(config, run.dataset)
+    fwd = forward_flops(run.arch, size, classes)
+    fp32 = sched["precision"] == "fp32"
+    precisions = ("fp32",) if fp32 else (sched["precision"], *(p for p in tl.AUTOCAST if p != sched["precision"]))
+    peak, mfu = (s["fp32_peak_tflops"], s["mfu"]["eval_fp32"]) if fp32 else (s["peak_tflops"], s["mfu"]["train"])
+    rate = tl.measured(config, run.arch, size, precisions, step_method, fwd, peak)
+    if rate is not None and rate.own:
+        return rate
+    steps = int(ex.attack(config, run.dataset, run.method)["steps"]) if method.attack else 0
+    kind = "trades" if method.awp and not awp_on else method.step
+    fe = methods.forward_equivalents(run.method, steps, awp_on=awp_on)
+    batch = max(1, int(sched["batch_size"]) // ex.processes(config, run.dataset))  # per GPU
+    modelled = tl.model(config, fwd, peak, mfu, tl.launches(run.arch, kind, steps) / fe, batch)
+    return tl.measured_or_floor(rate, modelled)
+
+
+def eval_rate(config: dict, run: Run, precision: str, batch: int | None = None) -> tl.Rate:
+    """Seconds per image and forward-equivalent of an evaluation's forward + input
+    gradient of ``run``'s model in ``precision`` (fp32, tf32, pytorch_default), in
+    batches of ``batch`` (default the evaluation's)."""
+    s = config["budget"]
+    size, classes = image_size(config, run.dataset), num_classes(config, run.dataset)
+    fwd = forward_flops(run.arch, size, classes)
+    peak, mfu = eval_peak_mfu(s, precision)
+    precisions = (precision, "tf32") if precision == "pytorch_default" else (precision,)
+    rate = tl.measured(config, run.arch, size, precisions, tl.ATTACK, fwd, peak)
+    if rate is not None and rate.own:
+        return rate
+    batch = batch or int(ex.evaluation(config, run.dataset)["batch_size"])
+    return tl.model(config, fwd, peak, mfu, tl.launches(run.arch, tl.ATTACK, 1) / 2, batch)
 
 
 def job_cost(config: dict, job: Job) -> Cost:
-    s = config["budget"]
     run = job.run
     size, classes = image_size(config, run.dataset), num_classes(config, run.dataset)
     fwd = forward_flops(run.arch, size, classes)
@@ -245,18 +290,33 @@ def job_cost(config: dict, job: Job) -> Cost:
         method = methods.get(run.method)
         steps = int(ex.attack(config, run.dataset, run.method)["steps"]) if method.attack else 0
         fe = methods.forward_equivalents(run.method, steps, awp_on=False)
+        rate = train_rate(config, run, sched, awp_on=False)
+        on = awp_epochs(sched, config["awp"]) if method.awp else 0
+        seconds = (epochs - on) * fe * rate.seconds  # per training image
         if method.awp:  # the proxy pass only for the epochs after AWP's warm-up
-            on = awp_epochs(sched, config["awp"])
             fe_on = methods.forward_equivalents(run.method, steps, awp_on=True)
             notes.append(f"AWP on for {on} of {epochs} epochs ({fe_on:.2f} vs {fe:.2f} fwd-eq)")
+            rate_on = train_rate(config, run, sched, awp_on=True)
+            seconds += on * fe_on * rate_on.seconds
             fe = (on * fe_on + (epochs - on) * fe) / epochs
+            rate = rate_on if on else rate
         if run.soft_label_mode == "on_the_fly":  # the teacher (same architecture) labels every augmented image
             fe += 1.0
+            seconds += epochs * rate.seconds
             notes.append("soft labels on the fly: +1 teacher forward per image")
-        flop = fwd * (fe * n * epochs + test_images(config, run.dataset) * epochs)  # + per-epoch clean test
-        fp32 = sched["precision"] == "fp32"
-        peak, mfu = (s["fp32_peak_tflops"], s["mfu"]["eval_fp32"]) if fp32 else (s["peak_tflops"], s["mfu"]["train"])
+        # The training curves (ltd.jobs.train._Monitor), in TF32 after every epoch: the clean
+        # test pass; for students the PGD monitor on its images (2 FE per PGD step, + 1)
+        curves = test_images(config, run.dataset)
+        monitor = ex.evaluation(config, run.dataset).get("monitor") or {}
+        if job.kind == "student" and monitor.get("n_examples"):
+            curves += int(monitor["n_examples"]) * (2 * int(monitor["pgd_steps"]) + 1)
+            notes.append(f"monitor: PGD-{monitor['pgd_steps']} on {monitor['n_examples']} test images per epoch")
+        curve_rate = eval_rate(config, run, "tf32", int(sched["eval_batch_size"]))
+        flop = fwd * (fe * n + curves) * epochs
+        seconds = seconds * n + curves * epochs * curve_rate.seconds
         procs = ex.processes(config, run.dataset)
+        peak = config["budget"]["fp32_peak_tflops" if sched["precision"] == "fp32" else "peak_tflops"]
+        step = f"{run.method} {sched['precision']}"
     else:
         ev = ex.evaluation(config, run.dataset)
         acc = assumed_accuracy(config, run.dataset)
@@ -273,12 +333,17 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe = evaluation_forward_equivalents(search_aa, classes, acc)["total"] + 1 + 2 * steps + 1
         epochs, flop, procs = 1, fwd * fe * n, 1
         # evaluation.precision switches the AutoAttack jobs (only) from strict fp32 to TF32
-        peak, mfu = eval_peak_mfu(s, ev["precision"] if job.kind == "evaluation" else "fp32")
+        precision = ev["precision"] if job.kind == "evaluation" else "fp32"
+        rate = eval_rate(config, run, precision)
+        seconds = fe * n * rate.seconds
+        peak = eval_peak_mfu(config["budget"], precision)[0]
+        step = f"{tl.ATTACK} {precision}"
     throughput = jobs_per_gpu_throughput(config)
     if throughput != 1.0:
         notes.append(f"jobs_per_gpu: {throughput:g}x the aggregate rate of one job per GPU (measured)")
-    gpu_hours = flop / (mfu * peak * 1e12) / 3600 / throughput
-    return Cost(job, run.arch, run.dataset, run.method, fwd / 1e9, fe, n, epochs, flop, peak, gpu_hours, procs, notes)
+    gpu_hours = seconds / 3600 / throughput
+    return Cost(job, run.arch, run.dataset, run.method, fwd / 1e9, fe, n, epochs, flop, peak, gpu_hours, procs, notes,
+                step, rate.seconds, rate.basis, rate.how)
 
 
 def table_jobs(config: dict, table: str) -> list[Job]:
@@ -346,7 +411,7 @@ def jobs_frame(config: dict):
             "job": job.kind, "run": job.name.split(":", 1)[1], "tables": ", ".join(tables), "arch": c.arch,
             "dataset": c.dataset, "fwd GFLOP/img": round(c.forward_gflop, 3),
             "fwd-eq/img": round(c.forward_equivalents, 2), "images": c.images, "epochs": c.epochs,
-            "PFLOP": c.flop / 1e15, "GPU-h": c.gpu_hours, "GPUs": c.processes,
+            "PFLOP": c.flop / 1e15, "GPU-h": c.gpu_hours, "GPUs": c.processes, "priced by": c.basis,
             "notes": "; ".join(c.notes),
         })
     return pd.DataFrame(rows)
@@ -398,6 +463,21 @@ def precision_lines(config: dict, small: bool = False) -> list[str]:
             + ", ".join(f"{p} {h:{f}}" for p, h in hours.items()) + f". GPU-hours assume {per_gpu}."]
 
 
+def rates_frame(config: dict):
+    """One row per architecture, data set and step the jobs run: the rate each is priced
+    at (microseconds per image and forward-equivalent) and what priced it: a GPU's
+    measurement or the model (FLOP- or launch-bound), with its numbers."""
+    import pandas as pd
+
+    rows = {}
+    for job in job_tables(config):
+        c = job_cost(config, job)
+        rows.setdefault((c.arch, c.dataset, c.step), {
+            "arch": c.arch, "dataset": c.dataset, "step": c.step, "us/img/fwd-eq": 1e6 * c.seconds_per_fe,
+            "priced by": c.basis, "from": c.rate})
+    return pd.DataFrame(list(rows.values()))
+
+
 def render(config: dict, jobs: bool = True) -> str:
     """budget.md: the per-table estimate, the shared jobs and (``jobs``) every job's cost."""
     s = config["budget"]
@@ -408,10 +488,13 @@ def render(config: dict, jobs: bool = True) -> str:
     lines = [
         f"# Compute budget: run `{config['run']}`",
         "",
-        f"Estimated from counted FLOPs (ltd/flops.py): one {s['gpu']} at {s['peak_tflops']:g} TFLOP/s "
-        f"(bf16 training, MFU {s['mfu']['train']:g}) and {s['fp32_peak_tflops']:g} TFLOP/s (fp32 evaluation, "
-        f"MFU {s['mfu']['eval_fp32']:g}; {s['tf32_peak_tflops']:g} at MFU {s['mfu']['eval_tf32']:g} with "
-        "evaluation.precision tf32 or pytorch_default), the MFUs measured by benchmarks/gpu_check.py (docs/performance.md). `train GPU-h`: teachers, substitutes, students; `eval GPU-h`: AutoAttack "
+        f"Estimated for one {s['gpu']}, each architecture at its own throughput (ltd/throughput.py; the "
+        "rates under `Throughput`): measured by a GPU where `budget.calibration` "
+        f"({s['calibration']}) has its rows, else a model: counted FLOPs (ltd/flops.py) at {s['peak_tflops']:g} "
+        f"TFLOP/s and MFU {s['mfu']['train']:g} (bf16/fp16 training), {s['fp32_peak_tflops']:g} at "
+        f"{s['mfu']['eval_fp32']:g} (fp32), {s['tf32_peak_tflops']:g} at {s['mfu']['eval_tf32']:g} (TF32), capped by "
+        "a launch-bound floor (a step's counted kernel launches x the host's cost per launch). `train GPU-h`: "
+        "teachers, substitutes, students (with their per-epoch test pass and PGD monitor); `eval GPU-h`: AutoAttack "
         "evaluations, validations of `auto` candidates, teacher-logit passes. GPU-hours are per GPU (a training job on `processes` GPUs takes that many "
         "times fewer hours of wall time). A table's row counts every job it needs; `shared` of them are "
         "needed by another table too; `total` counts each job once.",
@@ -419,6 +502,10 @@ def render(config: dict, jobs: bool = True) -> str:
         table.to_markdown(**fmt),
         "",
         *precision_lines(config, small),
+        "",
+        "## Throughput",
+        "",
+        rates_frame(config).to_markdown(index=False, floatfmt=".1f"),
         "",
         "## Shared jobs",
         "",

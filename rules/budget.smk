@@ -4,6 +4,9 @@ rule budget:
     `budget:` GPU peak and MFU. Estimated, not measured; runs nothing else."""
     conda:
         "../envs/torch.yaml"
+    input:
+        # the measured rates and launch cost it prices with (ltd/throughput.py)
+        config["budget"]["calibration"],
     output:
         f"{R}/budget.md",
     params:

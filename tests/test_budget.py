@@ -8,6 +8,8 @@ import pytest
 from ltd import budget, methods
 from ltd import experiments as ex
 
+from .conftest import ROOT
+
 
 @pytest.fixture(scope="module")
 def paper_estimate(paper_config):
@@ -45,6 +47,26 @@ def test_forward_flops_are_the_briefs(paper_config):
     assert budget.forward_flops("wrn-50-2", 224, 1000) == pytest.approx(22.8e9, rel=0.005)
 
 
+def test_counted_forward_flops_are_what_ltd_flops_counts():
+    from ltd.flops import model_forward_flops
+
+    for (arch, size, classes), flop in budget.COUNTED_FORWARD_FLOPS.items():
+        assert model_forward_flops(arch, size, classes) == flop, (arch, size, classes)
+
+
+def test_the_paper_and_quick_budgets_price_every_job_without_torch():
+    """Planning sizes Slurm time limits from the budget: every architecture of the paper
+    config and quick.yaml has its FLOPs and launches cached (no torch import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ltd import budget, config; "
+            "[budget.estimate(config.load(*c)) for c in ((), ('config/quick.yaml',))]; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
 def _with_epochs(config, epochs):
     c = copy.deepcopy(config)
     for role in ("teacher", "substitute", "student"):  # role sections override every data set's schedule
@@ -61,21 +83,118 @@ def test_gpu_hours_scale_linearly_with_epochs(paper_config):
 
 
 def test_gpu_hours_of_a_trades_student_follow_the_formula(paper_config):
+    """WRN-34-10 is priced at the rates an H200 measured (config/calibration.yaml): its
+    TRADES+LTD step's images/s for the step, the TF32 forward + input gradient's for the
+    per-epoch curves (clean test pass, PGD-10 monitor)."""
     run = ex.entry_run(paper_config, ex.table_entries(paper_config, "table4")[0])
     cost = budget.job_cost(paper_config, budget.Job("student", run))
     fe = methods.forward_equivalents("trades", paper_config["datasets"]["cifar10"]["attack"]["trades"]["steps"])
     assert fe == 27  # declared in the registry; tests/test_methods.py checks it against counted FLOPs
-    flop = 13.3178e9 * (fe * 50_000 * 120 + 10_000 * 120)  # + the per-epoch clean test pass
+    curves = 10_000 + 1_000 * (2 * 10 + 1)  # per epoch: the clean test pass and the PGD-10 monitor
+    flop = 13.3178e9 * (fe * 50_000 + curves) * 120
     assert cost.flop == pytest.approx(flop, rel=1e-4)
-    mfu = paper_config["budget"]["mfu"]["train"]  # training: bf16, at the measured training MFU
-    assert cost.gpu_hours == pytest.approx(flop / (mfu * 989e12) / 3600, rel=1e-4)
+    seconds = 50_000 * 120 / 750.26 + curves * 120 / (2 * 6591.4)  # measured: TRADES+LTD bf16, attack TF32
+    assert cost.gpu_hours == pytest.approx(seconds / 3600, rel=1e-4)
+    assert cost.basis == "measured" and "750.26 img/s on NVIDIA H200" in cost.rate
 
 
-def test_gpu_hours_are_inverse_in_the_assumed_mfu(paper_config, paper_estimate):
+def _calibration(tmp_path, rows=(), launch=1.5e-5, name="calibration.yaml"):
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"launch_seconds": {"value": launch, "device": "test", "date": "2026-12-07",
+                                                      "source": "a test"}, "rows": list(rows)}))
+    return path
+
+
+def test_flop_bound_model_rates_are_inverse_in_the_assumed_mfu(paper_config, tmp_path):
+    """Without measured rows and with a negligible launch cost every job is priced by its
+    FLOPs: half the MFU, twice the hours. Measured rows do not use the MFU."""
     c = copy.deepcopy(paper_config)
+    c["budget"]["calibration"] = str(_calibration(tmp_path, launch=1e-12))
+    full = budget.estimate(c).set_index("table")
     c["budget"] = {**c["budget"], "mfu": {k: v / 2 for k, v in c["budget"]["mfu"].items()}}
     half = budget.estimate(c).set_index("table")
-    assert half["total GPU-h"].to_numpy() == pytest.approx(2 * paper_estimate["total GPU-h"].to_numpy(), rel=1e-9)
+    assert half["total GPU-h"].to_numpy() == pytest.approx(2 * full["total GPU-h"].to_numpy(), rel=1e-9)
+    assert set(budget.jobs_frame(c)["priced by"]) == {"model, FLOP-bound"}
+    measured = copy.deepcopy(paper_config)
+    measured["budget"] = {**measured["budget"], "mfu": {k: v / 2 for k, v in measured["budget"]["mfu"].items()}}
+    run = ex.entry_run(paper_config, ex.table_entries(paper_config, "table4")[0])
+    job = budget.Job("student", run)
+    assert budget.job_cost(measured, job).gpu_hours == pytest.approx(budget.job_cost(paper_config, job).gpu_hours)
+
+
+def test_a_small_network_is_priced_by_its_kernel_launches(tmp_path):
+    """PreAct ResNet-18 (quick.yaml) has no measured row: its TRADES step's FLOPs at
+    WRN-34-10's MFU would take 14 ms at batch 128, its ~2,250 launches at 15 us take 34 ms;
+    the budget takes the longer and says so. A measured row replaces the model."""
+    from ltd import config as ltd_config
+    from ltd import throughput
+
+    quick = ltd_config.load(ROOT / "config" / "quick.yaml")
+    run = ex.entry_run(quick, ex.table_entries(quick, "table4")[0])
+    cost = budget.job_cost(quick, budget.Job("student", run))
+    launches = throughput.launches("preact-resnet18", "trades", 10)
+    assert 2000 < launches < 2500 and cost.basis == "model, launch-bound"
+    assert cost.seconds_per_fe == pytest.approx(launches * 1.5e-5 / 128 / 27)
+    flop_bound = 1.111e9 / (0.27 * 989e12)
+    assert cost.seconds_per_fe > 2 * flop_bound
+    sched = ex.schedule(quick, "students", "cifar10")
+    per_student = cost.gpu_hours / sched["epochs"] * 30
+    assert 0.09 < per_student < 0.13  # a 30-epoch student: the issue's estimate from its own size
+    row = {"arch": "preact-resnet18", "image_size": 32, "precision": "bf16", "step": "trades", "batch_size": 128,
+           "img_per_s": 4000.0, "forward_equivalents": 27, "device": "NVIDIA H100", "date": "2026-12-07",
+           "source": "a test"}
+    quick["budget"]["calibration"] = str(_calibration(tmp_path, [row]))
+    measured = budget.job_cost(quick, budget.Job("student", run))  # fp16 training uses the bf16 row
+    assert measured.basis == "measured" and measured.seconds_per_fe == pytest.approx(1 / (4000 * 27))
+    assert "trades bf16 4000 img/s on NVIDIA H100, 2026-12-07 (a test)" in measured.rate
+    text = budget.render(quick, jobs=False)
+    assert "## Throughput" in text and "| preact-resnet18 | cifar10   | trades fp16" in text
+    assert "model, launch-bound" in text and "measured" in text  # the teacher's natural step is still modelled
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"arch": "wrn-34-10"}, r"rows\[0\]: missing \['date', 'device', 'image_size', 'precision', 'source', 'step'\]"),
+    ({"arch": "wrn-34-10", "image_size": 32, "precision": "bf16", "step": "trades", "device": "d", "date": "x",
+      "source": "s", "img_per_s": 10.0}, "img_per_s needs the step's forward_equivalents"),
+    ({"arch": "wrn-34-10", "image_size": 32, "precision": "fp8", "step": "trades", "device": "d", "date": "x",
+      "source": "s", "mfu": 0.3}, "precision 'fp8' is not one of"),
+    ({"arch": "wrn-34-10", "image_size": 32, "precision": "bf16", "step": "tades", "device": "d", "date": "x",
+      "source": "s", "mfu": 0.3}, "unknown method 'tades'"),
+    ({"arch": "wrn-34-10", "image_size": 32, "precision": "bf16", "step": "trades", "device": "d", "date": "x",
+      "source": "s", "speed": 3}, r"unknown keys \['speed'\]"),
+])
+def test_a_bad_calibration_row_is_named(paper_config, tmp_path, row, message):
+    c = copy.deepcopy(paper_config)
+    c["budget"]["calibration"] = str(_calibration(tmp_path, [row]))
+    with pytest.raises(ValueError, match=message):
+        budget.estimate(c)
+
+
+def test_counted_launches_are_what_ltd_launches_counts():
+    """ltd.throughput.COUNTED_LAUNCHES (planning imports no torch) against a count now:
+    every step of the quick reproduction's network, a TRADES step and an attack iteration
+    of each other network. Each attack iteration adds the same launches (the count is
+    linear in the steps), and a one-hot method counts within a few launches of its LTD
+    variant (the cache keeps one per step kind)."""
+    from ltd import launches, throughput
+
+    cached = throughput.COUNTED_LAUNCHES
+    archs = sorted({a for a, _ in cached})
+    for arch in archs:
+        kinds = [k for a, k in cached if a == arch] if arch == "preact-resnet18" else ["trades", "attack"]
+        for kind in kinds:
+            assert launches.launch_counts(arch, kind) == cached[arch, kind], (arch, kind)
+    base, per_step = cached["preact-resnet18", "trades"]
+    assert launches.step_launches("preact-resnet18", "trades", 3) == base + 3 * per_step
+    ltd_step = launches.step_launches("preact-resnet18", "trades", 1)
+    launches.KIND_METHODS["trades"] = "trades"
+    try:
+        one_hot = launches.step_launches("preact-resnet18", "trades", 1)
+    finally:
+        launches.KIND_METHODS["trades"] = "trades-ltd"
+    assert abs(one_hot - ltd_step) <= 10, (one_hot, ltd_step)
 
 
 def test_awp_warm_up_epochs_are_trades_epochs(paper_config):
