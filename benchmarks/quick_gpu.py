@@ -283,7 +283,7 @@ class Slice:
         per_image = sum(r["seconds_per_epoch"] / r["train_images"] for r in timed) / len(timed)
         epochs = ex.schedule(quick, "students", DATASET)["epochs"]
         job = budget.Job("student", next(ex.table_students(quick, "table4")))
-        return {"student_hours_measured": per_image * budget.train_images(quick, DATASET) * epochs / 3600,
+        return {"epochs": epochs, "student_hours_measured": per_image * budget.train_images(quick, DATASET) * epochs / 3600,
                 "student_hours_budget": budget.job_cost(quick, job).gpu_hours, "seconds_per_training_image": per_image}
 
     def run(self) -> int:
@@ -350,7 +350,7 @@ def render(summary: dict) -> str:
                      f"{', '.join(r['flags'] or []) or 'none'} |")
     p = summary.get("projection")
     if p:
-        lines += ["", f"quick.yaml's student (30 epochs on 50,000 images) at the rate measured here: "
+        lines += ["", f"quick.yaml's student ({p['epochs']} epochs on 50,000 images) at the rate measured here: "
                       f"{p['student_hours_measured']:.3f} h; snakemake budget: {p['student_hours_budget']:.3f} h"]
     return "\n".join(lines) + "\n"
 

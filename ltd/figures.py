@@ -110,7 +110,7 @@ CURVES = [("train_loss", "training loss", 1), ("test_accuracy", "clean test accu
 def training_curves(histories: dict[str, list[dict]], title: str, stem: str | Path) -> None:
     """Per run and epoch, from the runs' own histories: training loss, clean and (students)
     PGD test accuracy, and for adversarial training its attack's accuracy on x', the
-    fraction of stalled attacks (x' never left its random start) and the KL term."""
+    fraction of stalled attacks (x' moved fewer than half of its pixels) and the KL term."""
     panels = [p for p in CURVES if any(p[0] in r for h in histories.values() for r in h)]
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)

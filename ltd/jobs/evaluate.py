@@ -2,7 +2,7 @@
 gradient-masking diagnostics (students here; published checkpoints through the same
 ``evaluate_model``). A student's evaluation also carries what its training recorded
 (``training``: precision, stalled attacks, accuracy on x', which epoch's weights), so the
-report can tell a model masked at evaluation from one whose training attack never moved.
+report can tell a model masked at evaluation from one whose training attack stalled.
 Event files for TensorBoard go to ``tensorboard/<evaluation>`` beside the output."""
 
 from __future__ import annotations
