@@ -64,19 +64,29 @@ COUNTED_LAUNCHES = {
     ("resnet-50", "pgd"): (1549, 415), ("resnet-50", "mart"): (1884, 361), ("resnet-50", "attack"): (0, 354),
     ("wrn-50-2", "natural"): (1240, 0), ("wrn-50-2", "trades"): (2089, 365), ("wrn-50-2", "awp"): (3784, 365),
     ("wrn-50-2", "pgd"): (1549, 415), ("wrn-50-2", "mart"): (1884, 361), ("wrn-50-2", "attack"): (0, 354),
+    # the offline demo's stand-ins (config/demo.yaml)
+    ("wrn-10-2", "natural"): (229, 0), ("wrn-10-2", "trades"): (416, 75), ("wrn-10-2", "awp"): (736, 75),
+    ("wrn-10-2", "pgd"): (301, 79), ("wrn-10-2", "mart"): (402, 71), ("wrn-10-2", "attack"): (0, 64),
+    ("wrn-10-4", "natural"): (229, 0), ("wrn-10-4", "trades"): (416, 75), ("wrn-10-4", "awp"): (736, 75),
+    ("wrn-10-4", "attack"): (0, 64),
+    ("resnet-14", "natural"): (424, 0), ("resnet-14", "trades"): (733, 125), ("resnet-14", "attack"): (0, 114),
+    ("wrn-14-2", "natural"): (424, 0), ("wrn-14-2", "trades"): (733, 125), ("wrn-14-2", "attack"): (0, 114),
 }
 
 
 @functools.lru_cache(maxsize=None)
+def _counts(arch: str, kind: str) -> tuple[int, int]:
+    if (arch, kind) in COUNTED_LAUNCHES:
+        return COUNTED_LAUNCHES[arch, kind]
+    from .launches import launch_counts  # torch: an architecture the cache does not hold
+
+    return launch_counts(arch, kind)
+
+
 def launches(arch: str, kind: str, attack_steps: int) -> int:
     """Kernel launches of one step of ``kind`` (ltd.methods' step, or ``ATTACK``: one
     iteration), from ``COUNTED_LAUNCHES`` or, for another architecture, counted now."""
-    if (arch, kind) in COUNTED_LAUNCHES:
-        base, per_step = COUNTED_LAUNCHES[arch, kind]
-    else:
-        from .launches import launch_counts
-
-        base, per_step = launch_counts(arch, kind)
+    base, per_step = _counts(arch, kind)
     return base + (1 if kind == ATTACK else attack_steps) * per_step
 
 

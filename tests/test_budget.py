@@ -174,29 +174,33 @@ def test_a_bad_calibration_row_is_named(paper_config, tmp_path, row, message):
 
 def test_counted_launches_are_what_ltd_launches_counts():
     """ltd.throughput.COUNTED_LAUNCHES (planning imports no torch) against a count now:
-    every step of the quick reproduction's network, a TRADES step and an attack iteration
-    of each other network. Each attack iteration adds the same launches (the count is
-    linear in the steps), and a one-hot method counts within a few launches of its LTD
-    variant (the cache keeps one per step kind)."""
+    every step kind of the quick reproduction's network; a TRADES step and an attack
+    iteration of each other layout (a wider twin, e.g. wrn-34-20 of wrn-34-10, has the
+    same layers, hence the same counts). Each attack iteration adds the same launches
+    (the count is linear in the steps), and a one-hot method counts within a few launches
+    of its LTD variant (the cache keeps one per step kind)."""
     from ltd import launches, throughput
 
     cached = throughput.COUNTED_LAUNCHES
-    archs = sorted({a for a, _ in cached})
-    for arch in archs:
-        kinds = [k for a, k in cached if a == arch] if arch == "preact-resnet18" else ["trades", "attack"]
-        for kind in kinds:
-            assert launches.launch_counts(arch, kind) == cached[arch, kind], (arch, kind)
+    twins = {"wrn-34-20": "wrn-34-10", "wrn-50-2": "resnet-50", "wrn-10-4": "wrn-10-2", "wrn-14-2": "resnet-14"}
+    for wide, narrow in twins.items():
+        assert {k: v for (a, k), v in cached.items() if a == wide} == {
+            k: v for (a, k), v in cached.items() if a == narrow and (wide, k) in cached}, wide
+    assert {a for a, _ in cached} == {"preact-resnet18", *twins, *twins.values()}
+    for kind in [k for a, k in cached if a == "preact-resnet18"]:
+        assert launches.launch_counts("preact-resnet18", kind) == cached["preact-resnet18", kind], kind
+    for arch in sorted(set(twins.values())):
+        base, per_step = cached[arch, "trades"]
+        assert launches.step_launches(arch, "trades", 1) == base + per_step, arch
+        assert launches.launch_counts(arch, "attack") == cached[arch, "attack"], arch
     base, per_step = cached["preact-resnet18", "trades"]
     assert launches.step_launches("preact-resnet18", "trades", 3) == base + 3 * per_step
-    ltd_step = launches.step_launches("preact-resnet18", "trades", 1)
     launches.KIND_METHODS["trades"] = "trades"
     try:
         one_hot = launches.step_launches("preact-resnet18", "trades", 1)
     finally:
         launches.KIND_METHODS["trades"] = "trades-ltd"
-    assert abs(one_hot - ltd_step) <= 10, (one_hot, ltd_step)
-
-
+    assert abs(one_hot - (base + per_step)) <= 10, (one_hot, base + per_step)
 def test_awp_warm_up_epochs_are_trades_epochs(paper_config):
     assert budget.awp_epochs({"epochs": 120}, {"gamma": 5e-3, "warmup_epochs": 10}) == 111
     assert budget.awp_epochs({"epochs": 120}, {"gamma": 0.0, "warmup_epochs": 10}) == 0
