@@ -55,7 +55,7 @@ gpu-check:
 	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 ## The quick reproduction (config/quick.yaml; README, "The quick reproduction"): Table IV's
-## shape on real CIFAR-10 on one GPU, PreAct ResNet-18 for 30 epochs, before the full run.
+## shape on real CIFAR-10 on one GPU, PreAct ResNet-18 for 24 epochs, before the full run.
 ## Prints its budget (`snakemake budget`), then runs it. Offline (no download of CIFAR-10):
 ##   make quick QUICK_OVERLAYS=config/cifar10_jpeg.yaml
 .PHONY: quick
