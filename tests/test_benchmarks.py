@@ -37,3 +37,21 @@ def test_compile_attack_benchmark_runs(tmp_path):
              "--warmup", "0", "--attack-steps", "2", "--threads", "1", "--backend", "aot_eager",
              "--variants", "eager", "attack", tmp_path=tmp_path)
     assert r["attack"]["first_loss_relative_difference"] < 5e-3 and r["attack_over_eager"] > 0
+
+
+def test_compiled_attack_bits_benchmark_runs(tmp_path):
+    r = _run("compiled_attack_bits.py", "--image-size", "8", "--batch-size", "4", "--attack-steps", "2",
+             "--backend", "aot_eager", "--precisions", "bf16", tmp_path=tmp_path)
+    assert 0 <= r["bf16"]["pixels_differing"] <= 1
+
+
+def test_autocast_cache_benchmark_runs(tmp_path):
+    r = _run("autocast_cache.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--steps", "1",
+             "--warmup", "0", "--attack-steps", "2", "--threads", "1", tmp_path=tmp_path)
+    assert r["gradient_check"]["ours uncached"]["with_gradient"] == r["gradient_check"]["ours uncached"]["weights"]
+
+
+def test_awp_proxy_fp16_benchmark_runs(tmp_path):
+    r = _run("awp_proxy_fp16.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--attack-steps",
+             "1", "--threads", "1", tmp_path=tmp_path)
+    assert 0 <= r["fp16 unscaled (the step)"]["underflowed_fraction"] <= 1
