@@ -13,8 +13,9 @@ under config/quick.yaml + config/cifar10_jpeg.yaml with a shorter schedule:
 1. ``data``: CIFAR-10's JPEG archive (``--archive``; default ../shared/data/ beside the
    checkout, else shared/data/ inside it, else data/ inside it) unpacked into ``--data``
    by prepare_data.
-2. ``teacher``: the natural PreAct ResNet-18 teacher (``--teacher-epochs``, bf16), on the
-   students' ``--train-size`` training images (soft labels belong to those images).
+2. ``teacher``: the natural PreAct ResNet-18 teacher (``--teacher-epochs``, fp16 with a
+   loss scaler: the configs' ``train.precision``, as the paper config's teachers train), on
+   the students' ``--train-size`` training images (soft labels belong to those images).
 3. ``students``: TRADES+LTD at T = 15 and T = 5, each in fp16 and in bf16 (T = 15
    first: the question's pair), ``--epochs`` epochs (/10 after 2/3 and 5/6 of them, the
    paper's proportions) on the ``--train-size`` images (all 50,000 by default), with

@@ -99,10 +99,9 @@ def add_perturbation(model: torch.nn.Module, delta: Perturbation, sign: float = 
     with torch.no_grad():
         for name, d in delta.items():
             params[name].add_(d, alpha=sign)
-    # Autocast keeps the bf16/fp16 copy of each weight it cast earlier in the same autocast
-    # region (here: the attack's forwards) and would reuse it, ignoring the in-place change:
-    # the loss would be computed at the unperturbed weights, AWP silently a no-op.
-    torch.clear_autocast_cache()
+    # Under autocast the training step's region has no weight-cast cache (ltd.runtime.autocast):
+    # a bf16/fp16 copy of a weight cast before this in-place change (the attack's forwards)
+    # would otherwise be reused, the loss computed at the unperturbed weights, AWP a no-op.
 
 
 def remove_perturbation(model: torch.nn.Module, delta: Perturbation) -> None:

@@ -25,8 +25,14 @@ from .experiments import Run
 
 # Schedule keys that change no trained weights: speed switches, and the stalled-attack
 # alarm, which only warns or stops a run (whose checkpoint then continues to the same weights).
-SPEED_KEYS = ("channels_last", "compile", "compile_attack", "eval_batch_size")
-NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks")
+SPEED_KEYS = ("channels_last", "compile", "eval_batch_size")
+NOT_IDENTITY_KEYS = (*SPEED_KEYS, "stalled_attacks", "compile_attack")
+# train.compile_attack changes x': inductor's compiled forward rounds otherwise than eager
+# (CPU fp16 autocast, WRN-10-1: x' differed on 59 % of the pixels, every example; fp32: the
+# first loss by 5e-7, docs/performance.md). So a run whose step uses it (the steps of these
+# kinds) has it in its identity, as `compile_attack: true`; switched off, the identity is
+# what it always was (no finished run reruns).
+COMPILED_ATTACK_STEPS = ("trades", "awp", "mart")
 # The evaluated model's layout and compilation: speed switches, like the schedule's.
 EVALUATION_SPEED_KEYS = ("channels_last", "compile")
 # The evaluation settings a validation uses (not n_examples, precision or the test-set AutoAttack).
@@ -129,8 +135,10 @@ class Training(_RunModels):
 
     @property
     def identity(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"run": self.run.name, "data": self.data.identity("train"),
-                               "schedule": {k: v for k, v in self.schedule.items() if k not in NOT_IDENTITY_KEYS}}
+        schedule = {k: v for k, v in self.schedule.items() if k not in NOT_IDENTITY_KEYS}
+        if self.schedule.get("compile_attack") and methods.get(self.run.method).step in COMPILED_ATTACK_STEPS:
+            schedule["compile_attack"] = True
+        out: dict[str, Any] = {"run": self.run.name, "data": self.data.identity("train"), "schedule": schedule}
         if self.attack is not None:
             out["attack"] = self.attack
         if self.awp is not None:

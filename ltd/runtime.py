@@ -146,10 +146,20 @@ def allow_tf32(device: torch.device, allowed: bool | str) -> None:
 
 def autocast(device: torch.device, precision: str):
     """Autocast to ``precision`` ("bf16", "fp16"; "fp32": none) on the device's type, CPU
-    included: the caller decides (the workflow's jobs ask ``effective_precision``)."""
+    included: the caller decides (the workflow's jobs ask ``effective_precision``).
+
+    Without autocast's weight-cast cache, on every torch. The cache keeps the fp16/bf16
+    copy of each fp32 weight made in the region and hands it to every later forward in
+    it, so a training step (attack, AWP, loss: one region) would reuse stale copies:
+    (1) on torch < 2.10 a copy made under no_grad (the TRADES attack's clean forward)
+    has no autograd history, and the training forward reusing it gives conv and linear
+    weights no gradient at all, BatchNorm alone training (pytorch/pytorch#112583, fixed
+    by #165068); (2) on any torch a copy made before an in-place weight change (AWP's
+    perturbation) hides the change. A fresh cast per use is a few MB of traffic per
+    forward: docs/autocast_cache.md and benchmarks/autocast_cache.py measure it."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[precision])
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[precision], cache_enabled=False)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

@@ -44,3 +44,21 @@ def test_stalled_attacks_benchmark_runs(tmp_path):
              "--attack-steps", "2", "--threads", "1", tmp_path=tmp_path)
     assert [row["attack"] for row in r["rows"]] == ["trades", "mart", "pgd"]
     assert all(0 <= row["moved_min"] <= row["moved_mean"] <= 1 for row in r["rows"])
+
+
+def test_compiled_attack_bits_benchmark_runs(tmp_path):
+    r = _run("compiled_attack_bits.py", "--image-size", "8", "--batch-size", "4", "--attack-steps", "2",
+             "--backend", "aot_eager", "--precisions", "bf16", tmp_path=tmp_path)
+    assert 0 <= r["bf16"]["pixels_differing"] <= 1
+
+
+def test_autocast_cache_benchmark_runs(tmp_path):
+    r = _run("autocast_cache.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--steps", "1",
+             "--warmup", "0", "--attack-steps", "2", "--threads", "1", tmp_path=tmp_path)
+    assert r["gradient_check"]["ours uncached"]["with_gradient"] == r["gradient_check"]["ours uncached"]["weights"]
+
+
+def test_awp_proxy_fp16_benchmark_runs(tmp_path):
+    r = _run("awp_proxy_fp16.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--attack-steps",
+             "1", "--threads", "1", tmp_path=tmp_path)
+    assert 0 <= r["fp16 unscaled (the step)"]["underflowed_fraction"] <= 1

@@ -28,10 +28,10 @@ def test_speed_switches_change_the_spec_not_the_identity(paper_config):
     config = copy.deepcopy(paper_config)
     run = next(ex.table_students(config, "table4"))
     before = jobspec.training(config, run)
-    config["train"].update(compile_attack=True, eval_batch_size=7)
+    config["train"].update(channels_last=False, compile=True, eval_batch_size=7)
     config["jobs_per_gpu"] = 2
     after = jobspec.training(config, run)
-    assert after.schedule["compile_attack"] and after.machine.jobs_per_gpu == 2
+    assert after.schedule["eval_batch_size"] == 7 and after.machine.jobs_per_gpu == 2
     assert after.identity == before.identity
     config["train"]["lr"] = 0.2
     assert jobspec.training(config, run).identity != before.identity
@@ -57,3 +57,26 @@ def test_evaluation_and_validation_identities(demo_config):
     assert val.identity["search_attacks"] == demo_config["datasets"]["digits"]["temperature_search"]["attacks"]
     assert val.identity["data"] == ex.data_identity(demo_config, "digits", "val")
     assert val.teacher.name == run.teacher.name
+
+
+def test_a_compiled_training_attack_is_another_run_and_off_changes_no_identity(paper_config):
+    """train.compile_attack rounds x' otherwise than the eager attack (ltd/jobspec.py): a
+    run whose step takes it is another run; switched off, identities are as they were
+    (the key absent: no finished run reruns); a run without a TRADES/AWP/MART attack
+    (teachers, PGD-AT, whose steps never call it) keeps its identity either way."""
+    config = copy.deepcopy(paper_config)
+    runs = [*(next(r for r in ex.table_students(config, t) if r.method == m)
+              for t, m in (("table4", "trades-ltd"), ("table5", "awp-ltd"))),
+            ex.student(config, "cifar10", "wrn-34-10", "mart-ltd", 5.0, 6.0),
+            ex.student(config, "cifar10", "wrn-34-10", "pgd-at", None, 6.0),
+            ex.teacher(config, "cifar10", "wrn-34-10")]
+    assert config["train"]["compile_attack"] is False
+    before = {r.name: jobspec.training(config, r).identity for r in runs}
+    assert all("compile_attack" not in i["schedule"] for i in before.values())
+    config["train"]["compile_attack"] = True
+    for r in runs:
+        after = jobspec.training(config, r).identity
+        if r.method in ("trades-ltd", "awp-ltd", "mart-ltd"):
+            assert after == {**before[r.name], "schedule": {**before[r.name]["schedule"], "compile_attack": True}}
+        else:
+            assert after == before[r.name], r.name

@@ -90,3 +90,22 @@ def test_config_layers_alike_without_snakemake(monkeypatch):
     for o in overlays:
         bare = ltd_config.merge(bare, o)
     assert bare == with_snakemake and bare["train"] == 3 and bare["datasets"]["cifar10"]["source"] == "cifarfolder"
+
+
+def test_the_teacher_trains_in_the_paper_configs_precision():
+    """The docstring's teacher precision is what the slice's teacher job gets: fp16 (with a
+    loss scaler), config.yaml's train.precision, as the paper config's teachers."""
+    from benchmarks import quick_gpu
+    from ltd import config as ltd_config
+    from ltd import experiments as ex
+    from ltd import jobspec
+
+    for dry in (True, False):
+        args = quick_gpu.parse_args(["--out", "unused", *(["--dry"] if dry else [])])
+        cfg = quick_gpu.slice_config(args, CIFAR10_JPEG)
+        teacher = ex.teacher(cfg, quick_gpu.DATASET, ex.search(cfg, quick_gpu.DATASET)["arch"])
+        assert jobspec.training(cfg, teacher).schedule["precision"] == "fp16"
+    paper = ltd_config.load()
+    paper_teacher = ex.teacher(paper, "cifar10", ex.search(paper, "cifar10")["arch"])
+    assert jobspec.training(paper, paper_teacher).schedule["precision"] == "fp16"
+    assert "fp16 with a\n   loss scaler" in quick_gpu.__doc__

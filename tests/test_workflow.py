@@ -170,8 +170,10 @@ EDITS = {
     "caption": ({"tables": {"table4": {"caption": "My Table IV"}}}, DOWNSTREAM),
     "resources": ({"resources": {"train": {"mem_mb": 3000, "runtime": 60}}}, {}),
     "threads": ({"threads": 2}, {}),
-    "speed switches": ({"train": {"channels_last": False, "compile": True, "compile_attack": True,
-                                  "eval_batch_size": 100}, "evaluation": {"channels_last": True, "compile": True}}, {}),
+    "speed switches": ({"train": {"channels_last": False, "compile": True, "eval_batch_size": 100},
+                        "evaluation": {"channels_last": True, "compile": True}}, {}),
+    # the compiled attack rounds x' otherwise (ltd/jobspec.py): the students' attacks use it
+    "compiled training attack": ({"train": {"compile_attack": True}}, STUDENTS),
     "stalled-attack alarm": ({"train": {"stalled_attacks": {"warn": 0.1, "stop": 0.9}}}, {}),
     "training precision": ({"train": {"precision": "bf16"}}, {**TEACHER, **STUDENTS}),
     "students' precision": ({"student": {"precision": "bf16"}}, STUDENTS),

@@ -45,7 +45,7 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
         print(f"{run.name}: trains in {precision}, not the schedule's {spec.precision}, on the {device.type} "
               "(a table entry's own precision would run as asked)", file=sys.stderr)
     step = steps.build_step(run.method, beta=run.beta, attack=spec.attack, awp=spec.awp)
-    if spec.schedule["compile_attack"]:  # a speed switch: the attack's forwards compiled, no weight gradients
+    if spec.schedule["compile_attack"]:  # the attack's forwards compiled, no weight gradients (in the identity)
         step.compiled_attack = compiled.AttackForward()
     loader = _loader(spec, soft_label_file, teacher, device, precision)
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
