@@ -202,8 +202,9 @@ def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
     out = {"table": config["tables"][table], "tolerance": config["tolerance"],
            "stand_ins": config.get("stand_ins"), "seeds": seeds(config), "weights": weights,
            "attacks": sorted({repr(attack(config, r.dataset, r.method)) for r in runs if methods.get(r.method).attack})}
-    if weights == "best":  # the notes say which images chose the best epoch, and whether they are evaluated
-        out["monitor"] = evaluation(config, table_dataset(config, table)).get("monitor")
+    if weights == "best":  # the notes say which images chose the best epoch (overlap_ok changes none of them)
+        monitor = evaluation(config, table_dataset(config, table)).get("monitor") or {}
+        out["monitor"] = {k: v for k, v in monitor.items() if k != "overlap_ok"}
     return out
 
 

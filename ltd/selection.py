@@ -100,9 +100,8 @@ def problems(config: dict[str, Any], tables: list[str]) -> list[str]:
     for dataset in sorted({ex.table_dataset(config, t) for t in best}):
         m, key = monitor(config, dataset), _monitor_key(config, dataset)
         if m is None:
-            out.append(f"{key}.n_examples is 0 for {dataset!r}, but tables "
-                       f"{', '.join(t for t in best if ex.table_dataset(config, t) == dataset)} compare best.pt (the "
-                       "epoch with the best monitored PGD accuracy) with the paper: switch the monitor on, or write "
+            out.append(f"{key}.n_examples is 0 for {dataset!r}, but best.pt (the epoch with the best monitored "
+                       f"PGD accuracy) is what {_tables(config, best, dataset)}: switch the monitor on, or write "
                        "weights: last (evaluation.weights or the table's own)")
             continue
         if m["split"] == "val" and not ex.dataset_cfg(config, dataset)["val_size"]:
@@ -117,13 +116,18 @@ def problems(config: dict[str, Any], tables: list[str]) -> list[str]:
             fix = (f"write {key}.images: last with n_examples <= {total - len(ev)}"
                    if total - len(ev) > 0 else
                    f"hold images out of training (datasets.{dataset}.val_size) and write {key}.split: val")
-            out.append(f"{key}: the best epoch (best.pt, which tables "
-                       f"{', '.join(t for t in best if ex.table_dataset(config, t) == dataset)} report) would be "
+            out.append(f"{key}: the best epoch (best.pt, which {_tables(config, best, dataset)}) would be "
                        f"chosen on {chosen.describe(_split_size(config, dataset, m['split']))}, {shared:,} of which "
                        f"are among {ev.describe(total)} that its AutoAttack evaluates: a selection on the evaluated "
                        f"images; {fix}, or write "
                        f"{key}.overlap_ok: true to report it so (the tables' notes then say so)")
     return out
+
+
+def _tables(config: dict[str, Any], tables: list[str], dataset: str) -> str:
+    """'table4 reports' / 'tables table1, table4 report': the tables on ``dataset``."""
+    on = [t for t in tables if ex.table_dataset(config, t) == dataset]
+    return f"{on[0]} reports" if len(on) == 1 else f"tables {', '.join(on)} report"
 
 
 def _weights(config: dict[str, Any], table: str) -> str:

@@ -67,9 +67,9 @@ def weights_note(config: dict, dataset: str, weights: str) -> str:
     (best.pt) which images chose the epoch."""
     if weights == "last":
         return "Evaluated: each run's last epoch (model.pt), compared with the paper's"
-    return ("Ours (compared with the paper's, Δ): each run's epoch with the best monitored PGD accuracy (best.pt; "
-            "Epoch: which), as the authors evaluated a best checkpoint (our reading of their criterion: "
-            f"README, \"Comparable rows\"), {selection.note(config, dataset)}. (last): the same runs' last epoch "
+    return ("Ours (compared with the paper's, Δ): each run's epoch with the best monitored PGD accuracy (best.pt, "
+            "at \"Epoch (ours)\"), as the authors evaluated a best checkpoint (their criterion is unstated; this one "
+            f"is our reading: README, \"Comparable rows\"), {selection.note(config, dataset)}. (last): the same runs' last epoch "
             "(model.pt), evaluated alike and not compared: where it is below ours, the robust accuracy peaked "
             "before the end of training (robust overfitting)")
 
