@@ -19,7 +19,7 @@ under config/quick.yaml + config/cifar10_jpeg.yaml with a shorter schedule:
 3. ``students``: TRADES+LTD at T = 15 and T = 5, each in fp16 and in bf16 (T = 15
    first: the question's pair), ``--epochs`` epochs (/10 after 2/3 and 5/6 of them, the
    paper's proportions) on the ``--train-size`` images (all 50,000 by default), with
-   per epoch: clean accuracy on the test set, PGD-10 accuracy on its first 1,000 images
+   per epoch: clean accuracy on the test set, PGD-10 accuracy on its last 1,000 images
    (the workflow's monitor), the TRADES KL term (``train_robust``) and the fraction of
    stalled attacks (``train_stalled``). --dry: the
    T = 15 pair only (T = 5 runs the same code).
@@ -125,10 +125,12 @@ def slice_config(args: argparse.Namespace, archive: Path) -> dict:
         "datasets": {DATASET: ds},
     }
     if args.dry:
+        # the monitor under the data set: quick.yaml's CIFAR-10 monitor is its own (replacing the default)
         ds.update({"test_size": 64, "attack": {"trades": {"steps": 2}}})
+        ds["evaluation"]["monitor"] = {"n_examples": 16, "pgd_steps": 2}
         over.update({"threads": 2, "stand_ins": {"archs": {"wrn-34-10": "wrn-10-1"}},
                      "train": {"batch_size": 32, "eval_batch_size": 64},
-                     "evaluation": {"batch_size": 16, "pgd_steps": 2, "monitor": {"n_examples": 16, "pgd_steps": 2},
+                     "evaluation": {"batch_size": 16, "pgd_steps": 2,
                                     "diagnostics": {"square_queries": 20, "square_n_examples": 8},
                                     "autoattack": {"version": "custom", "attacks": ["apgd-ce"]}}})
         ds["temperature_search"] = {"arch": "wrn-10-1"}

@@ -22,7 +22,8 @@ Jobs come from ltd.experiments exactly as the workflow plans them: a table's stu
 (its rows; an ``auto`` row adds its whole search grid, an upper bound: the candidates at
 or above T_max are dropped once it is known), the teachers of its LTD students, the
 teacher and substitutes of its data set's T_max search, one AutoAttack evaluation per
-row, the teacher-logit pass of each teacher (its soft labels serve LTD students and
+row and shown weights (two where a table compares best.pt with the paper and shows the
+last epoch beside it: ltd.experiments.shown_weights), the teacher-logit pass of each teacher (its soft labels serve LTD students and
 substitutes), a validation per candidate of an ``auto`` row. A run two tables share is
 listed under both tables, and counted once in the total. The settings (GPU peaks, MFU)
 are the config's ``budget:`` section.
@@ -211,10 +212,12 @@ class Job:
     kind: str  # teacher | substitute | student | logits | evaluation | validation
     run: Run
     group: str | None = None  # an `auto` row's evaluation: of the candidate its search picks
+    weights: str = "last"  # an evaluation's: the last epoch's (model.pt) or best.pt's
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.group} (auto)" if self.group else f"{self.kind}:{self.run.name}"
+        name = f"{self.kind}:{self.group} (auto)" if self.group else f"{self.kind}:{self.run.name}"
+        return name + (f" ({self.weights})" if self.weights != "last" else "")
 
 
 @dataclass
@@ -355,6 +358,7 @@ def table_jobs(config: dict, table: str) -> list[Job]:
             jobs.append(job)
 
     dataset = ex.table_dataset(config, table)
+    shown = ex.shown_weights(config, table)  # each an AutoAttack of every row
     students: list[Run] = []
     for entry in ex.table_entries(config, table):
         if entry.is_auto:
@@ -365,11 +369,13 @@ def table_jobs(config: dict, table: str) -> list[Job]:
                 add(Job("validation", c))
             # the evaluation of whichever candidate the search picks (priced as the first),
             # counted apart from any row that names the same T: an upper bound
-            add(Job("evaluation", candidates[0], group=group))
+            for weights in shown:
+                add(Job("evaluation", candidates[0], group=group, weights=weights))
         else:
             run = ex.entry_run(config, entry)
             students.append(run)
-            add(Job("evaluation", run))
+            for weights in shown:
+                add(Job("evaluation", run, weights=weights))
     for run in students:
         add(Job("student", run))
         if run.uses_soft_labels:

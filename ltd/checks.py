@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable, Iterator
 
 from . import experiments as ex
-from . import methods
+from . import methods, selection
 from .archs import check_arch
 from .sources import folder_problem, split_sizes
 
@@ -311,6 +311,8 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
         problems += _dataset_problems(config, name, gpus, scope)
     table_problems, awp_datasets, roles = _table_problems(config, scope)
     problems += table_problems
+    # best.pt chosen on the images its AutoAttack evaluates (ltd/selection.py)
+    problems += selection.problems(config, [t for t in ex.table_names(config) if t in scope.tables])
     if awp_datasets and config["awp"]["gamma"] > 0:
         epochs = min(ex.schedule(config, "students", d)["epochs"] for d in awp_datasets)
         if config["awp"]["warmup_epochs"] > epochs:

@@ -67,6 +67,10 @@ class Split:
     def head(self, n: int) -> "Split":
         return Split(self.x[:n], self.y[:n], self.indices[:n])
 
+    def tail(self, n: int) -> "Split":
+        k = max(0, len(self) - n)
+        return Split(self.x[k:], self.y[k:], self.indices[k:])
+
 
 @dataclass
 class FileSplit:
@@ -82,6 +86,10 @@ class FileSplit:
 
     def head(self, n: int) -> "FileSplit":
         return FileSplit(self.files[:n], self.y[:n], self.indices[:n], self.folder)
+
+    def tail(self, n: int) -> "FileSplit":
+        k = max(0, len(self) - n)
+        return FileSplit(self.files[k:], self.y[k:], self.indices[k:], self.folder)
 
 
 def _source(cfg: dict) -> str:
@@ -498,17 +506,20 @@ def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batc
 
 
 def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | str, batch_size: int,
-                 n: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches of the first ``n`` (all if None) un-augmented images of a split, in
-    split order (so predictions line up with soft labels by position); imagefolder streams."""
+                 n: int | None = None, last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of the first ``n`` (all if None; ``last``: the last ``n``, where the
+    students' monitor chooses best.pt apart from the evaluated first images) un-augmented
+    images of a split, in split order (so predictions line up with soft labels by
+    position); imagefolder streams."""
+    def take(s):
+        return s if n is None else s.tail(n) if last else s.head(n)
+
     if _source(cfg) != "imagefolder":
-        s = load_split(cfg, data_dir, split)
-        s = (s.head(n) if n is not None else s).to(device)
+        s = take(load_split(cfg, data_dir, split)).to(device)
         for sl in batches(s.x, batch_size):
             yield s.x[sl], s.y[sl]
         return
-    fs = file_split(cfg, data_dir, split)
-    fs = fs.head(n) if n is not None else fs
+    fs = take(file_split(cfg, data_dir, split))
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])), batch_size=batch_size,
                                          num_workers=cfg["workers"], pin_memory=device.type == "cuda",

@@ -216,13 +216,17 @@ def report_row(result: dict) -> dict:
     """One evaluation as flat report columns (accuracies in %), for tables and CSVs."""
     aa, d = result["autoattack"], result.get("diagnostics") or {}
     pgd = (result.get("pgd") or {}).get("accuracy")
-    row = {"Run": result["run"], "eps": f"{aa['eps']:.6g}", "n": aa["n_examples"], "Precision": aa.get("precision"),
+    tr = result.get("training") or {}
+    # a student's last epoch or its best.pt (both may be reported), with the epoch
+    weights = tr.get("weights") and f"{tr['weights']} ({tr.get('epoch')}/{tr.get('epochs')})"
+    row = {"Run": result["run"], "Weights": weights, "eps": f"{aa['eps']:.6g}", "n": aa["n_examples"],
+           "Precision": aa.get("precision"),
            "Clean": _pct(result["clean_accuracy"]),
            f"PGD-{(result.get('pgd') or {}).get('steps', '')}".rstrip("-"): _pct(pgd),
            "AA": _pct(result["robust_accuracy"])}
     for a in aa["attacks"]:
         row[f"after {a.upper()}"] = _pct(aa["robust_accuracy_after"].get(a))
-    bb, g, tr = d.get("black_box"), d.get("zero_gradients"), result.get("training") or {}
+    bb, g = d.get("black_box"), d.get("zero_gradients")
     row.update({
         "PGD − AA": None if pgd is None else _pct(pgd - result["robust_accuracy"]),
         "Square alone": _pct(bb["square_accuracy"]) if bb else None,

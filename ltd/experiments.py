@@ -194,13 +194,18 @@ def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str,
 
 def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
     """What a rendered table shows besides its evaluations: its spec (caption, rows,
-    columns), the tolerance, the stand-ins its notes name, the weights it evaluates, its
-    rows' training attacks."""
+    columns), the tolerance, the stand-ins its notes name, the weights it evaluates (with
+    ``best``, the monitor its notes describe), its rows' training attacks."""
     entries = table_entries(config, table)
     runs = [entry_run(config, e, chosen_t=1.0) for e in entries]
-    return {"table": config["tables"][table], "tolerance": config["tolerance"],
-            "stand_ins": config.get("stand_ins"), "seeds": seeds(config), "weights": table_weights(config, table),
-            "attacks": sorted({repr(attack(config, r.dataset, r.method)) for r in runs if methods.get(r.method).attack})}
+    weights = table_weights(config, table)
+    out = {"table": config["tables"][table], "tolerance": config["tolerance"],
+           "stand_ins": config.get("stand_ins"), "seeds": seeds(config), "weights": weights,
+           "attacks": sorted({repr(attack(config, r.dataset, r.method)) for r in runs if methods.get(r.method).attack})}
+    if weights == "best":  # the notes say which images chose the best epoch (overlap_ok changes none of them)
+        monitor = evaluation(config, table_dataset(config, table)).get("monitor") or {}
+        out["monitor"] = {k: v for k, v in monitor.items() if k != "overlap_ok"}
+    return out
 
 
 def attack(config: dict[str, Any], dataset: str, method: str) -> dict[str, Any]:
@@ -407,6 +412,14 @@ def table_weights(config: dict[str, Any], table: str) -> str:
                          f"evaluation.monitor.n_examples is 0 for {dataset!r}: switch the monitor on or write "
                          "weights: last")
     return weights
+
+
+def shown_weights(config: dict[str, Any], table: str) -> list[str]:
+    """The weights a table shows: the ones it compares with the paper (``table_weights``)
+    first, then the last epoch's where those are ``best``, so that a robust accuracy that
+    peaks before the end of training (robust overfitting) shows in the table."""
+    weights = table_weights(config, table)
+    return [weights] if weights == "last" else [weights, "last"]
 
 
 def evaluation_file(weights: str) -> str:

@@ -117,8 +117,8 @@ class Training(_RunModels):
     """A teacher's, substitute's or student's training: the run (method, arch, T, beta,
     seed, soft-label mode and own precision are in its name), its data, its schedule (the
     role's, with the run's own precision; speed switches included), the method's training
-    attack and AWP settings, the students' per-epoch PGD monitor (None: no monitor) and the
-    torch.distributed processes it runs as."""
+    attack and AWP settings, the students' per-epoch PGD monitor (None: no monitor; its
+    best epoch is best.pt) and the torch.distributed processes it runs as."""
 
     run: Run
     data: Data
@@ -143,6 +143,12 @@ class Training(_RunModels):
             out["attack"] = self.attack
         if self.awp is not None:
             out["awp"] = self.awp
+        if self.run.role == "students":
+            # best.pt, which tables report, is the monitor's best epoch: a changed monitor
+            # (its images, steps, eps) retrains. Added with best.pt's place in the tables
+            # (identity change: students trained before it rerun once); `overlap_ok`
+            # changes nothing trained and stays out.
+            out["monitor"] = self.monitor
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -238,10 +244,12 @@ def training(config: dict[str, Any], run: Run) -> Training:
         run=run, data=data(config, run.dataset), schedule=copy.deepcopy(ex.run_schedule(config, run)),
         attack=copy.deepcopy(ex.attack(config, run.dataset, run.method)) if m.attack else None,
         awp=dict(config["awp"]) if m.awp else None,
-        # Students' per-epoch PGD accuracy on a few test images: the training curves show
-        # robust overfitting and (with soft labels at high T) masking as it develops.
+        # Students' per-epoch PGD accuracy on a few images (ltd.selection: which): the
+        # training curves show robust overfitting and (with soft labels at high T) masking
+        # as it develops, and its best epoch is best.pt.
         monitor={"n_examples": monitor["n_examples"], "pgd_steps": monitor["pgd_steps"], "eps": ev["eps"],
-                 "step_size": ev["pgd_step_size"], "seed": ev["seed"]}
+                 "step_size": ev["pgd_step_size"], "seed": ev["seed"], "split": monitor["split"],
+                 "images": monitor["images"]}
         if run.role == "students" and monitor.get("n_examples") else None,
         processes=ex.processes(config, run.dataset), machine=machine(config))
 

@@ -18,6 +18,10 @@ from .files import write_text
 
 COLUMNS = ["Row", "Source", "Clean (ours)", "AA (ours)", "Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
 SPREAD = ["± Clean", "± AA", "Seeds"]
+# Beside ours (best.pt where a table compares those with the paper): the epoch they are,
+# and the same runs' last epoch, evaluated alike, so that robust overfitting shows.
+LAST = ["Epoch (ours)", "Clean (last)", "AA (last)"]
+LAST_SPREAD = ["± Clean (last)", "± AA (last)"]
 MARK = "†"  # a difference beyond the configured tolerance
 # A table's optional `columns`: our rows' training numbers (the last epoch, ``training``
 # of each evaluation: what ltd.jobs.evaluate copied from the run's metrics.json).
@@ -56,12 +60,30 @@ def _training(results: list[dict]) -> dict:
     return out
 
 
+def _epochs(results: list[dict]) -> str | None:
+    """The evaluated epoch of a row's seeds, as "12/30" ("12, 14/30" for two seeds)."""
+    ts = [r.get("training") or {} for r in results]
+    if not all(t.get("epoch") for t in ts):
+        return None
+    return ", ".join(str(t["epoch"]) for t in ts) + f"/{ts[0]['epochs']}"
+
+
+def _last(results: list[dict]) -> dict:
+    """A row's last-epoch numbers (%, mean and spread over its seeds)."""
+    clean, clean_sd = _mean_std([_pct(r["clean_accuracy"]) for r in results])
+    robust, robust_sd = _mean_std([_pct(r["robust_accuracy"]) for r in results])
+    return {"clean_last": clean, "robust_last": robust, "clean_last_sd": clean_sd, "robust_last_sd": robust_sd,
+            "runs_last": [r["run"] for r in results]}
+
+
 def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], tmax: dict | None = None,
-             tolerance: dict | None = None) -> list[dict]:
+             tolerance: dict | None = None, last: list[list[dict]] | None = None) -> list[dict]:
     """Rows of a table in the paper's order (accuracies in %).
 
     ``entries``/``results``: our rows (experiments.Entry) and, per row, the evaluation
-    JSONs of its seeds (mean and standard deviation when there are several).
+    JSONs of its seeds (mean and standard deviation when there are several), of the
+    weights compared with the paper; ``last``: where those are best.pt's, the same rows'
+    last-epoch evaluations (``clean_last``, ``robust_last``; never compared).
     ``paper_rows``: config/paper_results.yaml's rows of this table. A paper row ``ours``
     takes the first unused entry it matches; ``reported`` rows are other papers' numbers
     (no run of ours); ``substitute`` is the T_max row, filled from ``tmax`` (the T_max
@@ -81,7 +103,8 @@ def assemble(entries: list, results: list[list[dict]], paper_rows: list[dict], t
         clean, clean_sd = _mean_std([_pct(r["clean_accuracy"]) for r in rs])
         robust, robust_sd = _mean_std([_pct(r["robust_accuracy"]) for r in rs])
         p_clean, p_robust = (paper["clean"], paper["autoattack"]) if paper else (None, None)
-        return _row(label, "this run", clean, robust, p_clean, p_robust, run=rs[0]["run"],
+        beside = {} if last is None else {"epoch": _epochs(rs), **_last(last[i])}
+        return _row(label, "this run", clean, robust, p_clean, p_robust, **beside, run=rs[0]["run"],
                     runs=[r["run"] for r in rs], run_role="students", clean_sd=clean_sd, robust_sd=robust_sd,
                     seeds=len(rs), temperature=None if e.is_auto else e.temperature, beta=e.beta, auto=e.is_auto,
                     soft_label_mode=e.soft_label_mode, own_precision=e.precision, trains_in=e.trains_in, training=_training(rs))
@@ -124,8 +147,10 @@ PAPER_COLUMNS = ["Clean (paper)", "AA (paper)", "Δ Clean", "Δ AA"]
 
 def frame(rows: list[dict], paper: bool = True, columns: list[str] = ()) -> pd.DataFrame:
     """The table's cells; "±" columns only where some row has several seeds; no paper
-    columns for a table the paper does not have; ``columns``: TRAINING_COLUMNS to add."""
+    columns for a table the paper does not have; ``columns``: TRAINING_COLUMNS to add;
+    the LAST columns where the rows carry a last epoch beside the compared one."""
     spread = any((r.get("seeds") or 1) > 1 for r in rows)
+    last = any("clean_last" in r for r in rows)
     out = []
     for r in rows:
         cells = {"Row": r["label"] + (f" {MARK}" if r.get("beyond_tolerance") else ""), "Source": r["source"],
@@ -135,11 +160,17 @@ def frame(rows: list[dict], paper: bool = True, columns: list[str] = ()) -> pd.D
         for c in columns:
             v = training.get(c)
             cells[TRAINING_COLUMNS[c]] = 100 * v if c in ("stalled", "adv_accuracy") and v is not None else v
+        if last:
+            cells.update({"Epoch (ours)": r.get("epoch"), "Clean (last)": r.get("clean_last"),
+                          "AA (last)": r.get("robust_last")})
         if spread:
             cells.update({"± Clean": r.get("clean_sd"), "± AA": r.get("robust_sd"), "Seeds": r.get("seeds")})
+            if last:
+                cells.update({"± Clean (last)": r.get("clean_last_sd"), "± AA (last)": r.get("robust_last_sd")})
         out.append(cells)
     names = [c for c in COLUMNS if paper or c not in PAPER_COLUMNS]
-    names = names[:4] + [TRAINING_COLUMNS[c] for c in columns] + names[4:] + (SPREAD if spread else [])
+    names = (names[:4] + (LAST if last else []) + [TRAINING_COLUMNS[c] for c in columns] + names[4:]
+             + (SPREAD[:2] + (LAST_SPREAD if last else []) + SPREAD[2:] if spread else []))
     return pd.DataFrame(out, columns=names)
 
 

@@ -327,7 +327,7 @@ def training_inputs(role):
 
 def training_outputs(role):
     """The weights and metrics of a run; a student also keeps its best epoch (best.pt: the
-    best monitored PGD accuracy, for a table with `weights: best`)."""
+    best monitored PGD accuracy, what a table with `weights: best` compares with the paper)."""
     out = {"model": f"{R}/{role}/{{name}}/model.pt", "metrics": f"{R}/{role}/{{name}}/metrics.json"}
     if role == "students":
         out["best"] = f"{R}/{role}/{{name}}/best.pt"
@@ -366,10 +366,11 @@ def published_model(w):
     return str(checks.published_file(config, PUBLISHED[w.name]))
 
 
-def table_evaluations(table):
+def table_evaluations(table, weights=None):
     """AutoAttack results behind a table's rows, in row order, each row's seeds together,
-    of the weights the table evaluates (autoattack.json: last epoch; autoattack_best.json)."""
-    paths, evaluation = [], ex.evaluation_file(ex.table_weights(config, table))
+    of `weights` (default: those the table compares with the paper; autoattack.json: last
+    epoch, autoattack_best.json: best.pt)."""
+    paths, evaluation = [], ex.evaluation_file(weights or ex.table_weights(config, table))
     for entry in ex.table_entries(config, table):
         for seed in ex.seeds(config):
             if entry.is_auto:
@@ -380,7 +381,12 @@ def table_evaluations(table):
 
 
 def table_inputs(w):
-    inputs = {"evals": table_evaluations(w.table), "paper": "config/paper_results.yaml"}
+    """A table's evaluations (`evals`: the weights compared with the paper; `last`: the
+    last epoch's beside them, where those are best.pt's), the paper's numbers, its T_max."""
+    compared, *beside = ex.shown_weights(config, w.table)
+    inputs = {"evals": table_evaluations(w.table, compared), "paper": "config/paper_results.yaml"}
+    if beside:
+        inputs["last"] = table_evaluations(w.table, "last")
     dataset = ex.table_dataset(config, w.table)
     if ex.search(config, dataset) is not None:
         inputs["tmax"] = tmax_json(dataset)  # a table of a searched data set reports its T_max
@@ -389,6 +395,18 @@ def table_inputs(w):
 
 def all_students():
     return sorted({r for t in TABLES for r in ex.table_students(config, t)}, key=lambda r: r.name)
+
+
+def all_evaluations():
+    """Every student evaluation a table shows (the last epoch's; best.pt's where a table
+    compares those), for the evaluation report."""
+    paths = {
+        run_path(r, ex.evaluation_file(w))
+        for t in TABLES
+        for w in ex.shown_weights(config, t)
+        for r in ex.table_students(config, t)
+    }
+    return sorted(paths)
 
 
 def table_targets(table):

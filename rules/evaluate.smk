@@ -1,6 +1,6 @@
 rule evaluate:
     """Clean, PGD and AutoAttack accuracy of a student's last epoch (model.pt), or its best
-    (best.pt, with evaluation.weights: best), on the test set (fp32, or TF32 as
+    (best.pt, evaluate_best), on the test set (fp32, or TF32 as
     evaluation.precision says), with its gradient-masking diagnostics and what its training
     recorded (metrics.json: precision, stalled attacks). params.spec: what the job computes
     (ltd.jobspec.Evaluation); params.identity: everything besides the model that defines
@@ -27,8 +27,11 @@ rule evaluate:
         "../workflow_scripts/evaluate.py"
 
 
-# A table with `weights: best` evaluates best.pt: the epoch with the best monitored PGD
-# accuracy (ltd.experiments.WEIGHTS), in its own files beside the last epoch's.
+# A table with `weights: best` (the paper config's) compares best.pt with the paper: the
+# epoch with the best monitored PGD accuracy (ltd.experiments.WEIGHTS; its images:
+# ltd.selection), in its own files beside the last epoch's, which the table shows too.
+# Its identity is the last epoch's evaluation's: the monitor that chose best.pt is in the
+# student's training identity (best.pt is written by the training job).
 use rule evaluate as evaluate_best with:
     input:
         model=f"{R}/students/{{name}}/best.pt",

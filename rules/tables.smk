@@ -83,11 +83,12 @@ rule curves:
 
 
 rule evaluation_report:
-    """Every student's evaluation with its gradient-masking diagnostics, one row each."""
+    """Every student evaluation with its gradient-masking diagnostics, one row each (a
+    student's last epoch, and its best.pt where a table compares that)."""
     conda:
         "../envs/report.yaml"
     input:
-        [run_path(r, "autoattack.json") for r in all_students()],
+        all_evaluations(),
     output:
         md=f"{R}/tables/evaluation_report.md",
         csv=report(

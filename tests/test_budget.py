@@ -19,8 +19,9 @@ def paper_estimate(paper_config):
 def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
     total = paper_estimate.loc["total"]
     # 24 students for the paper's six tables, 4 more (PGD-AT, MART, +LTD) for table7, 5 (bf16) for table8
+    # two evaluations each: best.pt (compared with the paper) and the last epoch beside it
     counts = (total.students, total.teachers, total.substitutes, total.evaluations, total.validations)
-    assert counts == (33, 5, 4, 33, 0)
+    assert counts == (33, 5, 4, 66, 0)
     # the CIFAR teachers' precomputed soft labels serve LTD students or substitutes; ImageNet's
     # students label their batches on the fly (config.yaml: datasets.imagenet.soft_labels)
     assert total["teacher logits"] == 3
@@ -30,14 +31,15 @@ def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
 
 def test_table4_has_ten_students_and_shares_with_table1(paper_config, paper_estimate):
     row = paper_estimate.loc["table4"]
-    assert (row.students, row.teachers, row.substitutes, row.evaluations) == (10, 1, 2, 10)
+    assert (row.students, row.teachers, row.substitutes, row.evaluations) == (10, 1, 2, 20)  # best and last
     shared = budget.shared_jobs(paper_config)
     assert shared["student:cifar10_wrn-34-10_trades_b6_s0"] == ["table1", "table4", "table7"]
     assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4", "table7", "table8"]
     assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5", "table7", "table8"]
-    # 2 students with table1, 4 more with table8 (its fp16 rows), their 6 evaluations, the
-    # teacher and its logits, 2 substitutes
-    assert row.shared == 16
+    # 2 students with table1, 4 more with table8 (its fp16 rows), their 12 evaluations (best
+    # and last), the teacher and its logits, 2 substitutes
+    assert row.shared == 22
+    assert shared["evaluation:cifar10_wrn-34-10_trades_b6_s0 (best)"] == ["table1", "table4", "table7"]
 
 
 def test_forward_flops_are_the_briefs(paper_config):
@@ -223,7 +225,7 @@ def test_demo_config_counts_its_auto_search(demo_config):
     row = est.loc["table4"]
     assert row.validations == len(demo_config["datasets"]["digits"]["temperature_search"]["grid"])
     assert row.students == 11  # the grid's T are all rows already; + T = 5 with soft labels on the fly
-    assert row.evaluations == 12  # the `auto` row's evaluation counted apart: an upper bound
+    assert row.evaluations == 2 * 12  # best and last; the `auto` row's counted apart: an upper bound
 
 
 def test_render_writes_the_tables(paper_config):

@@ -279,6 +279,9 @@ def _sparse(config):
         c["train"].pop(k, None)
     for k in ("channels_last", "compile", "weights"):
         c["evaluation"].pop(k, None)
+    for ev in (c["evaluation"], *(d.get("evaluation") or {} for d in c["datasets"].values())):
+        for k in ("split", "images", "overlap_ok"):  # the monitor's, in any layer that writes one
+            (ev.get("monitor") or {}).pop(k, None)
     c["budget"].pop("jobs_per_gpu_throughput", None)
     c["student"] = {"stalled_attacks": {"stop": 0.9}}
     return c
@@ -305,6 +308,10 @@ def test_defaults_filled_alike_with_and_without_snakemake(overlays):
                                "gpu_request": "gpus", "gpu_type": None, "gpu_type_as_constraint": False, "extra": None}
     assert sparse["train"]["stalled_attacks"] == {"warn": 0.5, "stop": None} and sparse["jobs_per_gpu"] == 1
     assert sparse["student"] == {"stalled_attacks": {"warn": 0.5, "stop": 0.9}}  # no speed switch filled in
+    # a monitor, the default one or a data set's (which replaces it whole), gets the schema's
+    for monitor in (sparse["evaluation"]["monitor"], sparse["datasets"]["cifar10"]["evaluation"]["monitor"]):
+        assert {k: monitor[k] for k in ("split", "images", "overlap_ok")} == {"split": "test", "images": "last",
+                                                                               "overlap_ok": False}
 
 
 def test_data_set_defaults_are_laid_under_not_written_in(paper_config):

@@ -157,14 +157,18 @@ def test_the_stalled_alarm_is_not_part_of_a_run_identity(paper_config):
     assert jobspec.training(paper_config, run).identity != before
 
 
-def test_a_table_evaluates_last_or_best_weights(paper_config):
+def test_a_table_compares_best_weights_and_shows_the_last_beside_them(paper_config):
+    """The paper config compares best.pt with the paper (the authors evaluated a best
+    checkpoint) and shows the last epoch beside it; `weights: last` shows that alone."""
     paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
-    assert ex.table_weights(paper_config, "table4") == "last"
+    assert all(ex.shown_weights(paper_config, t) == ["best", "last"] for t in ex.table_names(paper_config))
     assert ex.evaluation_file("last") == "autoattack.json" and ex.evaluation_file("best") == "autoattack_best.json"
     assert ex.weights_of("autoattack_best") == "best" and ex.WEIGHTS["best"][0] == "best.pt"
+    assert ex.table_identity(paper_config, "table4")["monitor"]["images"] == "first"  # its notes describe it
+    paper_config["tables"]["table4"]["weights"] = "last"
+    assert ex.table_weights(paper_config, "table4") == "last" and ex.shown_weights(paper_config, "table4") == ["last"]
+    assert "monitor" not in ex.table_identity(paper_config, "table4")
     paper_config["tables"]["table4"]["weights"] = "best"
-    assert ex.table_weights(paper_config, "table4") == "best"
-    assert ex.table_identity(paper_config, "table4")["weights"] == "best"
-    paper_config["evaluation"]["monitor"]["n_examples"] = 0  # no monitor, no best epoch
+    paper_config["datasets"]["cifar10"]["evaluation"]["monitor"]["n_examples"] = 0  # no monitor, no best epoch
     with pytest.raises(ValueError, match="tables.table4: weights `best` .* monitor"):
         ex.table_weights(paper_config, "table4")

@@ -54,7 +54,8 @@ def test_quick_config_fits_one_h100_hour(quick_config):
     assert quick_config["budget"]["gpu"] == "H100/H200"
     total = budget.estimate(quick_config).set_index("table").loc["total"]
     assert total["total GPU-h"] <= 1.0
-    assert (total.students, total.teachers, total.substitutes, total.evaluations) == (8, 1, 2, 8)
+    # two evaluations a student: best.pt (compared with the paper) and the last epoch beside it
+    assert (total.students, total.teachers, total.substitutes, total.evaluations) == (8, 1, 2, 16)
     priced = budget.jobs_frame(quick_config).set_index("job")["priced by"]
     assert set(priced.loc[["student", "teacher", "substitute"]]) == {"model, launch-bound"}
     assert set(priced.loc[["evaluation"]]) == {"model, FLOP-bound"}
@@ -107,8 +108,8 @@ def test_quick_config_plans_only_its_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_counts(proc.stdout + proc.stderr) == {
         "download_data": 1, "train_teacher": 1, "teacher_logits": 1, "soft_labels": 6, "train_substitute": 2,
-        "tmax": 1, "train_student": 8, "evaluate": 8, "render_table": 2, "figure": 2, "figure_tmax": 1, "curves": 2,
-        "simulation": 1, "evaluation_report": 1, "all": 1, "total": 38}
+        "tmax": 1, "train_student": 8, "evaluate": 8, "evaluate_best": 8, "render_table": 2, "figure": 2,
+        "figure_tmax": 1, "curves": 2, "simulation": 1, "evaluation_report": 1, "all": 1, "total": 46}
 
 
 def test_offline_source_plans_from_the_archive_beside_the_clone():
@@ -157,9 +158,12 @@ def test_quick_reduced_runs_table4_on_real_cifar10(workdir, cifar10_jpeg):
         "TRADES", "TRADES+LTD T=1", "TRADES+LTD T=15", "Substitute T=20 (T_max); paper: T=50"]
     for row, name in zip(rows, ["trades_b6", "trades-ltd_T1_b6", "trades-ltd_T15_b6"]):
         run = res / "students" / f"cifar10_wrn-10-1_{name}_s0"
-        ev, metrics = load_json(run / "autoattack.json"), load_json(run / "metrics.json")
+        ev, metrics = load_json(run / "autoattack_best.json"), load_json(run / "metrics.json")
+        last = load_json(run / "autoattack.json")  # the last epoch, beside best.pt
         assert float(row["Clean (ours)"]) == pytest.approx(100 * ev["clean_accuracy"], abs=0.006)
         assert float(row["AA (ours)"]) == pytest.approx(100 * ev["robust_accuracy"], abs=0.006)
+        assert float(row["AA (last)"]) == pytest.approx(100 * last["robust_accuracy"], abs=0.006)
+        assert ev["training"]["chosen_by"]["images"] == "last" and row["Epoch (ours)"].endswith("/2")
         assert ev["autoattack"]["n_examples"] == 60 and ev["robust_accuracy"] <= ev["clean_accuracy"]
         # which images: real CIFAR-10 files, 32 px as stored, named in each result's provenance
         for splits, split, n in ((metrics["provenance"]["splits"], "train", 256),

@@ -136,3 +136,53 @@ def test_table_by_precision_has_a_curve_per_precision_and_its_training_columns(p
     assert [p["x"] for p in drawn["points"]] == [1, 5, 10, 15, 20] and len(drawn["paper"]) == 5
     assert [v["label"] for v in drawn["variants"]] == ["bf16"] and len(drawn["variants"][0]["points"]) == 5
     assert drawn["apart"] == [] and drawn["name"] == "this run, fp16"
+
+
+def test_a_table_of_best_weights_renders_the_last_epoch_beside_them(tmp_path):
+    """config/quick.yaml's Table IV: ours (compared with the paper, Δ) are best.pt's, with
+    their epoch, and the same runs' last epoch stands beside them in every format; the
+    notes say which is which and which images chose the best epoch."""
+    from ltd import config as ltd_config
+    from ltd.files import load_json, save_json
+    from ltd.jobs import tables as table_jobs
+
+    config = ltd_config.load(ROOT / "config" / "quick.yaml")
+    entries = ex.table_entries(config, "table4")
+    aa = {"version": "standard", "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"], "eps": 8 / 255, "n_examples": 1000}
+
+    def evaluation(run, weights, epoch, robust):
+        return {"run": run.name, "clean_accuracy": 0.80, "robust_accuracy": robust, "precision": "tf32",
+                "autoattack": aa, "training": {"weights": weights, "epoch": epoch, "epochs": 30, "precisions": ["fp16"]}}
+
+    best, last = [], []
+    for i, e in enumerate(entries):
+        run = ex.entry_run(config, e)
+        best.append(tmp_path / f"best{i}.json")
+        last.append(tmp_path / f"last{i}.json")
+        save_json(evaluation(run, "best", 21 + i, 0.50), best[-1])  # robust overfitting: best above last
+        save_json(evaluation(run, "last", 30, 0.45), last[-1])
+    tmax = tmp_path / "tmax.json"
+    save_json({"tmax": 50.0, "threshold": 0.9, "substitutes": [{"T": 20.0, "clean_accuracy": 0.92},
+                                                                {"T": 50.0, "clean_accuracy": 0.85}]}, tmax)
+    table_jobs.render_table(config, "table4", best, tmax, ROOT / "config" / "paper_results.yaml", tmp_path / "t4",
+                            last=last)
+    rows = list(csv.DictReader(open(tmp_path / "t4.csv")))
+    assert list(rows[0])[:8] == ["Row", "Source", "Clean (ours)", "AA (ours)", "Epoch (ours)", "Clean (last)",
+                                 "AA (last)", "Stalled % (train)"]
+    trades = rows[0]
+    assert trades["Row"].startswith("TRADES") and trades["Epoch (ours)"] == "21/30"
+    assert (trades["AA (ours)"], trades["AA (last)"], trades["Clean (last)"]) == ("50.00", "45.00", "80.00")
+    assert float(trades["Δ AA"]) == pytest.approx(50.0 - 53.08, abs=0.006)  # the paper is compared with best.pt
+    md, tex = (tmp_path / "t4.md").read_text(), (tmp_path / "t4.tex").read_text()
+    assert "AA (last) |" in md and "AA (last)" in tex and "Epoch (ours)" in tex
+    assert "Ours (compared with the paper's, Δ): each run's epoch with the best monitored PGD accuracy (best.pt, " in md
+    assert "their criterion is unstated; this one is our reading" in md
+    assert ("chosen by PGD-10 accuracy on the last 1,000 of the 10,000 test images (9,001-10,000), disjoint from the "
+            "first 1,000 test images evaluated") in md
+    assert "(last): the same runs' last epoch (model.pt), evaluated alike and not compared" in md
+    saved = load_json(tmp_path / "t4.json")
+    assert saved["weights"] == ["best", "last"] and saved["rows"][0]["robust_last"] == pytest.approx(45.0)
+    assert saved["rows"][0]["epoch"] == "21/30" and len(saved["provenance"]["evaluations"]) == 2 * len(entries)
+    with pytest.raises(ValueError, match="0 last-epoch evaluations"):  # both are planned for every row
+        table_jobs.render_table(config, "table4", best, tmax, ROOT / "config" / "paper_results.yaml",
+                                tmp_path / "t4", last=[])

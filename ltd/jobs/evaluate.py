@@ -27,13 +27,15 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_milestones", "lr_gamma", "momen
 
 def training_summary(metrics: dict, weights: str) -> dict:
     """What a student's training recorded, for its evaluation: the precision(s) its epochs
-    ran in, its schedule, the evaluated epoch (``weights``: last, or best.pt's) and that
-    epoch's training-attack numbers (stalled fraction, mean moved-pixel fraction, accuracy on x', KL
-    term)."""
+    ran in, its schedule, the evaluated epoch (``weights``: last, or best.pt's, with the
+    monitor that chose it) and that epoch's training-attack numbers (stalled fraction, mean
+    moved-pixel fraction, accuracy on x', KL term)."""
     history = metrics["history"]
     epoch = history[-1]["epoch"] if weights == "last" else metrics["best"]["epoch"]
     h = next(r for r in history if r["epoch"] == epoch)
     return {"weights": weights, "epoch": epoch, "epochs": metrics["epochs"],
+            # the monitor that chose best.pt (its images: ltd.selection); None for the last epoch
+            "chosen_by": (metrics.get("best") or {}).get("monitor") if weights == "best" else None,
             "precisions": sorted({r["precision"] for r in history if r.get("precision")}),
             "schedule": {k: metrics["schedule"][k] for k in RECIPE_KEYS if k in metrics["schedule"]},
             "stalled": h.get("train_stalled"), "moved": h.get("train_moved"), "adv_accuracy": h.get("train_adv_accuracy"),

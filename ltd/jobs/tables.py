@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import diagnostics, experiments, figures, methods, sources, tables
+from .. import diagnostics, experiments, figures, methods, selection, sources, tables
 from ..attacks import STALLED_BELOW
 from ..files import load_json, save_json
 from ..provenance import provenance
@@ -63,16 +63,16 @@ def recipe_notes(rows: list[dict], loaded: list[dict], paper_rows: list[dict], e
     return notes
 
 
-def weights_note(loaded: list[dict], weights: str, ev: dict) -> str:
-    """Which weights the evaluations took (``weights``), with the epochs where they are best."""
+def weights_note(config: dict, dataset: str, weights: str) -> str:
+    """Which weights our columns hold, which of them the paper's are compared with, and
+    (best.pt) which images chose the epoch."""
     if weights == "last":
-        return "Evaluated: each run's last epoch (model.pt)"
-    mon = ev.get("monitor") or {}
-    epochs = ", ".join(f"{(e.get('training') or {}).get('epoch', '?')}/{(e.get('training') or {}).get('epochs', '?')}"
-                       for e in loaded)
-    return (f"Evaluated: each run's epoch with the best monitored PGD-{mon.get('pgd_steps')} accuracy on the first "
-            f"{mon.get('n_examples')} test images (best.pt; chosen on test images, as AWP's scripts do), epochs "
-            f"{epochs} in row order")
+        return "Evaluated: each run's last epoch (model.pt), compared with the paper's"
+    return ("Ours (compared with the paper's, Δ): each run's epoch with the best monitored PGD accuracy (best.pt, "
+            "at \"Epoch (ours)\"), as the authors evaluated a best checkpoint (their criterion is unstated; this one "
+            f"is our reading: README, \"Comparable rows\"), {selection.note(config, dataset)}. (last): the same runs' last epoch "
+            "(model.pt), evaluated alike and not compared: where it is below ours, the robust accuracy peaked "
+            "before the end of training (robust overfitting)")
 
 
 def precision_note(rows: list[dict]) -> str | None:
@@ -115,8 +115,7 @@ def table_notes(config: dict, table: str, entries: list, rows: list[dict], loade
     precision = precision_note(rows)
     if precision:
         notes.append(precision)
-    weights = experiments.table_weights(config, table)
-    notes.append(weights_note(loaded, weights, experiments.evaluation(config, dataset)))
+    notes.append(weights_note(config, dataset, experiments.table_weights(config, table)))
     if {"stalled", "adv_accuracy"} & set(spec.get("columns") or []):
         notes.append(f"Stalled: the fraction of the evaluated epoch's training attacks that moved fewer than "
                      f"{100 * STALLED_BELOW:.0f} % of their pixels from the random start (input gradient exactly "
@@ -142,20 +141,29 @@ def table_notes(config: dict, table: str, entries: list, rows: list[dict], loade
 
 
 def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: str | Path | None,
-                 paper_path: str | Path, stem: str | Path) -> None:
-    """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures)."""
+                 paper_path: str | Path, stem: str | Path, last: list[str | Path] = ()) -> None:
+    """A table as Markdown, LaTeX, CSV, and JSON (rows with their runs, for the figures).
+    ``evals``: the evaluations compared with the paper (each row's seeds together);
+    ``last``: where those are best.pt's, the same rows' last-epoch evaluations."""
     spec = config["tables"][table]
     # A table the paper does not have (a user's own): our columns only.
     all_paper = yaml.safe_load(Path(paper_path).read_text())
     paper = all_paper.get(table)
     entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
-    if len(entries) * n_seeds != len(evals):
-        raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(evals)} evaluations were given")
-    loaded = [load_json(p) for p in evals]
-    results = [loaded[i * n_seeds:(i + 1) * n_seeds] for i in range(len(entries))]  # each row's seeds
+    shown = experiments.shown_weights(config, table)
+    for what, paths in (("evaluations", evals), ("last-epoch evaluations", last if len(shown) > 1 else ())):
+        if len(entries) * n_seeds != len(paths):
+            raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(paths)} {what} were given")
+
+    def by_row(paths):
+        loaded = [load_json(p) for p in paths]
+        return loaded, [loaded[i * n_seeds:(i + 1) * n_seeds] for i in range(len(entries))]  # each row's seeds
+
+    loaded, results = by_row(evals)
+    last_results = by_row(last)[1] if len(shown) > 1 else None
     tmax = load_json(tmax_path) if tmax_path else None
     rows = tables.assemble(entries, results, paper["rows"] if paper else [],
-                           tmax if spec.get("tmax_row") else None, tolerance=config["tolerance"])
+                           tmax if spec.get("tmax_row") else None, tolerance=config["tolerance"], last=last_results)
     dataset = experiments.table_dataset(config, table)
     notes = table_notes(config, table, entries, rows, loaded, paper, tmax)
     # the data set as the paper writes it (CIFAR-10), from any paper table on the same data set
@@ -166,8 +174,9 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
                                  paper=paper is not None)
     tables.render(tables.frame(rows, paper=paper is not None, columns=spec.get("columns") or []), caption, stem)
     save_json({"provenance": provenance(config["run"], settings={"table": spec, "tolerance": config["tolerance"]},
-                                        evaluations=[str(p) for p in evals]),
+                                        evaluations=[str(p) for p in (*evals, *last)]),
                "table": table, "caption": caption, "dataset": dataset, "paper_dataset": paper_dataset,
+               "weights": shown,  # the compared weights first; rows' clean_last/robust_last hold the last epoch's
                "tmax": None if tmax is None else tmax["tmax"], "rows": rows},
               Path(stem).with_suffix(".json"))
 

@@ -95,14 +95,18 @@ def _loader(spec: Training, soft_label_file: str | Path | None, teacher: str | P
 
 class _Monitor:
     """The training curves' per-epoch numbers: clean test accuracy and (students with a
-    monitor) PGD accuracy on a few test images, in TF32 on a GPU (recorded)."""
+    monitor) PGD accuracy on the monitor's images, in TF32 on a GPU (recorded). Those are
+    the first or the last ``n_examples`` of its split (test, or val: held out of
+    training), apart from the evaluated first test images where the config says so
+    (ltd.selection checks it before any job); the key stays ``test_pgd_accuracy``."""
 
     def __init__(self, spec: Training, device: torch.device):
         self.spec, self.device, self.bs = spec, device, spec.schedule["eval_batch_size"]
         self.x = self.y = None
-        if spec.monitor:
-            self.x, self.y = tensors(data.eval_batches(spec.data.section, spec.data.data_dir, "test", device, self.bs,
-                                                       n=spec.monitor["n_examples"]))
+        m = spec.monitor
+        if m:
+            self.x, self.y = tensors(data.eval_batches(spec.data.section, spec.data.data_dir, m["split"], device,
+                                                       self.bs, n=m["n_examples"], last=m["images"] == "last"))
 
     def clean(self, model: torch.nn.Module) -> float:
         return evaluate.clean_accuracy_batches(model, data.eval_batches(self.spec.data.section, self.spec.data.data_dir,
@@ -130,7 +134,8 @@ def _metrics(spec: Training, model: torch.nn.Module, history: list[dict], *, cle
         "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
         "clean_accuracy": clean, "epochs": len(history),
         "schedule": spec.schedule, "attack": spec.attack, "awp": spec.awp, "soft_labels": run.soft_label_mode,
-        "precision": precision, "best": best_epoch(history) if run.role == "students" else None,
+        "precision": precision,
+        "best": {**best_epoch(history), "monitor": spec.monitor} if run.role == "students" else None,
         "processes": distributed.world_size(),
         "train_seconds_this_attempt": time.time() - t0,
         "history": history,
