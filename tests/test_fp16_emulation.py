@@ -333,3 +333,33 @@ def test_a_table_entry_in_fp16_emulated_plans_names_and_notes_its_run(tmp_path):
     with pytest.raises(Exception, match="fp16-emulatd"):
         overlay.write_text(yaml.safe_dump({"train": {"precision": "fp16-emulatd"}}))
         ltd_config.load(ROOT / "config" / "demo.yaml", overlay)
+
+
+class _Recording(emu.Fp16Emulation):
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", ""))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("arch", ["wrn-10-1", "resnet-14"])
+def test_the_listed_ops_our_steps_dispatch(arch):
+    """What docs/fp16_emulation.md lists as emulated in our models: convolutions and linear
+    layers in fp16; log_softmax, softmax, kl_div, cross_entropy, nll_loss, log, sum and
+    AWP's norm in fp32 (on fp32 inputs already: the steps call .float() on logits)."""
+    x, y, q = _data(n=4)
+    seen = set()
+    for method in ("trades-ltd", "pgd-at-ltd", "mart-ltd", "awp-ltd"):
+        torch.manual_seed(0)
+        model = build_model(arch, 10).train()
+        step = steps.build_step(method, beta=6.0, attack=ATTACK, awp={"gamma": 0.01, "warmup_epochs": 0,
+                                                                       "proxy_lr": 0.01})
+        step.begin_epoch(1)
+        with _Recording() as mode:
+            step(model, x, y, q)
+        seen |= mode.names & emu._LISTED
+    assert seen == {"conv2d", "linear", "log_softmax", "softmax", "kl_div", "cross_entropy", "nll_loss", "log", "sum",
+                    "norm"}
