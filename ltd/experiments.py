@@ -25,7 +25,7 @@ _NAME_RE = {
     ),
     "students": re.compile(
         rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+)"
-        rf"(?:_T(?P<temperature>{_NUM}))?(?P<fly>_fly)?(?:_(?P<precision>fp16|bf16|fp32))?"
+        rf"(?:_T(?P<temperature>{_NUM}))?(?P<fly>_fly)?(?:_(?P<precision>fp16-emulated|fp16|bf16|fp32))?"
         rf"_b(?P<beta>{_NUM})_s(?P<seed>\d+)$"
     ),
 }
@@ -35,9 +35,12 @@ _NAME_RE = {
 SOFT_LABEL_MODES = ("precomputed", "on_the_fly")
 # Training precisions (`precision:` of a schedule or a table entry; ltd.runtime runs them):
 # fp16 = autocast + GradScaler (the paper's PyTorch 1.11 "mixed precision"), bf16 =
-# autocast, fp32 = none. A table entry's own precision, where it differs from its data
-# set's, is in its run's name ("_bf16").
-PRECISIONS = ("fp16", "bf16", "fp32")
+# autocast, fp32 = none; fp16-emulated = CUDA's fp16 autocast emulated in fp32 arithmetic
+# (ltd/fp16_emulation.py; runs as asked on the CPU, never a GPU number) + GradScaler. A
+# table entry's own precision, where it differs from its data set's, is in its run's name
+# ("_bf16", "_fp16-emulated").
+EMULATED = "fp16-emulated"
+PRECISIONS = ("fp16", "bf16", "fp32", EMULATED)
 # Which weights of a student an evaluation takes (`evaluation.weights`, a table's
 # `weights`): the last epoch's (model.pt), or those of the epoch with the best monitored
 # PGD accuracy (best.pt); each has its own evaluation file.
@@ -456,7 +459,7 @@ def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) 
 
 _GROUP_RE = re.compile(
     rf"^(?P<dataset>[a-z0-9]+)_(?P<arch>[a-z0-9-]+)_(?P<method>[a-z-]+?)(?P<fly>_fly)?"
-    rf"(?:_(?P<precision>fp16|bf16|fp32))?_b(?P<beta>{_NUM})_s(?P<seed>\d+)$")
+    rf"(?:_(?P<precision>fp16-emulated|fp16|bf16|fp32))?_b(?P<beta>{_NUM})_s(?P<seed>\d+)$")
 
 
 def search_candidates(config: dict[str, Any], group: str) -> list[Run]:

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from . import gpu_slots
+from . import fp16_emulation, gpu_slots
 
 # Autocast's dtypes (ltd.experiments.PRECISIONS names them for the config). fp16 trains with
 # a GradScaler (``grad_scaler``), as torch.cuda.amp does it: the paper's "mixed precision"
@@ -21,6 +21,11 @@ from . import gpu_slots
 # training script takes them (in fp16 a tiny input gradient underflows to exactly zero:
 # the stalled attacks ltd.train counts).
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16-emulated: CUDA's fp16 autocast emulated in fp32 arithmetic rounded to fp16, on any
+# device (ltd/fp16_emulation.py), with fp16's GradScaler. Never a GPU fp16 number.
+EMULATED = fp16_emulation.PRECISION
+# Precisions with fp16's range (underflow, overflow): a GradScaler, the stalled alarm's fp16 cause.
+FP16_RANGE = ("fp16", EMULATED)
 
 
 # Lock files of the GPUs jobs on this machine hold (see gpu_slots); relative to the
@@ -156,17 +161,21 @@ def autocast(device: torch.device, precision: str):
     weights no gradient at all, BatchNorm alone training (pytorch/pytorch#112583, fixed
     by #165068); (2) on any torch a copy made before an in-place weight change (AWP's
     perturbation) hides the change. A fresh cast per use is a few MB of traffic per
-    forward: docs/autocast_cache.md and benchmarks/autocast_cache.py measure it."""
+    forward: docs/autocast_cache.md and benchmarks/autocast_cache.py measure it.
+
+    ``fp16-emulated``: ltd.fp16_emulation's emulation of CUDA's fp16 autocast."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision == EMULATED:
+        return fp16_emulation.Fp16Emulation()
     return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[precision], cache_enabled=False)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """torch.amp's GradScaler for fp16 (its defaults: scale 2^16, halved on a step with
-    non-finite gradients, which it skips, doubled after 2000 good steps); a disabled one,
-    whose calls pass through, for bf16 and fp32."""
-    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
+    """torch.amp's GradScaler for fp16 and fp16-emulated (its defaults: scale 2^16, halved
+    on a step with non-finite gradients, which it skips, doubled after 2000 good steps); a
+    disabled one, whose calls pass through, for bf16 and fp32."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision in FP16_RANGE)
 
 
 def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
@@ -183,8 +192,10 @@ def effective_precision(device: torch.device, precision: str, explicit: bool = F
     config's fp16 in fp32, and the offline demo's numbers are fp32), but an ``explicit``
     one (a table entry's own ``precision``, in its run's name) as asked: CPU autocast does
     fp16 and bf16, so a table comparing precisions compares them on the CPU too (fp16
-    convolutions are slow there: no fast kernel without AVX512-FP16/AMX)."""
-    return precision if device.type == "cuda" or explicit else "fp32"
+    convolutions are slow there: no fast kernel without AVX512-FP16/AMX). fp16-emulated
+    runs as asked everywhere: it is asked for on purpose (on a GPU too, e.g. to compare it
+    with real fp16 there)."""
+    return precision if device.type == "cuda" or explicit or precision == EMULATED else "fp32"
 
 
 def describe(device: torch.device) -> dict:

@@ -25,12 +25,13 @@ replayed the same way).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
 
 from . import awp as awp_lib
-from . import distributed, methods
+from . import distributed, fp16_emulation, methods
 from .attacks import mart_attack, moved, moved_fraction, pgd_delta, pgd_start, random_start, stalled, trades_attack
 from .batchnorm import CleanForwardReplay
 from .losses import mart_loss, natural_loss, trades_kl, trades_loss
@@ -272,7 +273,7 @@ class PgdStep(Step):
         self.method, self.attack = method, attack
         self.replay = _Replay()
         self._eval_attack = False  # the next batch is the first of an epoch after the first
-        self._pending: tuple[torch.Tensor, bool, torch.dtype] | None = None  # x for after_update
+        self._pending: tuple | None = None  # x and the step's precision, for after_update
 
     def begin_epoch(self, epoch: int) -> None:
         self._eval_attack = epoch > 0
@@ -300,16 +301,18 @@ class PgdStep(Step):
         loss = natural_loss(logits_adv.float(), target)
         if training:
             device = x.device.type
-            self._pending = (x, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+            self._pending = (x, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device),
+                             fp16_emulation.active())  # fp16-emulated: no torch.autocast, its own mode
         return loss, logits_adv, {"loss": loss.detach(), **attack_stats(moved(delta, start), logits_adv, y)}
 
     def after_update(self, model: torch.nn.Module) -> None:
         """The official post-update forward of x in train mode (its BN statistics update)."""
         if self._pending is None:
             return
-        x, autocast, dtype = self._pending
+        x, autocast, dtype, emulation = self._pending
         self._pending = None
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=autocast):
+        emulated = contextlib.nullcontext() if emulation is None else fp16_emulation.Fp16Emulation(emulation.cache_enabled)
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=autocast), emulated:
             model(x)
         if distributed.active():  # each rank moved its statistics on its own slice
             distributed.average_buffers(model)

@@ -405,8 +405,10 @@ def _stalled_alarm(record: dict, alarm: dict, desc: str, ckpt_path: Path, main: 
             f"training {100 * record.get('train_adv_accuracy', float('nan')):.1f} %): this run is training "
             f"naturally, not adversarially")
     why = ("in fp16 a small input gradient underflows to zero (students of nearly uniform soft labels, high T, "
-           "have small logits); bf16 has fp32's range" if record.get("precision") == "fp16" else
+           "have small logits); bf16 has fp32's range" if record.get("precision") in runtime.FP16_RANGE else
            "the model's outputs do not depend on its input near x (saturated or constant outputs)")
+    if record.get("precision") == runtime.EMULATED:
+        why += " (here fp16 EMULATED: CUDA's fp16 rounding in fp32 arithmetic, ltd/fp16_emulation.py)"
     bar = "!" * 100
     if main:
         print(f"\n{bar}\nWARNING {desc}: {what}.\nLikely cause: {why}.\n{bar}", file=sys.stderr, flush=True)

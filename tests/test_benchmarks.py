@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from .conftest import ROOT
+import pytest
+
+from .conftest import CIFAR10_JPEG, ROOT
 
 
 def _run(script, *args, tmp_path):
@@ -62,3 +64,11 @@ def test_awp_proxy_fp16_benchmark_runs(tmp_path):
     r = _run("awp_proxy_fp16.py", "--arch", "wrn-10-1", "--image-size", "8", "--batch-size", "4", "--attack-steps",
              "1", "--threads", "1", tmp_path=tmp_path)
     assert 0 <= r["fp16 unscaled (the step)"]["underflowed_fraction"] <= 1
+
+
+@pytest.mark.skipif(not CIFAR10_JPEG.exists(), reason=f"needs {CIFAR10_JPEG}")
+def test_fp16_emulation_benchmark_runs(tmp_path):
+    r = _run("fp16_emulation.py", "--arch", "wrn-10-1", "--batch-size", "4", "--steps", "1", "--attack-steps", "2",
+             "--threads", "1", "--archive", str(CIFAR10_JPEG), tmp_path=tmp_path)
+    assert set(r["step"]["ratios"]) == {"emulated/fp32", "real fp16/fp32", "real fp16/emulated"}
+    assert r["step"]["fp32"]["zero_grad"] == 0.0 and set(r["probe"]) == {"1.0", "0.05"}

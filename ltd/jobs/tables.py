@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import diagnostics, experiments, figures, methods, selection, sources, tables
+from .. import diagnostics, experiments, figures, fp16_emulation, methods, selection, sources, tables
 from ..attacks import STALLED_BELOW
 from ..files import load_json, save_json
 from ..provenance import provenance
@@ -84,7 +84,8 @@ def precision_note(rows: list[dict]) -> str | None:
             by.setdefault(p, []).append(r["label"])
     if not by:
         return None
-    amp = {"fp16": "fp16 (autocast + loss scaler)", "bf16": "bf16 (autocast)", "fp32": "fp32"}
+    amp = {"fp16": "fp16 (autocast + loss scaler)", "bf16": "bf16 (autocast)", "fp32": "fp32",
+           fp16_emulation.PRECISION: f"{fp16_emulation.LABEL}, with a loss scaler"}
     if len(by) == 1:
         return f"Training precision: {amp.get(next(iter(by)), next(iter(by)))}"
     return "Training precision: " + "; ".join(f"{amp.get(p, p)}: {', '.join(ls)}" for p, ls in by.items())

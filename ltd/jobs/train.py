@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, compiled, data, distributed, evaluate, runtime, steps
+from .. import checkpoint, compiled, data, distributed, evaluate, fp16_emulation, runtime, steps
 from ..experiments import WEIGHTS
 from ..files import save_json
 from ..jobspec import Training
@@ -44,8 +44,9 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
     if precision != spec.precision and distributed.is_main():
         print(f"{run.name}: trains in {precision}, not the schedule's {spec.precision}, on the {device.type} "
               "(a table entry's own precision would run as asked)", file=sys.stderr)
+    schedule = _emulation_schedule(spec.schedule, run.name) if precision == runtime.EMULATED else spec.schedule
     step = steps.build_step(run.method, beta=run.beta, attack=spec.attack, awp=spec.awp)
-    if spec.schedule["compile_attack"]:  # the attack's forwards compiled, no weight gradients (in the identity)
+    if schedule["compile_attack"]:  # the attack's forwards compiled, no weight gradients (in the identity)
         step.compiled_attack = compiled.AttackForward()
     loader = _loader(spec, soft_label_file, teacher, device, precision)
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
@@ -54,7 +55,7 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
 
     t0 = time.time()
     ckpt, best = out_dir / "checkpoint.pt", out_dir / WEIGHTS["best"][0]
-    history = fit(model, step, loader, spec.schedule, ckpt_path=ckpt, device=device, precision=precision,
+    history = fit(model, step, loader, schedule, ckpt_path=ckpt, device=device, precision=precision,
                   fingerprint=fingerprint(spec.identity), evaluate=monitor, log_path=out_dir / "history.jsonl",
                   desc=run.name, board_dir=out_dir / "tensorboard" / "training",
                   best=(BEST_KEY, best) if run.role == "students" else None)
@@ -70,6 +71,17 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
     ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
     draw_curves(run.name, history, out_dir / "curves")
     return metrics
+
+
+def _emulation_schedule(schedule: dict, name: str) -> dict:
+    """fp16-emulated's schedule: said in the log, and eager (speed switches, no result
+    depends on them: torch.compile's inductor cannot trace the emulation's casts)."""
+    if distributed.is_main():
+        print(f"{name}: trains in {fp16_emulation.LABEL}", file=sys.stderr)
+        if schedule["compile"] or schedule["compile_attack"]:
+            print(f"{name}: train.compile and train.compile_attack ignored: {runtime.EMULATED} runs eager",
+                  file=sys.stderr)
+    return {**schedule, "compile": False, "compile_attack": False}
 
 
 def _loader(spec: Training, soft_label_file: str | Path | None, teacher: str | Path | None, device: torch.device,
