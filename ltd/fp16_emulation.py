@@ -238,7 +238,7 @@ def attack_stalled(model: torch.nn.Module, x: torch.Tensor, start: torch.Tensor,
             x_adv = attacks.trades_attack(model, x, logits, eps=eps, step_size=step_size, steps=steps, start=start)
     finally:
         model.train(was_training)
-    return attacks.stalled(x_adv, start, x, eps)
+    return attacks.stalled(attacks.moved_fraction(x_adv, start, x, eps))
 
 
 def compare(model: torch.nn.Module, x: torch.Tensor, *, eps: float = 8 / 255, step_size: float = 2 / 255,
