@@ -99,6 +99,15 @@ _TYPES = {"integer": "a whole number", "number": "a number", "string": "a string
           "object": "a mapping (key: value lines)", "array": "a list", "null": "null"}
 
 
+def _json_type(value: Any) -> str:
+    """What a YAML value is, in the schema's words (a quoted number is a string)."""
+    for t, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (dict, "object"),
+                    (list, "array"), (type(None), "null")):
+        if isinstance(value, t):
+            return _TYPES[name]
+    return type(value).__name__
+
+
 def _key(path: Iterable[Any]) -> str:
     """A config key as the checks write it: datasets.cifar10.attack, entries[0]."""
     out = ""
@@ -141,7 +150,7 @@ def schema_problem(error: Any) -> str:
             with contextlib.suppress(ValueError):
                 hint = f"; write it without quotes: {int(inst) if 'integer' in names else float(inst)}"
         expected = " or ".join(_TYPES.get(n, n) for n in names)
-        return f"{written}{type(inst).__name__ if inst is not None else 'null'} where {expected} is expected{hint}"
+        return f"{written}{_json_type(inst)} where {expected} is expected{hint}"
     if kind == "enum":
         close = _closest(inst, want) if isinstance(inst, str) else []
         return (f"{key} = {_short(inst)}: not one of {', '.join(map(repr, want))}"
@@ -149,17 +158,19 @@ def schema_problem(error: Any) -> str:
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
         return f"{key} = {_short(inst)}: must be {op} {want}"
+    if kind == "pattern":
+        return f"{key} = {_short(inst)}: not of the form {want}"
     return f"{key or 'the config'}: {error.message[:300]}"
 
 
-def _validation_error(exc: BaseException) -> Any:
-    """The jsonschema ValidationError inside Snakemake's WorkflowError (its args), if any."""
+def _validation_error(exc: BaseException | None) -> Any:
+    """The jsonschema ValidationError behind Snakemake's WorkflowError (which keeps only
+    its text: the error is the exception it was raised while handling), if any."""
     import jsonschema
 
-    for e in (exc, *getattr(exc, "args", ())):
-        if isinstance(e, jsonschema.ValidationError):
-            return e
-    return None
+    while exc is not None and not isinstance(exc, jsonschema.ValidationError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 @contextlib.contextmanager
