@@ -216,16 +216,18 @@ def check_site_slurm_extra():
 
 
 def check_slurm_logdir(args):
-    """Slurm's job logs belong to this run: the profile's slurm-logdir is the paper run's
-    (a profile cannot read the config), so another `run:` must say where its logs go."""
+    """Slurm's job logs belong to this run: profiles/slurm derives its slurm-logdir from
+    the run the command line selects (ltd/run_name.py); a --slurm-logdir of another run's
+    folder (or a derivation that missed how this config was loaded) stops the plan."""
     want = Path(R) / "logs" / "slurm"
     got = getattr(args, "slurm_logdir", None)
     if args is None or getattr(args, "executor", None) != "slurm" or got is None or Path(got) == want:
         return
     raise checks.ConfigError(
         [
-            f"run = {config['run']!r}, but Slurm would write its job logs to {got} (the profile's slurm-logdir, or "
-            f"--slurm-logdir); add --slurm-logdir {want} so that they stay with this run's results"
+            f"run = {config['run']!r}, but Slurm would write its job logs to {got} (--slurm-logdir, or the "
+            f"profile's slurm-logdir); leave --slurm-logdir out (the profile derives it from `run:`) or write "
+            f"--slurm-logdir {want}, so that they stay with this run's results"
         ]
     )
 
