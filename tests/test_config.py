@@ -47,7 +47,8 @@ def test_bad_values_name_the_key(tmp_path, key, value, named):
 def test_snakemake_stops_before_any_job_on_bad_config(tmp_path):
     """A misspelt key or a quoted number: a few lines naming the key, not Snakemake's dump
     of the whole schema after the message."""
-    for text, named in (({"datasets": {"cifar10": {"source": "mnist"}}}, "datasets.cifar10.source = 'mnist': not one of"),
+    for text, named in (({"datasets": {"cifar10": {"source": "mnist"}}},
+                         "datasets.cifar10.source = 'mnist': not one of"),
                         ({"tabels": {}}, "tabels: not a config key; did you mean tables"),
                         ({"train": {"epochs": "120"}}, "train.epochs = '120': a string where a whole number")):
         path = tmp_path / "bad.yaml"
@@ -270,8 +271,8 @@ def test_missing_data_and_checkpoints_are_named_for_the_targets_that_read_them(p
     assert missing(["table3"]) == ""
     msg = missing(["published"])
     assert ("target published needs published[0] (in robustbench_model_dir): checkpoint 'Chen2021LTD_WRN34_20' is "
-            "not at models/cifar10/Linf/Chen2021LTD_WRN34_20.pt" in msg and "load_model(model_name='Chen2021LTD_WRN34_20'"
-            in msg), msg
+            "not at models/cifar10/Linf/Chen2021LTD_WRN34_20.pt" in msg
+            and "load_model(model_name='Chen2021LTD_WRN34_20'" in msg), msg
     assert "published[1].path: checkpoint 'mine' is not at ckpt/mine.pt" in msg, msg
     msg = missing(["results/paper/published/mine/comparison.md"])  # one entry, its own target
     assert "published[1]" in msg and "published[0]" not in msg
