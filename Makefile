@@ -62,6 +62,6 @@ gpu-check:
 QUICK_OVERLAYS ?=
 QUICK_GPUS ?= 1
 quick: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) budget --forcerun budget --cores 1 --configfile config/quick.yaml $(QUICK_OVERLAYS)
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) budget --cores 1 --configfile config/quick.yaml $(QUICK_OVERLAYS)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all --cores $(CORES) --resources gpu=$(QUICK_GPUS) --configfile config/quick.yaml $(QUICK_OVERLAYS)
 	@echo "Table: results/quick/tables/table4.md   Figures: results/quick/figures/   Evaluations: results/quick/tables/evaluation_report.md"

@@ -1,6 +1,8 @@
 # LTD reproduction workflow. Targets: all (default), table1 ... table6, simulation.
 # Plan first: snakemake -n all. Config: config/config.yaml (the paper's settings); the
 # offline demo adds --configfile config/demo.yaml. Every output goes under results/<run>/.
+import atexit
+
 from snakemake.utils import min_version, validate
 
 from ltd import checks
@@ -11,12 +13,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# Before any job: wrong units, the schema, then what the schema cannot see (ltd/checks.py),
-# judged for what the requested targets run (SCOPE: `snakemake table4` needs no ImageNet
-# on disk nor 4 GPUs for it). A job's own Snakemake (on a Slurm node) runs what the
-# planning Snakemake checked, so it checks only the units and the schema.
+# Before any job: wrong units, the schema (its error in one line naming the key), then
+# what the schema cannot see (ltd/checks.py), judged for what the requested targets run
+# (SCOPE: `snakemake table4` needs no ImageNet nor 4 GPUs for it). A job's own Snakemake
+# (on a Slurm node) runs what the planning Snakemake checked: only the units and the schema.
 checks.units(config)
-validate(config, "config/schema.yaml")
+with checks.schema_errors():
+    validate(config, "config/schema.yaml")
 
 
 ARGS = checks.command_line() if workflow.is_main_process else None
@@ -24,6 +27,19 @@ ARGS = checks.command_line() if workflow.is_main_process else None
 TARGETS = ARGS.targets if ARGS and not ARGS.lint else None
 SCOPE = checks.requested(config, TARGETS) if workflow.is_main_process else checks.Scope(files=False)
 checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")), scope=SCOPE)
+checks.warn(checks.warnings(config, SCOPE), "the config runs, but:")
+# Data not on disk yet (an ImageNet tree, a published checkpoint): a plan (-n) or the
+# budget works without it and lists every job, then warns once (at exit: Snakemake has no
+# hook after a dry run); a real run stops before its first job (onstart: real runs only).
+MISSING = checks.missing_data(config, SCOPE)
+if MISSING:
+    atexit.register(checks.warn, MISSING, checks.MISSING_HEADER)
+
+
+onstart:
+    if MISSING:
+        atexit.unregister(checks.warn)
+        raise checks.MissingData(MISSING)
 
 
 report: "report/workflow.rst"
@@ -42,6 +58,7 @@ include: "rules/budget.smk"
 
 check_site_slurm_extra()
 check_slurm_logdir(ARGS)
+check_report(ARGS)
 
 
 localrules:
@@ -58,6 +75,7 @@ localrules:
     published,
     exported,
     evaluation_report,
+    budget_estimate,
     budget,
 
 

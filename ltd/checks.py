@@ -12,6 +12,9 @@ No torch here: planning stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Iterator
@@ -87,6 +90,100 @@ def resource_limit(value: Any) -> int | None:
     """A ``--resources`` limit as Snakemake holds it (a number, or an object with ``value``)."""
     value = getattr(value, "value", value)
     return int(value) if _number(value) else None
+
+
+# ---- the schema's verdict, short: Snakemake's validate (which fills the defaults) stays the
+# mechanism; its error would print the whole schema (1,400 lines) after the message ----
+
+_TYPES = {"integer": "a whole number", "number": "a number", "string": "a string", "boolean": "true or false",
+          "object": "a mapping (key: value lines)", "array": "a list", "null": "null"}
+
+
+def _json_type(value: Any) -> str:
+    """What a YAML value is, in the schema's words (a quoted number is a string)."""
+    for t, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (dict, "object"),
+                    (list, "array"), (type(None), "null")):
+        if isinstance(value, t):
+            return _TYPES[name]
+    return type(value).__name__
+
+
+def _key(path: Iterable[Any]) -> str:
+    """A config key as the checks write it: datasets.cifar10.attack, entries[0]."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _closest(word: str, options: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(str(word), [str(o) for o in options], n=3, cutoff=0.6)
+
+
+def schema_problem(error: Any) -> str:
+    """One line for a jsonschema ValidationError: the key (its ``absolute_path``), what was
+    written (``instance``), and what the schema wants (``validator``, ``validator_value``),
+    with the closest valid names for a misspelt key or choice."""
+    key, inst, want = _key(error.absolute_path), error.instance, error.validator_value
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(inst, dict):
+        props = (error.schema.get("properties") or {}).keys()
+        bad = [k for k in inst if k not in props]
+        parts = []
+        for k in bad:
+            close = _closest(k, props)
+            where = f"{key}.{k}" if key else str(k)
+            parts.append(f"{where}: not a config key"
+                         + (f"; did you mean {' or '.join(close)}?" if close else
+                            f" (the keys {'of ' + key if key else 'at the top level'}: {', '.join(props)})"))
+        return "; ".join(parts)
+    if kind == "type":
+        names = [want] if isinstance(want, str) else list(want)
+        written = f"{key} = {_short(inst)}: " if key else ""
+        hint = ""
+        if isinstance(inst, str) and set(names) & {"integer", "number"}:
+            with contextlib.suppress(ValueError):
+                hint = f"; write it without quotes: {int(inst) if 'integer' in names else float(inst)}"
+        expected = " or ".join(_TYPES.get(n, n) for n in names)
+        return f"{written}{_json_type(inst)} where {expected} is expected{hint}"
+    if kind == "enum":
+        close = _closest(inst, want) if isinstance(inst, str) else []
+        return (f"{key} = {_short(inst)}: not one of {', '.join(map(repr, want))}"
+                + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return f"{key} = {_short(inst)}: must be {op} {want}"
+    if kind == "pattern":
+        return f"{key} = {_short(inst)}: not of the form {want}"
+    return f"{key or 'the config'}: {error.message[:300]}"
+
+
+def _validation_error(exc: BaseException | None) -> Any:
+    """The jsonschema ValidationError behind Snakemake's WorkflowError (which keeps only
+    its text: the error is the exception it was raised while handling), if any."""
+    import jsonschema
+
+    while exc is not None and not isinstance(exc, jsonschema.ValidationError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+@contextlib.contextmanager
+def schema_errors():
+    """Around Snakemake's ``validate``: its schema error as a ConfigError of one line
+    naming the key (``schema_problem``); any other error as it is."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - Snakemake wraps it in a WorkflowError
+        error = _validation_error(exc)
+        if error is None:
+            raise
+        raise ConfigError([schema_problem(error)]) from None
 
 
 # ---- what the requested targets run: the checks below judge only that ----
@@ -264,26 +361,40 @@ def missing_checkpoint(name: str, path: str | Path, dataset_source: str | None =
             "copy it there, or give the entry a `path:` to the file.")
 
 
-def _files(config: dict, scope: Scope) -> list[str]:
-    """Files the jobs of ``scope`` read that no rule makes: ImageFolder trees (unless built
-    from another source, as the demo's), a cifarfolder's folder or archive, and published
-    checkpoints."""
+def _needed_by(config: dict, scope: Scope, dataset: str) -> str:
+    """Which requested tables read ``dataset``: "table3 needs", "table2 and table6 need"."""
+    tables = [t for t in sorted(scope.tables)
+              if ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) == dataset]
+    if not tables:
+        return "the requested targets need"
+    return (" and ".join([", ".join(tables[:-1]), tables[-1]]) if len(tables) > 1 else tables[0]) \
+        + (" need" if len(tables) > 1 else " needs")
+
+
+def missing_data(config: dict, scope: Scope) -> list[str]:
+    """What the jobs of ``scope`` read that is not on disk and no rule makes, each naming
+    the tables that need it, the key and the layout expected: ImageFolder trees (unless
+    built from another source, as the demo's), a cifarfolder's folder or archive, and
+    published checkpoints. A plan lists the jobs all the same (the Snakefile warns once);
+    a real run stops before its first job. Empty where ``scope`` runs no job (the budget)."""
+    if not scope.files:
+        return []
     problems = []
     for name in sorted(scope.data):
         ds = config["datasets"].get(name)
         problem = folder_problem(name, ds) if ds else None
         if problem:  # a cifarfolder's tree or archive (its I/O once)
-            problems.append(problem)
+            problems.append(f"{_needed_by(config, scope, name)} {problem}")
         if not ds or ds["source"] != "imagefolder" or ds.get("build_from"):
             continue
         root = Path(ds["path"])
         missing = [s for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
-            problems.append(f"datasets.{name}.path = {ds['path']!r}: "
+            problems.append(f"{_needed_by(config, scope, name)} datasets.{name}.path = {ds['path']!r}: "
                             + ("no such folder" if not root.is_dir() else f"no {' or '.join(m + '/' for m in missing)}"
                                                                          " folder in it")
                             + " (ImageFolder layout: train/<class>/*, val/<class>/*; relative to the working "
-                            "directory); point `path` at the data set")
+                            "directory); put the data set there, or point `path` at it")
     for i, e in enumerate(config.get("published") or []):
         if e["name"] not in scope.published or e["dataset"] not in config["datasets"]:
             continue
@@ -291,18 +402,37 @@ def _files(config: dict, scope: Scope) -> list[str]:
         if path.is_file():
             continue
         if e.get("path"):
-            problems.append(f"published[{i}].path: " + missing_checkpoint(e["name"], path))
+            problems.append(f"target published needs published[{i}].path: " + missing_checkpoint(e["name"], path))
         else:
-            problems.append(f"published[{i}] (in robustbench_model_dir): " + missing_checkpoint(
+            problems.append(f"target published needs published[{i}] (in robustbench_model_dir): " + missing_checkpoint(
                 e["name"], path, config["datasets"][e["dataset"]]["source"], e.get("robustbench_name", e["name"]),
                 config["robustbench_model_dir"]))
     return problems
 
 
+MISSING_HEADER = "data these targets read is not on disk yet (a run stops before its first job until it is there):"
+
+
+class MissingData(ConfigError):
+    """Data a real run reads that is not on disk yet (``missing_data``)."""
+
+    def __init__(self, problems: list[str]):
+        ValueError.__init__(self, "data these targets read is not on disk yet:\n"
+                            + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+def warn(lines: list[str], header: str) -> None:
+    """A warning block on stderr after what Snakemake printed so far (its stdout first)."""
+    if lines:
+        sys.stdout.flush()
+        print(f"Warning: {header}\n" + "\n".join(f"  - {line}" for line in lines), file=sys.stderr, flush=True)
+
+
 def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> None:
     """Cross-field checks (after the schema) of what ``scope`` runs (default: the whole
-    config, without looking at files). ``gpus``: the GPUs the run may use at once
-    (``--resources gpu=N``), if given. The stand-ins are checked whatever the scope."""
+    config). ``gpus``: the GPUs the run may use at once (``--resources gpu=N``), if given.
+    The stand-ins are checked whatever the scope. Files on disk are ``missing_data``'s."""
     if scope is None:
         scope = requested(config, None)
     in_scope = [name for name in config["datasets"] if name in scope.data]
@@ -321,12 +451,10 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
     for dataset in sorted(roles):
         for role in ("teachers", "substitutes", "students"):
             if role in roles[dataset]:
-                problems += _milestones(config, role, dataset)
+                problems += _milestones(config, role, dataset) + _batch_problems(config, role, dataset)
     for name in in_scope:
         problems += _autoattack_problems(config, name)
     problems += _published_problems(config, scope)
-    if scope.files and not problems:  # files are looked for once the config itself holds together
-        problems += _files(config, scope)
     _raise(problems)
 
 
@@ -377,6 +505,7 @@ def _table_problems(config: dict, scope: Scope) -> tuple[list[str], set[str], di
     datasets = config["datasets"]
     awp_datasets: set[str] = set()
     roles: dict[str, set[str]] = {}
+    attacks: dict[str, str] = {}  # the training attacks in use (their keys) -> the first row using each
     for table in ex.table_names(config):  # a table set to null (an overlay leaves it out) has none
         if table not in scope.tables:
             continue
@@ -400,6 +529,9 @@ def _table_problems(config: dict, scope: Scope) -> tuple[list[str], set[str], di
                     awp_datasets.add(dataset)
                 roles[dataset].update(("students", "teachers") if m.uses_soft_labels else ("students",))
             problems += _entry_problems(config, f"{where}.entries[{i}]", e, spec, dataset, search)
+            if m is not None and m.attack:
+                attacks.setdefault(_attack_key(config, dataset, m.attack), f"{e['method']}, {where}.entries[{i}]")
+    problems += [p for key, row in attacks.items() for p in _attack_problems(config, key, row)]
     return problems, awp_datasets, roles
 
 
@@ -434,6 +566,58 @@ def _entry_problems(config: dict, key: str, e: dict, spec: dict, dataset: str, s
                             f"datasets.{dataset}.val_size is {ds['val_size']}; "
                             "write e.g. val_size: 5000 (held out of the training images)")
     return problems
+
+
+def _attack_key(config: dict, dataset: str, family: str) -> str | None:
+    """The key of the training attack a method family uses on a data set (None: none)."""
+    attacks = ex.dataset_cfg(config, dataset).get("attack") or {}
+    name = family if family in attacks else "default" if "default" in attacks else None
+    return name and f"datasets.{dataset}.attack.{name}"
+
+
+# What a training attack that cannot move would need instead (the paper's CIFAR values).
+_ATTACK_FIX = {"eps": ("allows no perturbation", "eps > 0 (the paper: 8/255 = 0.031)"),
+               "step_size": ("never moves the image", "step_size > 0 (the paper: 2/255 = 0.007)"),
+               "steps": ("never moves the image", "steps >= 1 (the paper: 10)")}
+
+
+def _attack_problems(config: dict, key: str | None, row: str) -> list[str]:
+    """A training attack that cannot move (eps, step size or steps of 0) would leave every
+    image at its random start: adversarial training would silently become (nearly)
+    natural training. The schema allows 0: no attack section is used by every config."""
+    if key is None:
+        return []
+    _, dataset, _, name = key.split(".")
+    a = ex.dataset_cfg(config, dataset)["attack"][name]
+    return [f"{key}.{k} = {a[k]}: the training attack of {row} {why}, so the run would train on (nearly) clean "
+            f"images; write {fix}" for k, (why, fix) in _ATTACK_FIX.items() if a[k] <= 0]
+
+
+def _batch_problems(config: dict, role: str, dataset: str) -> list[str]:
+    """A batch larger than the training set makes every epoch one step on all of it:
+    another recipe than the one written (its step count, its LR schedule)."""
+    n = split_sizes(ex.dataset_cfg(config, dataset))["train"]  # unknown (None) for file sources
+    bs = ex.schedule(config, role, dataset)["batch_size"]
+    if n is None or n <= 0 or bs <= n:
+        return []
+    return [f"{_schedule_key(config, role, dataset, 'batch_size')} = {bs} is larger than the {n} training images of "
+            f"datasets.{dataset} (the {role}): every epoch would be a single step; write batch_size <= {n}"]
+
+
+def warnings(config: dict, scope: Scope) -> list[str]:
+    """What runs as asked but not as written (the Snakefile prints these once): an
+    evaluation of more images than the test split has uses them all."""
+    out = []
+    used = {ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) for t in scope.tables} | set(scope.data)
+    for name in sorted(d for d in used if d in config["datasets"]):
+        test = split_sizes(ex.dataset_cfg(config, name))["test"]
+        n = ex.evaluation(config, name)["n_examples"]
+        if test is not None and n > test:
+            key = (f"datasets.{name}.evaluation.n_examples" if "n_examples" in
+                   (config["datasets"][name].get("evaluation") or {}) else "evaluation.n_examples")
+            out.append(f"{key} = {n} (for datasets.{name}) is more than its {test} test images: its evaluations "
+                       f"use all {test}; write n_examples: {test} to say so")
+    return out
 
 
 def _autoattack_problems(config: dict, name: str) -> list[str]:

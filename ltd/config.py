@@ -49,6 +49,7 @@ def load(*overlays: str | Path, validate: bool = True, gpus: int | None = None) 
         from . import checks
 
         checks.units(config)
-        snakemake_validate(config, str(SCHEMA))
+        with checks.schema_errors():  # one line naming the key, as the Snakefile prints it
+            snakemake_validate(config, str(SCHEMA))
         checks.check(config, gpus=gpus)
     return fill_defaults(config)  # validate filled them already; not validated: filled here

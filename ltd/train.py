@@ -228,28 +228,44 @@ class _Loop:
     def resume(self) -> None:
         """From the checkpoint, if it holds one of the same fingerprint (every process
         loads rank 0's); then one starting point for all processes."""
-        if self.ckpt_path.exists():
-            state = checkpoint.load(self.ckpt_path, map_location=self.device)
-            if state.get("fingerprint") == self.fingerprint:
-                self.model.load_state_dict(state["model"])
-                self.opt.load_state_dict(state["optimizer"])
-                self.lr_sched.load_state_dict(state["scheduler"])
-                if state.get("scaler") and self.scaler.is_enabled():  # fp16: the loss scale it had reached
-                    self.scaler.load_state_dict(state["scaler"])
-                _set_rng_state(state["rng"])
-                self.history = json.loads(state["history"])
-                self.start, self.skip, self.partial = state["epoch"], state.get("step", 0), state.get("totals")
-                where = f", step {self.skip} of epoch {self.start + 1}" if self.skip else ""
-                if self.main:
-                    print(f"{self.desc}: resuming after epoch {self.start}{where} from {self.ckpt_path}",
-                          file=sys.stderr)
-            elif self.main:
-                print(f"{self.desc}: ignoring {self.ckpt_path} (written for other settings)", file=sys.stderr)
+        state = self._readable_checkpoint()
+        if state is not None and state.get("fingerprint") == self.fingerprint:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.lr_sched.load_state_dict(state["scheduler"])
+            if state.get("scaler") and self.scaler.is_enabled():  # fp16: the loss scale it had reached
+                self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            self.history = json.loads(state["history"])
+            self.start, self.skip, self.partial = state["epoch"], state.get("step", 0), state.get("totals")
+            where = f", step {self.skip} of epoch {self.start + 1}" if self.skip else ""
+            if self.main:
+                print(f"{self.desc}: resuming after epoch {self.start}{where} from {self.ckpt_path}",
+                      file=sys.stderr)
+        elif state is not None and self.main:
+            print(f"{self.desc}: ignoring {self.ckpt_path} (written for other settings)", file=sys.stderr)
         distributed.broadcast_state(self.model)  # one starting point, whatever each rank's init drew
         if self.best_key is not None:
             self.best_value = max((r[self.best_key] for r in self.history if self.best_key in r), default=None)
             if self.best_value is not None and not Path(self.best_path).exists():
                 self.best_value = None  # its file is gone: the next epoch's weights are kept instead
+
+    def _readable_checkpoint(self) -> dict | None:
+        """The checkpoint's contents; None where there is none, or where it cannot be read
+        (truncated by a disk fault or a copy cut short): rank 0 then moves it aside
+        (checkpoint.pt.corrupt: nothing is deleted) and says so, and the run starts again
+        from its first epoch, where a retry would otherwise fail the same way each time.
+        Every process reads the same bytes, so all of them start again alike."""
+        try:
+            return checkpoint.load(self.ckpt_path, map_location=self.device)
+        except FileNotFoundError:  # none (or rank 0 has just moved an unreadable one aside)
+            return None
+        except checkpoint.UnreadableFile as e:
+            if self.main:
+                aside = checkpoint.set_aside(self.ckpt_path)
+                print(f"{self.desc}: WARNING: {e}. Moved it to {aside}; training starts again from epoch 1.",
+                      file=sys.stderr, flush=True)
+            return None
 
     def save(self, epoch_done: int, step_done: int = 0, totals: dict | None = None) -> None:
         if self.main:

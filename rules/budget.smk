@@ -1,7 +1,7 @@
-rule budget:
+rule budget_estimate:
     """The compute budget of this config (ltd/budget.py): training and evaluation jobs
     per table and in total, and GPU-hours estimated from counted FLOPs at the assumed
-    `budget:` GPU peak and MFU. Estimated, not measured; runs nothing else."""
+    `budget:` GPU peak and MFU, with every job's cost. Estimated, not measured."""
     conda:
         "../envs/torch.yaml"
     input:
@@ -31,3 +31,15 @@ rule budget:
         f"{R}/logs/budget.log",
     script:
         "../workflow_scripts/budget.py"
+
+
+rule budget:
+    """`snakemake budget`: prints the budget (budget.md without its list of jobs) each time
+    it is asked for, also when budget.md is up to date: a target rule with a run block and
+    no output is always executed (Snakemake's own rule), so no --forcerun is needed."""
+    input:
+        rules.budget_estimate.output,
+    localrule: True
+    run:
+        text = Path(input[0]).read_text()
+        print(text.split("\n## Jobs")[0].rstrip(), f"\n\nevery job's cost: {input[0]}", flush=True)

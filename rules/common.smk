@@ -216,16 +216,40 @@ def check_site_slurm_extra():
 
 
 def check_slurm_logdir(args):
-    """Slurm's job logs belong to this run: the profile's slurm-logdir is the paper run's
-    (a profile cannot read the config), so another `run:` must say where its logs go."""
+    """Slurm's job logs belong to this run: profiles/slurm derives its slurm-logdir from
+    the run the command line selects (ltd/run_name.py); a --slurm-logdir of another run's
+    folder (or a derivation that missed how this config was loaded) stops the plan."""
     want = Path(R) / "logs" / "slurm"
     got = getattr(args, "slurm_logdir", None)
     if args is None or getattr(args, "executor", None) != "slurm" or got is None or Path(got) == want:
         return
     raise checks.ConfigError(
         [
-            f"run = {config['run']!r}, but Slurm would write its job logs to {got} (the profile's slurm-logdir, or "
-            f"--slurm-logdir); add --slurm-logdir {want} so that they stay with this run's results"
+            f"run = {config['run']!r}, but Slurm would write its job logs to {got} (--slurm-logdir, or the "
+            f"profile's slurm-logdir); leave --slurm-logdir out (the profile derives it from `run:`) or write "
+            f"--slurm-logdir {want}, so that they stay with this run's results"
+        ]
+    )
+
+
+def check_report(args):
+    """--report renders a finished run: where the requested tables are not made yet,
+    Snakemake's own error ("marked for report but does not exist") would not say that
+    the run comes first."""
+    if args is None or not getattr(args, "report", None):
+        return
+    missing = [f for f in (f"{R}/tables/{t}.md" for t in sorted(SCOPE.tables)) if not Path(f).exists()]
+    if not missing:
+        return
+    first = (
+        "`make demo` (`make demo-all` for REPORT_TARGETS=all)"
+        if config["run"] == "demo"
+        else "the same command without --report"
+    )
+    raise checks.ConfigError(
+        [
+            f"--report shows the results of a finished run, and {', '.join(missing[:3])}"
+            f"{f' (and {len(missing) - 3} more)' if len(missing) > 3 else ''} is not made yet: run {first} first"
         ]
     )
 
@@ -361,9 +385,11 @@ def published_spec(name):
 
 
 def published_model(w):
-    """Its checkpoint (ltd.checks checked it exists before the plan: Snakemake's own
-    MissingInputException would not say where the file comes from)."""
-    return str(checks.published_file(config, PUBLISHED[w.name]))
+    """Its checkpoint. One not on disk yet is left out, so that a plan still lists its
+    evaluation (Snakemake's MissingInputException would stop the plan without saying where
+    the file comes from): ltd.checks.missing_data names it, and a real run stops first."""
+    path = checks.published_file(config, PUBLISHED[w.name])
+    return str(path) if path.is_file() else []
 
 
 def table_evaluations(table, weights=None):

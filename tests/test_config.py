@@ -3,7 +3,6 @@ import sys
 
 import pytest
 import yaml
-from snakemake_interface_common.exceptions import WorkflowError
 
 from ltd import config as ltd_config
 
@@ -17,13 +16,22 @@ def test_paper_and_demo_configs_validate(paper_config, demo_config):
 
 
 @pytest.mark.parametrize("key,value,named", [
-    (("datasets", "cifar10", "source"), "imagenet-21k", "['datasets']['cifar10']['source']"),
-    (("tables", "table1", "arch"), "vit-b-16", "['tables']['table1']['arch']"),
-    (("datasets", "cifar10", "evaluation", "eps"), -0.1, "['datasets']['cifar10']['evaluation']['eps']"),
-    (("datasets", "cifar100", "attack", "eps"), -1, "['datasets']['cifar100']['attack']['eps']"),
-    (("awp", "gamma"), -5e-3, "['awp']['gamma']"),
+    (("datasets", "cifar10", "source"), "imagenet-21k", "datasets.cifar10.source = 'imagenet-21k': not one of"),
+    (("tables", "table1", "arch"), "vit-b-16", "tables.table1.arch = 'vit-b-16'"),
+    (("datasets", "cifar10", "evaluation", "eps"), -0.1, "datasets.cifar10.evaluation.eps = -0.1: must be >= 0"),
+    (("datasets", "cifar100", "attack", "eps"), -1, "datasets.cifar100.attack.eps"),
+    (("awp", "gamma"), -5e-3, "awp.gamma = -0.005"),
+    (("tabels",), {}, "tabels: not a config key; did you mean tables"),
+    (("datasets", "cifar10", "atack"), {}, "datasets.cifar10.atack: not a config key; did you mean attack?"),
+    (("train", "epochs"), "120", "train.epochs = '120': a string where a whole number is expected; write it "
+                                 "without quotes: 120"),
+    (("evaluation", "autoattack", "version"), "standrd", "did you mean 'standard'?"),
 ])
 def test_bad_values_name_the_key(tmp_path, key, value, named):
+    """The schema's error in one line (ltd.checks.schema_problem): the key as the config
+    writes it, the value, what is expected or the closest valid names."""
+    from ltd import checks
+
     bad = {}
     node = bad
     for k in key[:-1]:
@@ -31,21 +39,27 @@ def test_bad_values_name_the_key(tmp_path, key, value, named):
     node[key[-1]] = value
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    with pytest.raises(WorkflowError) as err:
+    with pytest.raises(checks.ConfigError) as err:
         ltd_config.load(path)
-    assert named in str(err.value)
+    assert named in str(err.value) and len(str(err.value).splitlines()) == 2, str(err.value)
 
 
 def test_snakemake_stops_before_any_job_on_bad_config(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"datasets": {"cifar10": {"source": "mnist"}}}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "table4", "-n", "--configfile", str(path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
-    assert "['datasets']['cifar10']['source']" in out and "'mnist' is not one of" in out
-    assert "train_teacher" not in out
+    """A misspelt key or a quoted number: a few lines naming the key, not Snakemake's dump
+    of the whole schema after the message."""
+    for text, named in (({"datasets": {"cifar10": {"source": "mnist"}}},
+                         "datasets.cifar10.source = 'mnist': not one of"),
+                        ({"tabels": {}}, "tabels: not a config key; did you mean tables"),
+                        ({"train": {"epochs": "120"}}, "train.epochs = '120': a string where a whole number")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(text))
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "table4", "-n", "--configfile", str(path)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0
+        out = proc.stdout + proc.stderr
+        assert named in out and len(out.splitlines()) < 15, out[-3000:]
+        assert "train_teacher" not in out and "Failed validating" not in out
 
 
 def test_table_naming_an_undefined_data_set_is_named(tmp_path, paper_config):
@@ -90,6 +104,17 @@ BAD = [  # (base config, edits, named key, a fragment of the fix)
     ("demo", {"evaluation.autoattack.attacks": []}, "evaluation.autoattack", "list some"),
     ("demo", {"datasets.digits.val_size": 1400}, "datasets.digits.val_size", "leaves no training images"),
     ("demo", {"evaluation.autoattack.version": "standard"}, "evaluation.autoattack", "write version: custom"),
+    # a training attack that cannot move trains on (nearly) clean images
+    ("demo", {"datasets.digits.attack.default.step_size": 0}, "datasets.digits.attack.default.step_size = 0: the "
+     "training attack of awp-ltd, tables.table1.entries[0] never moves", "step_size > 0"),
+    ("demo", {"datasets.digits.attack.default.eps": 0}, "datasets.digits.attack.default.eps = 0", "allows no "
+     "perturbation"),
+    ("paper", {"datasets.cifar10.attack.trades.steps": 0}, "datasets.cifar10.attack.trades.steps = 0", "steps >= 1"),
+    # a batch larger than the training set: one step per epoch
+    ("demo", {"train.batch_size": 5000}, "train.batch_size = 5000 is larger than the 1200 training images of "
+     "datasets.digits", "batch_size <= 1200"),
+    ("demo", {"student.batch_size": 700, "datasets.digits12.train_size": 600},
+     "student.batch_size = 700 is larger than the 600 training images of datasets.digits12", "batch_size <= 600"),
 ]
 
 
@@ -222,34 +247,47 @@ def test_lr_milestones_beyond_the_last_epoch_are_named(paper_config, edits, name
     checks.check(paper_config, scope=dataclasses.replace(checks.requested(paper_config, ["table3"]), files=False))
 
 
-def test_missing_data_and_checkpoints_stop_the_plan_of_the_targets_that_read_them(paper_config, tmp_path,
-                                                                                 monkeypatch):
+def test_missing_data_and_checkpoints_are_named_for_the_targets_that_read_them(paper_config, tmp_path, monkeypatch):
     import copy
 
     from ltd import checks
+
+    def missing(targets):
+        scope = checks.requested(config, targets)
+        checks.check(config, scope=scope)  # the config itself holds together
+        return "\n".join(checks.missing_data(config, scope))
 
     monkeypatch.chdir(tmp_path)  # relative paths are the working directory's
     config = copy.deepcopy(paper_config)
     config["published"] = [{"name": "Chen2021LTD_WRN34_20", "dataset": "cifar10", "arch": "wrn-34-20"},
                            {"name": "mine", "path": "ckpt/mine.pt", "dataset": "cifar10", "arch": "wrn-34-10"}]
-    _check(config, ["table4", "budget"])  # neither reads ImageNet nor a published file
-    with pytest.raises(checks.ConfigError, match=r"datasets.imagenet.path = 'data/imagenet': no such folder"):
-        _check(config, ["table3"])
+    assert missing(["table4", "budget"]) == ""  # neither reads ImageNet nor a published file
+    assert missing(["budget"]) == missing(["results/paper/budget.md"]) == ""  # prices ImageNet's jobs, runs none
+    assert ("table3 needs datasets.imagenet.path = 'data/imagenet': no such folder (ImageFolder layout: "
+            "train/<class>/*, val/<class>/*") in missing(["table3"])
     (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
-    with pytest.raises(checks.ConfigError, match=r"no val/ folder in it"):
-        _check(config, ["results/paper/data/imagenet.json"])
+    assert "no val/ folder in it" in missing(["results/paper/data/imagenet.json"])
     (tmp_path / "data" / "imagenet" / "val").mkdir()
-    _check(config, ["table3"])
-    with pytest.raises(checks.ConfigError) as err:
-        _check(config, ["published"])
-    msg = str(err.value)
-    assert ("published[0] (in robustbench_model_dir): checkpoint 'Chen2021LTD_WRN34_20' is not at "
-            "models/cifar10/Linf/Chen2021LTD_WRN34_20.pt" in msg and "load_model(model_name='Chen2021LTD_WRN34_20'"
-            in msg), msg
+    assert missing(["table3"]) == ""
+    msg = missing(["published"])
+    assert ("target published needs published[0] (in robustbench_model_dir): checkpoint 'Chen2021LTD_WRN34_20' is "
+            "not at models/cifar10/Linf/Chen2021LTD_WRN34_20.pt" in msg
+            and "load_model(model_name='Chen2021LTD_WRN34_20'" in msg), msg
     assert "published[1].path: checkpoint 'mine' is not at ckpt/mine.pt" in msg, msg
-    with pytest.raises(checks.ConfigError, match=r"published\[1\]") as err:  # one entry, its own target
-        _check(config, ["results/paper/published/mine/comparison.md"])
-    assert "published[0]" not in str(err.value)
+    msg = missing(["results/paper/published/mine/comparison.md"])  # one entry, its own target
+    assert "published[1]" in msg and "published[0]" not in msg
+
+
+def test_an_evaluation_larger_than_the_test_set_is_named(demo_config):
+    """Clamped to the test split by the job: said once before any job (a warning)."""
+    from ltd import checks
+
+    assert checks.warnings(demo_config, checks.requested(demo_config, ["table4"])) == []
+    _set(demo_config, "datasets.digits.evaluation.n_examples", 5000)
+    assert checks.warnings(demo_config, checks.requested(demo_config, ["table4"])) == [
+        "datasets.digits.evaluation.n_examples = 5000 (for datasets.digits) is more than its 397 test images: its "
+        "evaluations use all 397; write n_examples: 397 to say so"]
+    assert checks.warnings(demo_config, checks.requested(demo_config, ["simulation"])) == []
 
 
 def test_a_plan_needs_only_what_its_targets_run(tmp_path):

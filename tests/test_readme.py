@@ -49,10 +49,10 @@ def clone(tmp_path_factory):
     shutil.copytree(ROOT, d, ignore=lambda dirpath, names: [
         n for n in names if n == "__pycache__" or (dirpath == str(ROOT) and n in SKIP)])
     (d / ".venv").symlink_to(ROOT / ".venv")
-    # ../shared beside the copy, as beside a clone (config/cifar10_jpeg.yaml's archive is there)
+    # ../shared beside the copy, as beside a clone (config/cifar10_jpeg.yaml's archive is there).
+    # No data/ (nor ImageNet in it), no models/: a newcomer's clone, planned before the data is there.
     (d.parent / "shared").symlink_to(ROOT.parent / "shared")
-    for split in ("train", "val"):  # the ImageNet tree the paper config reads (README: datasets.imagenet.path)
-        (d / "data" / "imagenet" / split / "n01440764").mkdir(parents=True)
+    assert not (d / "data").exists() and not (d / "models").exists()
     return d
 
 
@@ -94,17 +94,20 @@ def test_every_readme_command_runs_as_written(clone):
                         failed.append((sm, q.stdout[-2000:] + q.stderr[-2000:]))
             continue
         if words[0] == ".venv/bin/snakemake":
-            cmd = dry(cmd)
-            if "published" in words:  # the checkpoints are not here: the plan says where they go
-                p = run(clone, cmd)
+            if "published" in words:  # the checkpoints are not here: a real run stops before any job, saying
+                p = run(clone, cmd)   # where they go (and downloads nothing)
                 out = p.stdout + p.stderr
                 assert p.returncode != 0 and "is not at models/cifar10/Linf/Chen2021LTD_WRN34_20.pt" in out \
                     and "robustbench.utils.load_model" in out, out[-3000:]
-                for name in ("Chen2021LTD_WRN34_20", "Chen2021LTD_WRN34_10", "Zhang2019Theoretically",
-                             "Wu2020Adversarial"):
-                    f = clone / "models" / "cifar10" / "Linf" / f"{name}.pt"
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    f.touch()
+                assert "Finished job" not in out and not (clone / "data").exists(), out[-3000:]  # no download
+                p = run(clone, dry(cmd))  # and its plan lists the evaluations, then says the same
+                out = p.stdout + p.stderr
+                assert p.returncode == 0 and out.count("is not at models/cifar10/Linf/Chen2021LTD_WRN34_20.pt") == 1 \
+                    and "rule evaluate_published:" in out, out[-3000:]
+                ran.append(cmd)
+                ran.append(dry(cmd))
+                continue
+            cmd = dry(cmd)
         elif not cmd.startswith(".venv/bin/python -c"):
             failed.append((cmd, "neither run by this test nor listed in OFFLINE"))
             continue

@@ -3,14 +3,17 @@
 Installs Debian's slurm-wlm and munge if needed (root + apt-get), starts munged, slurmctld
 and slurmd with 4 fake GPUs in a `cpu` and a `gpu` partition (tests/slurm_cluster.py),
 then runs part of the demo through `snakemake --profile profiles/slurm` with the
-profile's commented GPU/CPU example switched on, on a "login node" of 1 core, and under
-a 2-minute time limit (config `slurm: max_runtime: 2`, tests/workflow_slurm.yaml):
+profile's commented GPU/CPU example switched on, on a "login node" of 1 core, with a
+60-minute limit per allocation (config `slurm: max_runtime: 60`, tests/workflow_slurm.yaml):
 
-- a student's training and another student's AutoAttack evaluation, each longer than an
-  allocation, finish through several (SIGTERM from sbatch --signal before the limit:
-  training writes a checkpoint, AutoAttack has saved its state after every batch) and
-  give exactly what an uninterrupted local run of the same jobs gives (run at the same
-  time);
+- a student's training and another student's AutoAttack evaluation are each stopped
+  twice part-way, by the SIGTERM a time limit's sbatch --signal sends (training writes a
+  checkpoint, AutoAttack has saved its state after every batch), resubmitted, and give
+  exactly what an uninterrupted local run of the same jobs gives (run at the same time).
+  The test sends that SIGTERM once an allocation has made progress (two epochs, three
+  state saves), not at a time on the clock: on a slow or loaded machine a clock-set stop
+  could fall before the job's start-up was over, at every attempt. That sbatch --signal
+  itself reaches a job step before its limit is tested on its own, with a tiny job;
 - GPU jobs go to the `gpu` partition with --gpus=a100:1 and the qos, CPU jobs to `cpu`
   with no GPU; every job gets the CPUs its config asks for (the dry run below shows them
   above the 1 core Snakemake is given).
@@ -23,9 +26,11 @@ failing) or another Slurm already runs here; a cluster that is installed but doe
 start is a failure.
 """
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +112,24 @@ def test_fake_gpus_are_scheduled(cluster, tmp_path):
     assert out.read_text().split() == ["GPUS=2"]
 
 
+def test_sbatch_signal_reaches_the_job_step_before_its_limit(cluster, tmp_path):
+    """What the rules' --signal=TERM@<lead> asks Slurm for (the runs below stop their jobs
+    with the same SIGTERM, sent by the test): a job step gets SIGTERM well before a
+    1-minute limit and can end cleanly (COMPLETED, not TIMEOUT)."""
+    out = tmp_path / "signal.txt"
+    step = "trap 'echo TERM after $SECONDS s; exit 0' TERM; for i in $(seq 240); do sleep 0.25; done; echo no TERM"
+    p = slurm("sbatch", "--parsable", "-t", "1", "--signal=TERM@55", "-o", str(out), "--wrap",
+              f"srun bash -c {shlex.quote(step)}")
+    assert p.returncode == 0, p.stderr
+    jobid = p.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 150
+    while show_job(jobid).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", None):
+        assert time.monotonic() < deadline, show_job(jobid)
+        time.sleep(0.5)
+    assert show_job(jobid)["JobState"] == "COMPLETED" and "TERM after" in out.read_text(), (show_job(jobid),
+                                                                                          out.read_text())
+
+
 def enable_profile_example(profile):
     """Uncomment the profile's GPU block and its CPU partition line, as a user would."""
     text = profile.read_text()
@@ -128,6 +151,68 @@ def snakemake_local(cwd, *targets, nice=0, **kw):
                              "--configfile", *CONFIGFILES], cwd=cwd, text=True, **kw)
 
 
+def running_jobs():
+    """{Slurm job id: rule} of the running jobs (the plugin's comment: rule_<rule>_wildcards_...)."""
+    out = slurm("squeue", "-h", "-t", "R", "-o", "%i %k").stdout
+    return {w[0]: w[1].removeprefix("rule_").split("_wildcards_")[0] for w in map(str.split, out.splitlines())
+            if len(w) == 2}
+
+
+class Lines:
+    """Progress of a training job: the epochs it has appended to history.jsonl."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self):
+        return len(self.path.read_text().splitlines()) if self.path.exists() else 0
+
+
+class Writes:
+    """Progress of an AutoAttack job: how often its state file was (re)written, as polled."""
+
+    def __init__(self, path):
+        self.path, self.last, self.count = path, None, 0
+
+    def __call__(self):
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime is not None and mtime != self.last:
+            self.count += 1
+        self.last = mtime
+        return self.count
+
+
+class Preempter(threading.Thread):
+    """Stops each long job part-way `times` times, as a time limit would: SIGTERM to its
+    running allocation (scancel --signal=TERM reaches the job steps, as sbatch --signal
+    does) once that allocation has made `needed` progress, whatever the clock says."""
+
+    def __init__(self, plans, times=2):
+        super().__init__(daemon=True)
+        self.plans, self.times = plans, times  # rule -> (progress(), needed)
+        self.sent = {rule: [] for rule in plans}
+        self.done = threading.Event()
+        self._start = {}  # Slurm job id -> its rule's progress when first seen running
+
+    def run(self):
+        while not self.done.wait(0.25):
+            progress = {rule: f() for rule, (f, _) in self.plans.items()}  # polled always: Writes counts
+            try:
+                running = running_jobs()
+            except (OSError, subprocess.SubprocessError):
+                continue
+            for jobid, rule in running.items():
+                if rule not in self.plans or len(self.sent[rule]) >= self.times or jobid in self.sent[rule]:
+                    continue
+                start = self._start.setdefault(jobid, progress[rule])
+                if progress[rule] - start >= self.plans[rule][1] and \
+                        slurm("scancel", "--signal=TERM", jobid).returncode == 0:
+                    self.sent[rule].append(jobid)
+
+
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
     """(reference dir, Slurm dir, Snakemake's log of the Slurm run)."""
@@ -142,7 +227,7 @@ def runs(cluster, tmp_path_factory):
     # Both data sets and the student whose evaluation runs through Slurm, locally.
     p = snakemake_local(ref, f"{R}/{EVALUATED}/model.pt", DATA, env=env, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT)
-    out = p.communicate(timeout=600)[0]
+    out = p.communicate(timeout=1800)[0]
     assert p.returncode == 0, out[-4000:]
     shutil.copytree(ref, sl, symlinks=True)
     enable_profile_example(sl / "profiles" / "slurm" / "config.yaml")
@@ -153,23 +238,31 @@ def runs(cluster, tmp_path_factory):
     # allocations they need, hardly depends on it.
     with open(base / "reference.log", "w") as ref_log:
         p = snakemake_local(ref, *TARGETS, nice=19, env=env, stdout=ref_log, stderr=subprocess.STDOUT)
+        preempter = Preempter({"train_student": (Lines(sl / R / TRAINED / "history.jsonl"), 2),
+                               "evaluate": (Writes(sl / R / EVALUATED / "autoattack_state.json"), 3)})
+        preempter.start()
         try:
             cmd = [sys.executable, "-m", "snakemake", *TARGETS, "--profile", "profiles/slurm",
                    "--cores", "1",  # a login node of 1 core: jobs still get the CPUs their config asks for
-                   f"--slurm-logdir={R}/logs/slurm",
+                   # (the Slurm log folder: the profile's, from `run: slurm`)
                    # no accounting storage here: job states from squeue (the profile's default is sacct)
                    "--slurm-status-command=squeue",
                    "--slurm-init-seconds-before-status-checks=2",  # short jobs: poll after 2 s, not 40 s
                    "--configfile", *CONFIGFILES]
-            proc = subprocess.run(cmd, cwd=sl, capture_output=True, text=True, timeout=900, env=env)
+            # (a ceiling for a loaded machine, not a time the run should take)
+            proc = subprocess.run(cmd, cwd=sl, capture_output=True, text=True, timeout=3600, env=env)
             log = proc.stdout + proc.stderr
             (sl / "snakemake-slurm.log").write_text(log)
             t2 = time.monotonic()
             assert proc.returncode == 0, log[-8000:]
         finally:
-            rc = p.wait(timeout=600)
-    print(f"slurm: local set-up {t1 - t0:.0f} s, Slurm run {t2 - t1:.0f} s (the reference beside it)")
+            preempter.done.set()
+            rc = p.wait(timeout=1800)
+    print(f"slurm: local set-up {t1 - t0:.0f} s, Slurm run {t2 - t1:.0f} s (the reference beside it); "
+          f"SIGTERM sent to {preempter.sent}")
     assert rc == 0, (base / "reference.log").read_text()[-4000:]
+    assert {rule: len(ids) for rule, ids in preempter.sent.items()} == {"train_student": 2, "evaluate": 2}, \
+        (preempter.sent, log[-4000:])
     return ref, sl, log
 
 
@@ -206,9 +299,10 @@ def test_jobs_go_to_their_partitions_with_their_cpus(runs, cluster):
             assert job["Comment"].removeprefix("rule_").split("_wildcards_")[0] == rule, job
             path = Path(job["StdOut"])
             assert path.is_relative_to(logdir / f"rule_{rule}") and path.name == f"{job['JobId']}.log"
-            # runtime: min(configured, slurm.max_runtime = 2) -> -t; nodes: 1
-            assert int(resources["runtime"]) == (2 if rule in ("train_student", "evaluate") else 1), resources
-            assert job["TimeLimit"] == f"00:0{resources['runtime']}:00" and job["NumNodes"] == "1", job
+            # runtime: min(configured, slurm.max_runtime = 60) -> -t; nodes: 1
+            minutes = int(resources["runtime"])
+            assert minutes == (60 if rule in ("train_student", "evaluate") else 1), resources
+            assert job["TimeLimit"] == f"{minutes // 60:02d}:{minutes % 60:02d}:00" and job["NumNodes"] == "1", job
             # --cpus-per-task from the config's threads and loader workers, not the 1 core
             # (without cpus_per_task the plugin asks for the job's threads: 1 here)
             assert int(job["NumCPUs"]) == int(resources.get("cpus_per_task", 1)), (job, resources)
@@ -230,8 +324,8 @@ def allocations(log, rule):
 
 
 def resubmitted_until_done(log, rule):
-    """The rule's Slurm allocations, asserting that SIGTERM before the limit stopped it at
-    least once (FAILED: exit 143, not TIMEOUT) and it was resubmitted until it finished."""
+    """The rule's Slurm allocations, asserting that SIGTERM stopped it at least once
+    (FAILED: it ended itself, not TIMEOUT) and it was resubmitted until it finished."""
     jobs = allocations(log, rule)
     states = [j["JobState"] for j in jobs]
     print(f"{rule}: {len(jobs)} allocations {states}")
@@ -286,20 +380,18 @@ def rule_retries(workdir, configfiles):
 
 def test_retries_follow_the_data_sets_in_use():
     """The demo config keeps the paper's ImageNet entry (a 7-day runtime) but never uses it:
-    under a 2-minute limit its jobs get ceil(10 / 2) + 1 = 6 retries, not 5,041 resubmissions
-    of a job that fails for good (as a job holding no CUDA does)."""
+    under a 60-minute limit its jobs get ceil(180 / 60) + 1 = 4 retries, not 169
+    resubmissions of a job that fails for good (as a job holding no CUDA does)."""
     retries = rule_retries(ROOT, [ROOT / f for f in CONFIGFILES])
     assert {k: retries[k] for k in ("train_student", "evaluate", "prepare_data")} == {
-        "train_student": 6, "evaluate": 6, "prepare_data": None}
+        "train_student": 4, "evaluate": 4, "prepare_data": None}
 
 
 def test_paper_plan_under_a_48_hour_limit(tmp_path):
     """The paper config on a cluster whose jobs may run 1440 min (no Slurm needed): CPUs
     from threads and loader workers x processes, runtimes capped, retries to match, the
     long jobs' early SIGTERM."""
-    copy_workflow(tmp_path)
-    for split in ("train", "val"):  # the paper config's ImageNet tree, as a user has it (checked by the plan)
-        (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
+    copy_workflow(tmp_path)  # no ImageNet tree: the plan lists its jobs all the same
     overlay = tmp_path / "cluster.yaml"
     overlay.write_text("slurm: {max_runtime: 1440}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "table3", "table1", "--cores", "1",
@@ -360,7 +452,7 @@ def test_paper_plan_under_a_48_hour_limit(tmp_path):
 def test_nothing_is_left_to_do(runs):
     ref, sl, log = runs
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *TARGETS, "--profile", "profiles/slurm",
-                           f"--slurm-logdir={R}/logs/slurm", "--configfile", *CONFIGFILES],
+                           "--configfile", *CONFIGFILES],
                           cwd=sl, capture_output=True, text=True, timeout=300, env=clean_env())
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
@@ -376,7 +468,7 @@ def _planned_resources(rule, overlay, tmp_path):
     path = tmp_path / "route.yaml"
     path.write_text(overlay)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", f"{R}/{TRAINED}/model.pt", "--profile",
-                           "profiles/slurm", f"--slurm-logdir={R}/logs/slurm", "--configfile", *CONFIGFILES,
+                           "profiles/slurm", "--configfile", *CONFIGFILES,
                            str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = re.search(rf"^rule {rule}:\n((?:    .*\n)+)", proc.stdout, re.M)
@@ -425,7 +517,7 @@ def test_site_flags_are_merged_and_a_profile_slurm_extra_is_refused(tmp_path):
     res = _planned_resources("train_student", 'slurm: {extra: "--mail-type=FAIL --exclusive"}', tmp_path)
     assert res["slurm_extra"] == "--mail-type=FAIL --exclusive --signal=TERM@40", res
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", f"{R}/{TRAINED}/model.pt", "--profile",
-                           "profiles/slurm", f"--slurm-logdir={R}/logs/slurm", "--set-resources",
+                           "profiles/slurm", "--set-resources",
                            "train_student:slurm_extra='--exclusive'", "--configfile", *CONFIGFILES], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=clean_env())
     out = proc.stdout + proc.stderr
@@ -434,12 +526,26 @@ def test_site_flags_are_merged_and_a_profile_slurm_extra_is_refused(tmp_path):
 
 
 def test_slurm_logs_follow_the_run(tmp_path):
-    """The profile's slurm-logdir is the paper run's; another run is told to pass its own."""
+    """The profile's slurm-logdir is results/<run>/logs/slurm of the run the command line
+    loads (the runs above show the jobs' logs there); one of another run is refused."""
+    from ltd.run_name import slurm_logdir
+
+    assert slurm_logdir(["all", "--profile", "profiles/slurm"]) == "results/paper/logs/slurm"
+    assert slurm_logdir(["-n", "all", "--configfile", "config/quick.yaml", "--profile", "x"]) == \
+        "results/quick/logs/slurm"
+    assert slurm_logdir(["all", "--configfile", "config/quick.yaml", "--config", "run=mine"]) == \
+        "results/mine/logs/slurm"
+    copy_workflow(tmp_path, profiles=True)  # the quick reproduction's plan on Slurm, as the README has it
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "--profile", "profiles/slurm", "-n",
+                           "--configfile", "config/quick.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=clean_env())
+    assert proc.returncode == 0 and "rule train_student:" in proc.stdout, proc.stderr[-3000:]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", f"{R}/{TRAINED}/model.pt", "--profile",
-                           "profiles/slurm", "--configfile", *CONFIGFILES], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=clean_env())
+                           "profiles/slurm", "--slurm-logdir", "results/paper/logs/slurm", "--configfile",
+                           *CONFIGFILES],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env())
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and f"add --slurm-logdir {R}/logs/slurm" in out, out[-3000:]
+    assert proc.returncode != 0 and f"or write --slurm-logdir {R}/logs/slurm" in out, out[-3000:]
 
 
 def test_downloads_run_where_snakemake_runs():
