@@ -35,11 +35,14 @@ rule budget_estimate:
 
 rule budget:
     """`snakemake budget`: prints the budget (budget.md without its list of jobs) each time
-    it is asked for, also when budget.md is up to date: a target rule with a run block and
-    no output is always executed (Snakemake's own rule), so no --forcerun is needed."""
+    it is asked for, also when budget.md is up to date: a target rule with no output is always
+    executed (Snakemake's own rule), so no --forcerun is needed."""
+    conda:
+        "../envs/report.yaml"
     input:
         rules.budget_estimate.output,
     localrule: True
-    run:
-        text = Path(input[0]).read_text()
-        print(text.split("\n## Jobs")[0].rstrip(), f"\n\nevery job's cost: {input[0]}", flush=True)
+    log:
+        f"{R}/logs/budget_print.log",
+    script:
+        "../workflow_scripts/print_budget.py"

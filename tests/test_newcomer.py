@@ -68,7 +68,9 @@ def test_a_report_before_the_run_says_what_to_run_first(clone):
 
 def test_an_evaluation_larger_than_the_test_set_is_said_before_the_plan(clone, tmp_path):
     overlay = tmp_path / "big.yaml"
-    overlay.write_text("datasets: {digits: {evaluation: {n_examples: 5000}}}\n")
+    # (all 397 then include the monitor's images that choose best.pt: the plan refuses that
+    # unless told, so the overlay says it is meant)
+    overlay.write_text("evaluation: {monitor: {overlap_ok: true}}\ndatasets: {digits: {evaluation: {n_examples: 5000}}}\n")
     rc, out, err = snakemake(clone, "-n", "table4", "--configfile", "config/demo.yaml", str(overlay))
     assert rc == 0 and err.count("datasets.digits.evaluation.n_examples = 5000 (for datasets.digits) is more than "
                                  "its 397 test images") == 1, err[-3000:]

@@ -121,13 +121,18 @@ def test_offline_source_plans_from_the_archive_beside_the_clone():
     assert job_counts(proc.stdout + proc.stderr)["train_student"] == 6
 
 
-def test_offline_source_without_its_archive_stops_before_any_job(tmp_path):
+def test_offline_source_without_its_archive_stops_before_any_job(copy, tmp_path):
+    """The plan lists the jobs and warns; the run stops before its first job (issue 30)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"run": "checks", "datasets": {"cifar10": {"archive": "nowhere/c10.tar.gz"}}}))
-    proc = plan(ROOT, "-n", "all", overlays=[QUICK, JPEG, bad])
+    missing = "datasets.cifar10.archive = 'nowhere/c10.tar.gz': no such file"
+    proc = plan(copy, "-n", "all", overlays=[QUICK, JPEG, bad])
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "datasets.cifar10.archive = 'nowhere/c10.tar.gz': no such file" in out, out[-2000:]
-    assert "rule prepare_data" not in out
+    assert proc.returncode == 0 and missing in out and "rule prepare_data" in out, out[-2000:]
+    proc = plan(copy, "all", overlays=[QUICK, JPEG, bad])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and missing in out, out[-2000:]
+    assert "rule prepare_data" not in out and not (copy / "results" / "checks").exists()
 
 
 @pytest.fixture(scope="module")
