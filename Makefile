@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
 CORES ?= all
 
-.PHONY: venv demo demo-all report test dry-run
+.PHONY: venv demo demo-all report test dry-run study-fp16
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (the pinned stack is built and tested with Python 3.11; set PYTHON=...)" >&2; exit 1; }
@@ -27,6 +27,12 @@ demo: $(STAMP)
 demo-all: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all --cores $(CORES) --configfile config/demo.yaml
 	@echo "Tables: results/demo/tables/   Figures: results/demo/figures/"
+
+## The fp16 study (issue 27) on the CPU: TRADES+LTD at T = 5 and 20, fp16-EMULATED against
+## fp32, WRN-10-2 on real CIFAR-10 at 32 px (../shared/data); about 45 minutes on 2 cores.
+study-fp16: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) table8 --cores $(CORES) --configfile config/cifar10_jpeg.yaml config/study_fp16.yaml
+	@echo "Table: results/study_fp16/tables/table8.md   Curves: results/study_fp16/figures/table8_curves.png"
 
 ## The HTML report of the demo's run (Snakemake --report): after `make demo`; after
 ## `make demo-all`: make report REPORT_TARGETS=all
