@@ -89,3 +89,24 @@ def test_adding_a_method_shows_the_registry_and_step_classes_as_they_are():
         real.label, real.step, real.uses_soft_labels, real.attack, real.base, real.awp)
     assert entry.step in steps.STEP_CLASSES and all(entry.cost(k) == real.cost(k) for k in (0, 5, 10))
     assert real.note.startswith(entry.note.removesuffix("..."))
+
+
+def test_the_readmes_data_table_is_the_configs():
+    """Which tables read which data set, and where it goes: as config/config.yaml (and the
+    offline overlay config/cifar10_jpeg.yaml) say."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    jpeg = yaml.safe_load((ROOT / "config" / "cifar10_jpeg.yaml").read_text())["datasets"]["cifar10"]
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Data:"):].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| table") and "`datasets." in line]
+    shown = {re.match(r"`datasets\.(\w+)", key).group(1): set(tables.split(", ")) for tables, key, *_ in rows}
+    wanted = {}
+    for name, table in config["tables"].items():
+        wanted.setdefault(table["dataset"], set()).add(name)
+    assert shown == wanted
+    where = {re.match(r"`datasets\.(\w+)", row[1]).group(1): row[3] for row in rows}
+    assert where["imagenet"].startswith(f"`{config['datasets']['imagenet']['path']}/`")
+    assert all(f"`data_dir` (`{config['data_dir']}/`)" in where[d] for d in ("cifar10", "cifar100"))
+    assert f"`{jpeg['archive']}`" in section and f"`{jpeg['path']}/`" in section
+    assert f"`{config['robustbench_model_dir']}/<dataset>/Linf/<name>.pt`" in section
