@@ -1,5 +1,5 @@
-"""What README.md tells a user to type runs as written: every shell command of its code
-blocks, in a copy of the project (its virtualenv linked), in its dry-run form where it
+"""What README.md and the pages it moved into docs/ and config/README.md tell a user to
+type runs as written: every shell command of their code blocks, in a copy of the project (its virtualenv linked), in its dry-run form where it
 would train (`-n`; a `make` target as `make -n`, then the Snakemake command it runs with
 `-n`). A command that cannot run here is listed in OFFLINE with the reason, and a command
 neither run nor listed fails the test. The numbers the docs quote from `snakemake budget`
@@ -16,6 +16,12 @@ from .conftest import ROOT
 pytestmark = pytest.mark.slow
 
 README = ROOT / "README.md"
+CONFIG_README = ROOT / "config" / "README.md"
+# The README and the pages its manual moved to (issue 30): every command in them is run here.
+# docs/performance.md and docs/quick_gpu.md hold prepared GPU-machine runs (no virtualenv there).
+DOCS = [README, CONFIG_README, *(ROOT / "docs" / f"{page}.md" for page in (
+    "install", "demo_results", "quick", "running", "slurm", "data", "published", "comparable_rows", "methods",
+    "precision"))]
 SKIP = {".git", ".venv", "results", ".snakemake", "data", "models", ".pytest_cache", "my.yaml"}
 OFFLINE = {  # command prefix -> why it is not run here
     "nvidia-smi": "needs an NVIDIA driver (no GPU here)",
@@ -66,11 +72,15 @@ def dry(cmd):
     return cmd if "-n" in words else shlex.join([words[0], "-n", *words[1:]])
 
 
+def docs_text():
+    return "\n".join(path.read_text() for path in DOCS)
+
+
 def test_every_readme_command_runs_as_written(clone):
-    text = README.read_text()
+    text = docs_text()
     cmds = commands(text)
     assert len(cmds) >= 10, cmds
-    # The published example's my.yaml is the README's YAML block.
+    # The published example's my.yaml is the docs' YAML block (docs/published.md).
     (clone / "my.yaml").write_text(next(b for b in blocks(text, "yaml") if "published:" in b))
     ran, failed = [], []
     for cmd in cmds:
@@ -123,21 +133,23 @@ def test_every_readme_command_runs_as_written(clone):
 def test_no_documented_command_names_a_target_after_resources():
     """Snakemake reads every word after --resources as a resource."""
     bad = re.compile(r"snakemake[^`\n]* --resources( +\w+=[^\s`]+)+ +[a-z]\w*(\s|$)")
-    for path in (README, ROOT / "Makefile", *ROOT.glob("profiles/*/config.yaml"), *ROOT.glob("docs/*.md")):
+    for path in (README, CONFIG_README, ROOT / "Makefile", *ROOT.glob("profiles/*/config.yaml"),
+                 *ROOT.glob("docs/*.md")):
         for line in path.read_text().splitlines():
             assert not bad.search(line), (path, line)
 
 
 def test_budget_figures_in_the_docs_are_what_it_computes(paper_config):
-    """README and docs/performance.md quote `snakemake budget` (ltd.budget.estimate)."""
+    """README, docs/methods.md and docs/performance.md quote `snakemake budget` (ltd.budget.estimate)."""
     from ltd import budget
 
     total = budget.estimate(paper_config).set_index("table").loc["total"]
     jobs = budget.job_tables(paper_config)
     table7 = sum(budget.job_cost(paper_config, j).gpu_hours for j, t in jobs.items() if t == ["table7"])
     readme, perf = README.read_text(), (ROOT / "docs" / "performance.md").read_text()
+    methods = (ROOT / "docs" / "methods.md").read_text()
     hours = round(total["total GPU-h"])
     assert f"about {hours} H100/H200-hours for everything with table7" in readme, hours
-    assert f"{round(table7)} of the {hours} GPU-hours `snakemake budget` gives" in readme, (table7, hours)
+    assert f"{round(table7)} of the {hours} GPU-hours `snakemake budget` gives" in methods, (table7, hours)
     assert (f"{round(total['train GPU-h'])} GPU-h of training, {round(total['eval GPU-h'])} of evaluation, "
             f"**{hours} GPU-h** in all") in " ".join(perf.split()), total

@@ -449,7 +449,7 @@ def test_every_job_writes_tensorboard_files_and_each_run_its_own_curves(finished
     evaluation.Reload()
     ev = load_json(run / "autoattack.json")
     assert evaluation.Scalars("evaluation/autoattack_accuracy")[0].value == pytest.approx(ev["robust_accuracy"])
-    # as the README says: `tensorboard --inspect --logdir results/<run>` (the virtualenv's)
+    # as docs/running.md says: `tensorboard --inspect --logdir results/<run>` (the virtualenv's)
     tensorboard = Path(sys.executable).parent / "tensorboard"
     proc = subprocess.run([str(tensorboard), "--inspect", "--logdir", "results/test"], cwd=finished.parent.parent,
                           capture_output=True, text=True, timeout=300)
