@@ -1,0 +1,48 @@
+"""The fp16 study (issue 27, config/study_fp16.yaml, `make study-fp16`): what it plans, and
+that every run, table and note it writes says the fp16 is emulated. The study itself (about
+45 minutes on 2 cores) is a demo target; its results are docs/fp16_study.md. Its code path
+(fp16-emulated training through ltd.train.fit) is tested in tests/test_fp16_emulation.py."""
+import subprocess
+import sys
+
+import pytest
+
+from ltd import config as ltd_config
+from ltd import experiments, fp16_emulation
+
+from .conftest import ROOT, copy_workflow
+from .test_workflow import job_counts
+
+OVERLAYS = ["config/cifar10_jpeg.yaml", "config/study_fp16.yaml"]
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def study_config():
+    return ltd_config.load(*(ROOT / o for o in OVERLAYS))
+
+
+def test_it_trains_four_students_of_one_teacher_in_emulated_fp16_and_fp32(study_config):
+    students = list(experiments.table_students(study_config, "table8"))
+    assert sorted((s.temperature, s.name.endswith(f"_{fp16_emulation.PRECISION}_b6_s0")) for s in students) == [
+        (5.0, False), (5.0, True), (20.0, False), (20.0, True)]
+    assert {s.teacher for s in students} == {students[0].teacher}  # one teacher, trained once
+    assert "EMULATED" in study_config["tables"]["table8"]["caption"]
+
+
+def test_the_make_target_plans_the_study_and_nothing_else(tmp_path):
+    """`make study-fp16`'s Snakemake command, planned on a copy (the archive read from
+    ../shared/data as the offline overlay says): no T_max search, 4 students, 4 evaluations."""
+    if not ARCHIVE.exists():
+        pytest.skip(f"{ARCHIVE} is not here")
+    work = copy_workflow(tmp_path / "w", profiles=True)
+    (tmp_path / "shared").symlink_to(ARCHIVE.parent.parent, target_is_directory=True)
+    make = subprocess.run(["make", "-n", "study-fp16"], cwd=ROOT, capture_output=True, text=True)
+    assert "table8 --cores" in make.stdout and "config/cifar10_jpeg.yaml config/study_fp16.yaml" in make.stdout
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "table8", "--cores", "2", "--configfile",
+                           *OVERLAYS], cwd=work, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert (counts["train_teacher"], counts["train_student"], counts["evaluate"]) == (1, 4, 4), counts
+    assert "tmax" not in counts and "evaluate_best" not in counts
