@@ -2,6 +2,7 @@
 that every run, table and note it writes says the fp16 is emulated. The study itself (about
 45 minutes on 2 cores) is a demo target; its results are docs/fp16_study.md. Its code path
 (fp16-emulated training through ltd.train.fit) is tested in tests/test_fp16_emulation.py."""
+import json
 import subprocess
 import sys
 
@@ -46,3 +47,18 @@ def test_the_make_target_plans_the_study_and_nothing_else(tmp_path):
     counts = job_counts(out)
     assert (counts["train_teacher"], counts["train_student"], counts["evaluate"]) == (1, 4, 4), counts
     assert "tmax" not in counts and "evaluate_best" not in counts
+
+
+def test_the_per_epoch_table_labels_emulated_runs(tmp_path):
+    """benchmarks/fp16_study_epochs.py reads each student's history as the loop wrote it."""
+    for name, precision, stalled in (("a_T20_fp16-emulated", "fp16-emulated", 0.25), ("a_T20", "fp32", 0.0)):
+        run = tmp_path / "students" / name
+        run.mkdir(parents=True)
+        record = {"epoch": 1, "precision": precision, "train_stalled": stalled, "train_moved": 0.5,
+                  "train_adv_accuracy": 0.125, "test_accuracy": 0.5, "test_pgd_accuracy": 0.0625}
+        (run / "history.jsonl").write_text(json.dumps(record) + "\n")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fp16_study_epochs.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()[2:]}
+    assert rows["a_T20_fp16-emulated"] == ["fp16-EMULATED", "1", "25", "50", "12.5", "50", "6.2"]
+    assert rows["a_T20"][0] == "fp32"
