@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import datetime
 import itertools
-import json
 import signal
 import subprocess
 import sys
@@ -95,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--write-calibration", default=None, metavar="PATH",
                    help="merge the measured rows (and launch cost) into this calibration file, e.g. "
                         "config/calibration.yaml")
+    p.add_argument("--from-calibration", default=None, metavar="FILE",
+                   help="with --write-calibration: merge FILE (a device run's calibration.yaml) instead of running")
     return p.parse_args(argv)
 
 
@@ -107,7 +108,7 @@ def alarm(seconds: float):
     """StageTimeout raised in the main thread after ``seconds`` (between two Python
     bytecodes: a CUDA kernel already queued finishes on the GPU)."""
     def ring(signum, frame):
-        raise StageTimeout(f"over its cap of {seconds:.0f} s")
+        raise StageTimeout(f"over its cap of {seconds:.3g} s")
 
     previous = signal.signal(signal.SIGALRM, ring)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -152,18 +153,21 @@ def find_archive(arg: str | None) -> Path | None:
 
 def environment(args) -> dict:
     d = runtime.describe(torch.device("cpu" if args.dry else "cuda"))
+    if args.dry:
+        d["device_name"] += " (dry)"
     return {**d, "dry": args.dry, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "python": sys.version.split()[0], "commit": git_commit().get("commit"), "budget_s": args.budget_s}
 
 
 def run_stage(ctx: Context, stage: Stage, cap: float, left: float, env: dict) -> dict:
-    """One stage under min(cap, what is left), its record written whatever happens."""
+    """One stage under min(cap, ``left``), its record written whatever happens."""
     record = {"stage": stage.name, "number": stage.number, "status": "running", "cap_s": cap, "started": time.time(),
               "environment": env, "results": {}}
     ctx.current, ctx.records[stage.name] = (stage, record), record
     seconds = min(cap, left)
-    if seconds < MIN_SECONDS:
-        record.update(status="skipped", reason=f"{left:.0f} s left of the budget (needs {MIN_SECONDS:.0f})")
+    if left < MIN_SECONDS:
+        record.update(status="skipped", reason=f"{left:.0f} s left of the budget after the later stages' planned "
+                                               f"seconds (needs {MIN_SECONDS:.0f})")
     else:
         print(f"== stage {stage.number} {stage.name}: up to {seconds:.0f} s", flush=True)
         try:
@@ -276,8 +280,8 @@ def chosen(args) -> list[Stage]:
 
 
 def caps(args, plan: dict[str, float]) -> dict[str, float]:
-    """Each stage's cap: twice its planned seconds on the GPU (DRY_CAP under --dry), or --cap's."""
-    out = {s.name: DRY_CAP if args.dry else device_plan.CAP_FACTOR * plan[s.name] for s in STAGES}
+    """Each stage's cap: ``device_plan.cap`` of its planned seconds on the GPU, DRY_CAP under --dry, or --cap's."""
+    out = {s.name: DRY_CAP if args.dry else device_plan.cap(plan[s.name]) for s in STAGES}
     for item in args.cap:
         name, _, seconds = item.partition("=")
         if name not in out:
@@ -290,6 +294,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     config = ltd_config.load(validate=False)
     plan = device_plan.plan(config, st.GPU)
+    if args.from_calibration:
+        if not args.write_calibration:
+            raise SystemExit("--from-calibration needs --write-calibration PATH (the file to merge it into)")
+        write_calibration(yaml.safe_load(Path(args.from_calibration).read_text()), Path(args.write_calibration))
+        print(f"{args.from_calibration}: merged into {args.write_calibration}")
+        return 0
     if args.plan:
         print(device_plan.render(plan, args.budget_s))
         print(_travel_line(travel_size(find_archive(args.archive))))
@@ -309,8 +319,12 @@ def main(argv=None) -> int:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         ctx = Context(args, out, work)
-        for stage in chosen(args):
-            run_stage(ctx, stage, limits[stage.name], args.budget_s - (time.time() - t0), env)
+        stages = chosen(args)
+        for i, stage in enumerate(stages):
+            # what the later stages are planned to need stays theirs: an earlier stage over
+            # its plan is cut at its cap, not at the end of the budget (none under --dry)
+            later = 0.0 if args.dry else sum(plan[s.name]["seconds"] for s in stages[i + 1:])
+            run_stage(ctx, stage, limits[stage.name], args.budget_s - (time.time() - t0) - later, env)
             write_outputs(ctx, env, travel)
     if args.write_calibration:
         write_calibration(measured_calibration(ctx.records), Path(args.write_calibration))

@@ -15,7 +15,8 @@ from ltd import budget, methods, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = ROOT / "docs" / "gpu" / "h200_2026-11-26"
-CAP_FACTOR = 2.0  # a stage's cap: twice its planned seconds (the plan's figures are estimates)
+CAP_FACTOR = 2.0  # a stage's cap: twice its planned seconds (the plan's figures are estimates),
+CAP_FLOOR = 30.0  # and at least this: fixed costs no rate prices (cuDNN's first call of a shape, imports)
 # The H200's rows price an H100: the same dense peaks, ~30 % less memory bandwidth, "expect
 # ~5-15 % slower" (/work/shared/notes/gpu-hot-path.md): the high side.
 H100_SLOWER = 1.15
@@ -58,7 +59,7 @@ class Pricer:
                                throughput.launches(arch, kind, attack_steps) / fe, batch)
         rate = throughput.measured_or_floor(
             throughput.measured(self.config, arch, self.size, precisions, method, fwd, self.b["peak_tflops"]), mod)
-        return images * fe * rate.seconds * H100_SLOWER, f"{images} img x {fe:g} FE at {rate.basis} ({rate.how})"
+        return images * fe * rate.seconds * H100_SLOWER, f"{images} img x {fe:g} FE, {short(rate)}"
 
     def attack(self, arch: str, precision: str, iterations: int) -> tuple:
         """``iterations`` image-iterations of forward + input gradient (2 FE)."""
@@ -67,7 +68,15 @@ class Pricer:
         rate = throughput.measured(self.config, arch, self.size, (precision,), throughput.ATTACK, fwd, peak)
         if rate is None:
             rate = throughput.model(self.config, fwd, peak, mfu, throughput.launches(arch, "attack", 1) / 2, 500)
-        return iterations * 2 * rate.seconds * H100_SLOWER, f"{iterations} img-iterations at {rate.basis} ({rate.how})"
+        return iterations * 2 * rate.seconds * H100_SLOWER, f"{iterations} img-iterations, {short(rate)}"
+
+
+def short(rate: throughput.Rate) -> str:
+    """The rate's basis and numbers, without the calibration row's long source."""
+    if not rate.basis.startswith("measured"):
+        return f"{rate.basis}: {rate.how}"
+    row = rate.how.split(" (")[0]
+    return f"measured: {row}" + ("" if rate.own else " (its rate per FE)")
 
 
 def checkpoints(arch: str, n: int) -> tuple:
@@ -175,15 +184,20 @@ def plan(config: dict, sizes) -> dict[str, dict]:
     return out
 
 
+def cap(planned: float) -> float:
+    return max(CAP_FLOOR, CAP_FACTOR * planned)
+
+
 def render(stages: dict[str, dict], budget_s: float) -> str:
     total = sum(v["seconds"] for v in stages.values())
-    lines = [f"Timing plan on one H100 (rates of config/calibration.yaml x {H100_SLOWER} for the H100, "
+    lines = ["<!-- written by `python3 benchmarks/device_check.py --plan` (tests/test_device_check.py: current) -->",
+             "", f"Timing plan on one H100 (rates of config/calibration.yaml x {H100_SLOWER} for the H100, "
              "ltd.throughput's model where no row measured)", "",
              "| stage | part | seconds | derived from |", "| --- | --- | ---: | --- |"]
     for name, v in stages.items():
         for what, seconds, how in v["items"]:
             lines.append(f"| {name} | {what} | {seconds:.1f} | {how} |")
-        lines.append(f"| **{name}** | **total** (cap {CAP_FACTOR:g}x: {CAP_FACTOR * v['seconds']:.0f} s) | "
+        lines.append(f"| **{name}** | **total** (cap {cap(v['seconds']):.0f} s) | "
                      f"**{v['seconds']:.1f}** | |")
     verdict = "within" if total <= budget_s else "OVER"
     lines += ["", f"All stages: {total:.0f} s, {verdict} the budget of {budget_s:.0f} s."]
