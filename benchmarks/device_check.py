@@ -156,7 +156,7 @@ def environment(args) -> dict:
     if args.dry:
         d["device_name"] += " (dry)"
     return {**d, "dry": args.dry, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "python": sys.version.split()[0], "commit": git_commit().get("commit"), "budget_s": args.budget_s}
+            "python": sys.version.split()[0], **git_commit(), "budget_s": args.budget_s}
 
 
 def run_stage(ctx: Context, stage: Stage, cap: float, left: float, env: dict) -> dict:
@@ -187,9 +187,11 @@ def run_stage(ctx: Context, stage: Stage, cap: float, left: float, env: dict) ->
 
 
 def summary_markdown(records: dict[str, dict], env: dict, travel: dict | None) -> str:
-    lines = [f"# Device check, {env['device_name']}{' (DRY: CPU, tiny shapes, numbers measure nothing)' if env['dry'] else ''}",
-             "", f"{env['date']}, torch {env['torch']}, Python {env['python']}, commit {env['commit']}, "
-             f"budget {env['budget_s']:.0f} s" + (f"; travel {travel['total_mib']:.1f} MiB" if travel else ""), "",
+    dry = " (DRY: CPU, tiny shapes, numbers measure nothing)" if env["dry"] else ""
+    commit = f"{env['git_commit']}{' (dirty)' if env['git_dirty'] else ''}"
+    facts = (f"{env['date']}, torch {env['torch']}, Python {env['python']}, commit {commit}, "
+             f"budget {env['budget_s']:.0f} s" + (f"; travel {travel['total_mib']:.1f} MiB" if travel else ""))
+    lines = [f"# Device check, {env['device_name']}{dry}", "", facts, "",
              "| stage | status | seconds | cap | result |", "| --- | --- | ---: | ---: | --- |"]
     for r in records.values():
         what = "; ".join(r["results"].get("summary", [])) or r.get("reason", "")
@@ -200,13 +202,15 @@ def summary_markdown(records: dict[str, dict], env: dict, travel: dict | None) -
 
 def measured_calibration(records: dict[str, dict]) -> dict:
     """The rows stages 3 and 5 measured and the launch cost, as a calibration file."""
-    rows = [row for r in records.values() for row in r["results"].get("rows", [])]
+    # dates as YAML dates, as config/calibration.yaml writes them (the JSONs hold strings)
+    rows = [{**row, "date": datetime.date.fromisoformat(row["date"])}
+            for r in records.values() for row in r["results"].get("rows", [])]
     launch = records.get("throughput", {}).get("results", {}).get("launch")
     cal = {"rows": rows}
     if launch:
         env = records["throughput"]["environment"]
         cal = {"launch_seconds": {"value": float(f"{launch['seconds_per_launch']:.3g}"), "device": env["device_name"],
-                                  "date": env["date"][:10],
+                                  "date": datetime.date.fromisoformat(env["date"][:10]),
                                   "source": f"benchmarks/device_check.py stage 3: {launch['arch']} TRADES+LTD step at "
                                             f"batch {launch['batch']} / {launch['launches']} counted launches"},
                **cal}

@@ -268,6 +268,8 @@ def throughput_stage(ctx, res: dict) -> None:
         if i == len(eager):
             res["launch"] = launch_cost(ctx)
             ctx.save()
+        if comp:  # each compiled run compiles afresh (its own cost; dynamo's cache never overflows to eager)
+            torch.compiler.reset()
         run = timed(ctx, arch, precision, s.batch, comp)
         run["mfu"] = mfu(ctx, arch, run["img_per_s"], fe, precision)
         res["runs"].append(run)
