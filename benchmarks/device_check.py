@@ -31,16 +31,19 @@ not Snakemake. Exit code 0 when every stage ran ok, else 1.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import datetime
-import itertools
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-import traceback
+
+START = time.time()  # the budget counts from here: importing torch is part of the wall time
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime  # noqa: E402
+import itertools  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,6 +61,7 @@ from ltd import config as ltd_config  # noqa: E402
 from ltd import runtime, throughput  # noqa: E402
 from ltd.files import atomic_write, save_json, write_text  # noqa: E402
 from ltd.provenance import git_commit  # noqa: E402
+from ltd.train import Preempted  # noqa: E402
 
 MIN_SECONDS = 5.0  # a stage with less than this left of the budget is skipped
 DRY_CAP = 120.0  # each stage's cap under --dry (the GPU caps come from the plan)
@@ -103,12 +107,20 @@ class StageTimeout(Exception):
     pass
 
 
+class Stopped(Exception):
+    """SIGTERM (e.g. `timeout`): the stage in progress is recorded, no later one starts."""
+
+
+def stop_on_sigterm(signum, frame):
+    raise Stopped("stopped by SIGTERM")
+
+
 @contextlib.contextmanager
-def alarm(seconds: float):
+def alarm(seconds: float, what: str):
     """StageTimeout raised in the main thread after ``seconds`` (between two Python
     bytecodes: a CUDA kernel already queued finishes on the GPU)."""
     def ring(signum, frame):
-        raise StageTimeout(f"over its cap of {seconds:.3g} s")
+        raise StageTimeout(f"over {what} of {seconds:.3g} s")
 
     previous = signal.signal(signal.SIGALRM, ring)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -171,11 +183,13 @@ def run_stage(ctx: Context, stage: Stage, cap: float, left: float, env: dict) ->
     else:
         print(f"== stage {stage.number} {stage.name}: up to {seconds:.0f} s", flush=True)
         try:
-            with alarm(seconds):
+            with alarm(seconds, "its cap" if cap <= left else "what the budget had left for it"):
                 stage.run(ctx, record["results"])
             record["status"] = "ok"
         except StageTimeout as e:
             record.update(status="timeout", reason=str(e))
+        except (Stopped, Preempted) as e:  # Preempted: SIGTERM inside ltd.train.fit, which handles it there
+            record.update(status="stopped", reason=f"stopped by SIGTERM ({type(e).__name__})")
         except Exception as e:  # recorded, and the next stage runs: one failure must not hide the rest
             record.update(status="error", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             print(record["traceback"], file=sys.stderr, flush=True)
@@ -222,6 +236,10 @@ def write_calibration(measured: dict, path: Path) -> None:
     the rows of the same (arch, image_size, precision, step), the measured launch cost
     the old one; the file's leading comment is kept; the result is checked as the budget
     reads it (ltd.throughput.calibration) before it replaces the file."""
+    dry = [r for r in [*measured["rows"], measured.get("launch_seconds") or {}] if str(r.get("device")).endswith("(dry)")]
+    if dry and path.resolve() == (ROOT / "config" / "calibration.yaml").resolve():
+        raise SystemExit(f"{path}: the measured rows are a --dry run's (device {dry[0]['device']!r}): they measure "
+                         "nothing and are never merged into the repository's calibration")
     text = path.read_text()
     head = text[: text.find("launch_seconds:")] if "launch_seconds:" in text else ""
     old = yaml.safe_load(text) or {}
@@ -310,7 +328,8 @@ def main(argv=None) -> int:
         return 0
     if not args.dry and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry on the CPU, or on a GPU machine")
-    t0 = time.time()
+    t0 = START
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(args)
@@ -328,8 +347,10 @@ def main(argv=None) -> int:
             # what the later stages are planned to need stays theirs: an earlier stage over
             # its plan is cut at its cap, not at the end of the budget (none under --dry)
             later = 0.0 if args.dry else sum(plan[s.name]["seconds"] for s in stages[i + 1:])
-            run_stage(ctx, stage, limits[stage.name], args.budget_s - (time.time() - t0) - later, env)
+            record = run_stage(ctx, stage, limits[stage.name], args.budget_s - (time.time() - t0) - later, env)
             write_outputs(ctx, env, travel)
+            if record["status"] == "stopped":
+                return 128 + signal.SIGTERM
     if args.write_calibration:
         write_calibration(measured_calibration(ctx.records), Path(args.write_calibration))
         print(f"calibration rows merged into {args.write_calibration}")

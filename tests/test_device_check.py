@@ -133,17 +133,51 @@ def test_a_killed_run_keeps_the_stages_it_finished(tmp_path, tiny_archive):
     assert all(s in ("running", "ok") for s in later)  # a stage cut off says it never ended
 
 
+def test_sigterm_records_the_stage_it_stopped_and_starts_no_other(tmp_path):
+    """As `timeout` stops it: the stage in progress says "stopped", the exit code is 143."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", BARE, "benchmarks/device_check.py", "--out", str(out), "--dry",
+                             "--stages", "correctness", "throughput", "autoattack"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    third = out / STAGE_FILES[2]
+    try:
+        deadline = time.time() + 300
+        while not third.is_file():  # stage 3 began (its first measurement takes seconds)
+            assert proc.poll() is None and time.time() < deadline, "stage 3 never began"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert json.loads((out / STAGE_FILES[0]).read_text())["status"] == "ok"
+    assert json.loads(third.read_text())["status"] == "stopped"
+    assert not (out / STAGE_FILES[4]).exists()
+
+
+def test_dry_rows_never_enter_the_repositorys_calibration():
+    from benchmarks import device_check
+
+    before = (ROOT / "config" / "calibration.yaml").read_text()
+    row = {"arch": "wrn-10-1", "image_size": 16, "precision": "bf16", "step": "attack", "batch_size": 8,
+           "img_per_s": 1.0, "device": "cpu (dry)", "date": "2026-12-07", "source": "test"}
+    with pytest.raises(SystemExit, match="--dry run's"):
+        device_check.write_calibration({"rows": [row]}, ROOT / "config" / "calibration.yaml")
+    assert (ROOT / "config" / "calibration.yaml").read_text() == before
+
+
 def test_a_stage_over_its_cap_times_out_and_one_without_budget_is_skipped(tmp_path):
     out = tmp_path / "out"
-    # stage 3 (about 18 s dry) stopped at 3 s; then less than MIN_SECONDS (5) of the 8 are left.
+    # stage 3 (about 18 s dry) stopped at 10 s; then less than MIN_SECONDS (5) of the 14 are left
+    # (the budget counts from the script's start: imports of up to 9 s leave stage 3 its 5 s)
     # Run as on the GPU machine: neither Snakemake nor jsonschema importable.
     proc = subprocess.run([sys.executable, "-c", BARE, "benchmarks/device_check.py", "--out", str(out), "--dry",
-                           "--stages", "throughput", "autoattack", "--cap", "throughput=3", "--budget-s", "8"],
+                           "--stages", "throughput", "autoattack", "--cap", "throughput=10", "--budget-s", "14"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1  # not every stage ran ok
     timed_out = json.loads((out / "3_throughput.json").read_text())
-    assert timed_out["status"] == "timeout" and "cap of 3 s" in timed_out["reason"], timed_out
+    assert timed_out["status"] == "timeout" and timed_out["reason"].startswith("over "), timed_out
     assert timed_out["results"]["runs"], "the runs measured before the cap are kept"
     skipped = json.loads((out / "5_autoattack.json").read_text())
     assert skipped["status"] == "skipped" and "left of the budget" in skipped["reason"]
