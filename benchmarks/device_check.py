@@ -111,7 +111,11 @@ class Stopped(Exception):
     """SIGTERM (e.g. `timeout`): the stage in progress is recorded, no later one starts."""
 
 
+SIGTERMED = {"set": False}  # as alarm's flag: the exception may come back wrapped
+
+
 def stop_on_sigterm(signum, frame):
+    SIGTERMED["set"] = True
     raise Stopped("stopped by SIGTERM")
 
 
@@ -119,13 +123,16 @@ def stop_on_sigterm(signum, frame):
 def alarm(seconds: float, what: str):
     """StageTimeout raised in the main thread after ``seconds`` (between two Python
     bytecodes: a CUDA kernel already queued finishes on the GPU)."""
+    rang = {"reason": None}  # set when it rang: code that wraps the exception (dynamo does) still timed out
+
     def ring(signum, frame):
-        raise StageTimeout(f"over {what} of {seconds:.3g} s")
+        rang["reason"] = f"over {what} of {seconds:.3g} s"
+        raise StageTimeout(rang["reason"])
 
     previous = signal.signal(signal.SIGALRM, ring)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield rang
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -182,22 +189,32 @@ def run_stage(ctx: Context, stage: Stage, cap: float, left: float, env: dict) ->
                                                f"seconds (needs {MIN_SECONDS:.0f})")
     else:
         print(f"== stage {stage.number} {stage.name}: up to {seconds:.0f} s", flush=True)
+        rang = {"reason": None}
         try:
-            with alarm(seconds, "its cap" if cap <= left else "what the budget had left for it"):
+            with alarm(seconds, "its cap" if cap <= left else "what the budget had left for it") as rang:
                 stage.run(ctx, record["results"])
             record["status"] = "ok"
-        except StageTimeout as e:
-            record.update(status="timeout", reason=str(e))
-        except (Stopped, Preempted) as e:  # Preempted: SIGTERM inside ltd.train.fit, which handles it there
-            record.update(status="stopped", reason=f"stopped by SIGTERM ({type(e).__name__})")
-        except Exception as e:  # recorded, and the next stage runs: one failure must not hide the rest
-            record.update(status="error", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-            print(record["traceback"], file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 (sorted by failure())
+            record.update(failure(e, rang["reason"]))
+            if record["status"] == "error":
+                print(record["traceback"], file=sys.stderr, flush=True)
     ctx.save()
     print(f"   {stage.name}: {record['status']} in {record['seconds']:.1f} s", flush=True)
     for line in record["results"].get("summary", []):
         print(f"   {line}", flush=True)
     return record
+
+
+def failure(e: BaseException, timed_out: str | None) -> dict:
+    """How a stage ended that raised ``e``: stopped (SIGTERM; Preempted is SIGTERM inside
+    ltd.train.fit), timeout (the alarm rang, whatever exception it came back as), or error
+    (recorded; the next stage runs: one failure must not hide the rest)."""
+    if SIGTERMED["set"] or isinstance(e, (Stopped, Preempted)):
+        return {"status": "stopped", "reason": f"stopped by SIGTERM ({type(e).__name__})"}
+    if timed_out:
+        return {"status": "timeout", "reason": timed_out + ("" if isinstance(e, StageTimeout) else
+                                                             f" (raised as {type(e).__name__})")}
+    return {"status": "error", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
 
 def summary_markdown(records: dict[str, dict], env: dict, travel: dict | None) -> str:
