@@ -50,15 +50,27 @@ test: $(STAMP)
 dry-run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) all -n --cores all --resources gpu=4
 
-## One prepared check of a GPU machine (docs/performance.md, "Checking a GPU machine"): the
-## CUDA tests, what a training step and AutoAttack cost, projected GPU-hours; about 6
-## minutes on one H100. Needs no virtualenv or Snakemake: on a bare machine it runs with
-## python3 (pyautoattack installed from a carried wheel). Outputs: $(GPU_CHECK_OUT)/.
-.PHONY: gpu-check
-GPU_CHECK_OUT ?= results/gpu_check
+## One check of a GPU machine in at most 8 minutes, on the library's own loop
+## (benchmarks/device_check.py; docs/performance.md, "Checking a GPU machine"): five capped
+## stages, each written to $(GPU_CHECK_OUT)/ as it ends. Needs no virtualenv or Snakemake:
+## on a bare machine it runs with python3 (pyautoattack and the CIFAR-10 archive carried in
+## .carry/, made by `make device-carry`). On the CPU: make gpu-check GPU_CHECK_ARGS=--dry
+.PHONY: gpu-check device-carry
+GPU_CHECK_OUT ?= results/device_check
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check:
-	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+	PYTHONPATH="$(CURDIR)$(if $(wildcard $(CURDIR)/.carry/site),:$(CURDIR)/.carry/site)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PYTHON) benchmarks/device_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+## What a device run carries besides the tree (git-ignored .carry/): pyautoattack without
+## its 45 MB example checkpoint, and CIFAR-10's JPEG archive (CIFAR_ARCHIVE).
+CIFAR_ARCHIVE ?= $(firstword $(wildcard ../shared/data/cifar10-jpeg.tar.gz shared/data/cifar10-jpeg.tar.gz data/cifar10-jpeg.tar.gz))
+device-carry: $(STAMP)
+	@test -n "$(CIFAR_ARCHIVE)" || { echo "error: no cifar10-jpeg.tar.gz found; set CIFAR_ARCHIVE=PATH" >&2; exit 1; }
+	rm -rf .carry && mkdir -p .carry/site
+	cp -r "$$($(BIN)/python -c 'import pyautoattack, os; print(os.path.dirname(pyautoattack.__file__))')" .carry/site/
+	rm -rf .carry/site/pyautoattack/examples .carry/site/pyautoattack/__pycache__
+	cp "$(CIFAR_ARCHIVE)" .carry/cifar10-jpeg.tar.gz
+	du -sh .carry
 
 ## The quick reproduction (config/quick.yaml; README, "The quick reproduction"): Table IV's
 ## shape on real CIFAR-10 on one GPU, PreAct ResNet-18 for 24 epochs, before the full run.

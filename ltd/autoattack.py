@@ -229,7 +229,7 @@ def _record(p: _Progress, robust: torch.Tensor, order: list[str], settings: dict
         "robust_accuracy": fraction(robust),
         "clean_accuracy": fraction(_unbits(p.state["clean_flags"])),
         "robust_accuracy_after": {a: done[a]["robust_accuracy"] for a in order},
-        # images each attack ran on (the still-robust ones) and its seconds (benchmarks/gpu_check.py)
+        # images each attack ran on (the still-robust ones) and its seconds (what a device check reads)
         "attacked": {a: done[a].get("attacked") for a in order},
         "seconds_per_attack": {a: done[a].get("seconds") for a in order},
         # attacks that had no robust example left to attack (pyautoattack stops there too)

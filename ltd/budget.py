@@ -186,8 +186,8 @@ def eval_peak_mfu(s: dict, precision: str) -> tuple[float, float]:
 
 def jobs_per_gpu_throughput(config: dict) -> float:
     """Aggregate throughput of ``jobs_per_gpu`` jobs sharing a GPU, relative to one job per
-    GPU (budget.jobs_per_gpu_throughput, measured by benchmarks/gpu_check.py for k = 1, 2,
-    3); 1.0, the one-job figures, where none was measured for this k."""
+    GPU (budget.jobs_per_gpu_throughput, measured by the retired benchmarks/gpu_check.py for
+    k = 1, 2, 3); 1.0, the one-job figures, where none was measured for this k."""
     k = int(config["jobs_per_gpu"])
     measured = config["budget"]["jobs_per_gpu_throughput"]
     return float(measured[k - 1]) if k <= len(measured) else 1.0

@@ -18,8 +18,8 @@ DEFAULT = ROOT / "config" / "config.yaml"
 def merge(base: dict, update: dict) -> dict:
     """``base`` updated key by key with ``update`` (a new dict): Snakemake's own
     ``update_config``, as ``--configfile`` layers files. Where Snakemake is not installed
-    (a bare GPU machine running benchmarks/quick_gpu.py) the same rule by hand: a mapping
-    updates a mapping key by key, anything else replaces (tests/test_quick_gpu.py checks
+    (a bare GPU machine running benchmarks/device_check.py) the same rule by hand: a mapping
+    updates a mapping key by key, anything else replaces (tests/test_config.py checks
     both agree)."""
     out = copy.deepcopy(base)
     try:

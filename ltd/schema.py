@@ -14,7 +14,7 @@ filled with a value that would override the section below it. Two exceptions:
   config that left it out. Its defaults are the schema's ``dataset_defaults``, which no
   section refers to (no validator fills them); ``ltd.experiments.dataset_cfg`` lays them
   under the section as it is read. An identity so lists what the user wrote.
-* Without Snakemake (a bare GPU machine: benchmarks/quick_gpu.py) ``fill_defaults``
+* Without Snakemake (a bare GPU machine: benchmarks/device_check.py) ``fill_defaults``
   fills the same ``default:``s by hand (tests/test_config.py checks both agree).
 """
 

@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for item in items if not item.get_closest_marker("cuda")] + cuda_items
     if not torch.cuda.is_available():
         why = (f"needs CUDA: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no CUDA device; "
-               "run `pytest -m cuda` (or `make gpu-check`) on a GPU machine")
+               "run `pytest -m cuda` on a GPU machine")
         for item in cuda_items:
             item.add_marker(pytest.mark.skip(reason=why))
 

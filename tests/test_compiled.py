@@ -5,7 +5,7 @@ Compiled with AOTAutograd and no code generation (as dynamo's ``aot_eager`` back
 plus a record of the graphs): the same forward and backward graphs inductor would get,
 at a few seconds of compile on 2 CPU cores, where inductor's C++ code generation took
 90 s for this tiny model (measured here, cold cache). Inductor's numerics are measured
-by benchmarks/compile_attack.py and, on a GPU, by benchmarks/gpu_check.py.
+by benchmarks/compile_attack.py and, on a GPU, by benchmarks/device_check.py (stage 3).
 
 Tolerances: those tests/test_cuda.py accepts between a bf16 and an fp32 step (loss
 within 0.5 %); the compiled graph runs the same ATen operations as eager here, so

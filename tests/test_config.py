@@ -363,3 +363,22 @@ def test_data_set_defaults_are_laid_under_not_written_in(paper_config):
     assert (cfg["val_size"], cfg["crop_padding"], cfg["processes"]) == (0, 0, 1)
     assert "val_size" not in ex.data_identity(config, "extra", "train")
     assert ex.data_identity(config, "cifar10", "train")["val_size"] == 0  # written: kept
+
+
+def test_config_layers_alike_without_snakemake(monkeypatch):
+    """ltd.config.merge without Snakemake (a bare GPU machine) layers as Snakemake does."""
+    import yaml
+
+    from ltd import config as ltd_config
+
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    overlays = [yaml.safe_load((ROOT / "config" / f).read_text()) for f in ("quick.yaml", "cifar10_jpeg.yaml")]
+    overlays.append({"tables": {"table4": None}, "datasets": {"cifar10": {"evaluation": None}}, "train": 3})
+    with_snakemake = base
+    for o in overlays:
+        with_snakemake = ltd_config.merge(with_snakemake, o)
+    monkeypatch.setitem(sys.modules, "snakemake.utils", None)
+    bare = base
+    for o in overlays:
+        bare = ltd_config.merge(bare, o)
+    assert bare == with_snakemake and bare["train"] == 3 and bare["datasets"]["cifar10"]["source"] == "cifarfolder"

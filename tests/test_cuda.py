@@ -3,8 +3,7 @@ resume, AutoAttack, GPU slots.
 
 Each runs on the CPU where it can (bf16 autocast and channels_last exist there too), and
 on CUDA in the tests marked ``cuda``: those are skipped, with the reason, without a GPU
-(tests/conftest.py); ``pytest -m cuda`` runs just them (benchmarks/gpu_check.py does, on
-the GPU machine).
+(tests/conftest.py); ``pytest -m cuda`` runs just them, on the GPU machine.
 
 Tolerances. bf16 keeps 8 significant bits: one rounding is up to 2^-9 = 0.2 % relative,
 and a bf16 step's loss (computed in fp32 from bf16 logits) stays within about one bf16

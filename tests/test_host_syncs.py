@@ -2,7 +2,7 @@
 and the running totals). Counted with ``ltd.host_syncs.HostSyncs`` on the ``meta``
 device: every copy between host and device and every read of a device value is seen by
 the dispatcher there, on any CPU (``torch.cuda.set_sync_debug_mode`` needs a GPU: the
-device check, benchmarks/gpu_check.py, counts the real ones)."""
+retired device check, benchmarks/gpu_check.py, counted the real ones: docs/performance.md)."""
 import numpy as np
 import pytest
 import torch
