@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 README = ROOT / "README.md"
 CONFIG_README = ROOT / "config" / "README.md"
 # The README and the pages its manual moved to (issue 30): every command in them is run here.
-# docs/performance.md and docs/quick_gpu.md hold prepared GPU-machine runs (no virtualenv there).
+# docs/performance.md holds prepared GPU-machine runs (no virtualenv there).
 DOCS = [README, CONFIG_README, *(ROOT / "docs" / f"{page}.md" for page in (
     "install", "demo_results", "quick", "running", "slurm", "data", "published", "comparable_rows", "methods",
     "precision"))]
