@@ -186,3 +186,27 @@ def test_a_table_of_best_weights_renders_the_last_epoch_beside_them(tmp_path):
     with pytest.raises(ValueError, match="0 last-epoch evaluations"):  # both are planned for every row
         table_jobs.render_table(config, "table4", best, tmax, ROOT / "config" / "paper_results.yaml",
                                 tmp_path / "t4", last=[])
+
+
+def test_a_table_of_last_weights_renders_from_its_evaluations_alone(tmp_path):
+    """`weights: last` (config/study_fp16.yaml's table8): one evaluation per row, no second
+    set beside it, no (last) columns; the notes say the last epoch was evaluated."""
+    from ltd import config as ltd_config
+    from ltd.files import save_json
+    from ltd.jobs import tables as table_jobs
+
+    config = ltd_config.load(ROOT / "config" / "quick.yaml")
+    config["tables"]["table4"]["weights"] = "last"
+    aa = {"version": "standard", "attacks": ["apgd-ce"], "eps": 8 / 255, "n_examples": 1000}
+    last = []
+    for i, e in enumerate(ex.table_entries(config, "table4")):
+        last.append(tmp_path / f"last{i}.json")
+        save_json({"run": ex.entry_run(config, e).name, "clean_accuracy": 0.8, "robust_accuracy": 0.45,
+                   "precision": "tf32", "autoattack": aa,
+                   "training": {"weights": "last", "epoch": 24, "epochs": 24, "precisions": ["fp16"]}}, last[-1])
+    tmax = tmp_path / "tmax.json"
+    save_json({"tmax": 50.0, "threshold": 0.9, "substitutes": [{"T": 50.0, "clean_accuracy": 0.85}]}, tmax)
+    table_jobs.render_table(config, "table4", last, tmax, ROOT / "config" / "paper_results.yaml", tmp_path / "t4")
+    rows = list(csv.DictReader(open(tmp_path / "t4.csv")))
+    assert "AA (last)" not in rows[0] and rows[0]["AA (ours)"] == "45.00"
+    assert "Evaluated: each run's last epoch (model.pt)" in (tmp_path / "t4.md").read_text()

@@ -152,7 +152,8 @@ def render_table(config: dict, table: str, evals: list[str | Path], tmax_path: s
     paper = all_paper.get(table)
     entries, n_seeds = experiments.table_entries(config, table), len(experiments.seeds(config))
     shown = experiments.shown_weights(config, table)
-    for what, paths in (("evaluations", evals), ("last-epoch evaluations", last if len(shown) > 1 else ())):
+    needed = [("evaluations", evals)] + ([("last-epoch evaluations", last)] if len(shown) > 1 else [])
+    for what, paths in needed:  # a table of `last` weights has no second set
         if len(entries) * n_seeds != len(paths):
             raise ValueError(f"{table} has {len(entries)} rows x {n_seeds} seeds but {len(paths)} {what} were given")
 
