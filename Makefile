@@ -29,7 +29,7 @@ demo-all: $(STAMP)
 	@echo "Tables: results/demo/tables/   Figures: results/demo/figures/"
 
 ## The fp16 study (issue 27) on the CPU: TRADES+LTD at T = 5 and 20, fp16-EMULATED against
-## fp32, WRN-10-2 on real CIFAR-10 at 32 px (../shared/data); about 45 minutes on 2 cores.
+## fp32, WRN-10-2 on real CIFAR-10 at 32 px (../shared/data); 24 minutes on 2 cores (docs/fp16_study.md).
 study-fp16: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) table8 --cores $(CORES) --configfile config/cifar10_jpeg.yaml config/study_fp16.yaml
 	@echo "Table: results/study_fp16/tables/table8.md   Curves: results/study_fp16/figures/table8_curves.png"

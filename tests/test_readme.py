@@ -21,7 +21,7 @@ CONFIG_README = ROOT / "config" / "README.md"
 # docs/performance.md holds prepared GPU-machine runs (no virtualenv there).
 DOCS = [README, CONFIG_README, *(ROOT / "docs" / f"{page}.md" for page in (
     "install", "demo_results", "quick", "running", "slurm", "data", "published", "comparable_rows", "methods",
-    "precision"))]
+    "precision", "fp16_study"))]
 SKIP = {".git", ".venv", "results", ".snakemake", "data", "models", ".pytest_cache", "my.yaml"}
 OFFLINE = {  # command prefix -> why it is not run here
     "nvidia-smi": "needs an NVIDIA driver (no GPU here)",

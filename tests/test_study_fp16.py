@@ -1,6 +1,6 @@
 """The fp16 study (issue 27, config/study_fp16.yaml, `make study-fp16`): what it plans, and
-that every run, table and note it writes says the fp16 is emulated. The study itself (about
-45 minutes on 2 cores) is a demo target; its results are docs/fp16_study.md. Its code path
+that every run, table and note it writes says the fp16 is emulated. The study itself (24
+minutes on 2 cores) is a demo target; its results are docs/fp16_study.md. Its code path
 (fp16-emulated training through ltd.train.fit) is tested in tests/test_fp16_emulation.py."""
 import json
 import subprocess
@@ -62,3 +62,34 @@ def test_the_per_epoch_table_labels_emulated_runs(tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()[2:]}
     assert rows["a_T20_fp16-emulated"] == ["fp16-EMULATED", "1", "25", "50", "12.5", "50", "6.2"]
     assert rows["a_T20"][0] == "fp32"
+
+
+
+def _study_rows() -> dict[str, list[str]]:
+    """Our rows of the committed docs/fp16_study/table8.md, by row name: its cells."""
+    rows = {}
+    for line in (ROOT / "docs" / "fp16_study" / "table8.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 6 and cells[1] == "this run":
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_the_docs_quote_the_committed_study_table():
+    """docs/fp16_study.md's table and the README's figures are the committed table8.md's
+    (the run's own output), not numbers typed apart from it."""
+    import re
+    made = _study_rows()
+    assert len(made) == 4, made
+    left = dict(made)
+    for line in (ROOT / "docs" / "fp16_study.md").read_text().splitlines():
+        m = re.match(r"\| (TRADES\+LTD T=\d+) \| (fp16-EMULATED|fp32) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
+                     line)
+        if m:
+            row = left.pop(m[1] + (" (fp16-emulated)" if m[2] == "fp16-EMULATED" else ""))
+            assert [m[3], m[4], m[5], m[6]] == [row[2], row[3], row[5], row[6]], (line, row)
+    assert not left, f"rows of table8.md missing from docs/fp16_study.md: {list(left)}"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    t20, t5 = made["TRADES+LTD T=20 (fp16-emulated)"], made["TRADES+LTD T=5 (fp16-emulated)"]
+    assert f"emulated fp16 stalled {float(t20[5]):.1f} %" in readme
+    assert f"({float(t5[5]):.1f} % at T = 5)" in readme
