@@ -159,7 +159,7 @@ def _digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _cifar(name: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision import datasets
 
-    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    cls = getattr(datasets, name.upper())  # CIFAR10, CIFAR100
     ds = cls(root=data_dir, train=train, download=True)
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
     return x.contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
