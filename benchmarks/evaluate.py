@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ltd import autoattack, budget, checkpoint, data, evaluate, flops  # noqa: E402
+from ltd import autoattack, budget, checkpoint, data, evaluate, flops, sources  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attacks", nargs="+", default=["apgd-ce"], help="for --autoattack custom")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--project", type=int, default=10_000, help="project the time for this many images")
-    p.add_argument("--assume-accuracy", type=float, nargs=2, default=list(budget.ASSUMED_ACCURACY["cifar10"]),
+    p.add_argument("--assume-accuracy", type=float, nargs=2, default=list(sources.get("cifar10").accuracy),
                    metavar=("CLEAN", "ROBUST"), help="for the counted AutoAttack-standard projection")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -74,7 +74,7 @@ def _images(args) -> tuple[torch.Tensor, torch.Tensor, int]:
     cfg = {"source": args.data, "image_size": args.image_size, "test_size": 397} if args.data == "digits" else \
         {"source": args.data}
     split = data.load_split(cfg, args.data_dir, "test").head(args.n)
-    return split.x, split.y, args.num_classes or data.NUM_CLASSES[args.data]
+    return split.x, split.y, args.num_classes or sources.get(args.data).classes
 
 
 def _sync(device: torch.device) -> None:

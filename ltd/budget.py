@@ -39,21 +39,19 @@ from . import experiments as ex
 from . import methods, sources
 from . import throughput as tl
 from .experiments import Run
-from .sources import DIGITS_CLASSES, FOLDER, sizes
-
-# How many test images AutoAttack keeps attacking depends on the model: assumed
-# (clean accuracy, robust accuracy), roughly the paper's and RobustBench's figures.
-ASSUMED_ACCURACY = {"cifar10": (0.85, 0.57), "cifar100": (0.64, 0.31), "imagefolder": (0.65, 0.40),
-                    "digits": (0.95, 0.60), FOLDER: (0.85, 0.57)}  # a folder of images: CIFAR-10's, unknown
-
+from .sources import sizes
 
 # ---- data sets ------------------------------------------------------------------------
 
+def _built(cfg: dict) -> bool:
+    return sources.get(cfg["source"]).buildable and bool(cfg.get("build_from"))
+
+
 def _source_cfg(config: dict, dataset: str) -> dict:
-    """The data set's section; for an imagefolder built from an in-memory source (the
-    demo), that source's section (it fixes the number of images and classes)."""
+    """The data set's section; for one built from an in-memory source (the demo's
+    imagefolder), that source's section (it fixes the number of images and classes)."""
     cfg = ex.dataset_cfg(config, dataset)
-    if cfg["source"] == "imagefolder" and cfg.get("build_from"):
+    if _built(cfg):
         return {**cfg["build_from"], "val_size": 0}
     return cfg
 
@@ -62,10 +60,10 @@ def split_sizes(config: dict, dataset: str) -> dict[str, int]:
     """Images per split (ltd.sources.split_sizes), the source's counted where not fixed; an
     imagefolder built from an in-memory source splits that source's train and test images."""
     cfg = ex.dataset_cfg(config, dataset)
-    if cfg["source"] == "imagefolder" and cfg.get("build_from"):
+    if _built(cfg):
         built = sources.split_sizes(_source_cfg(config, dataset))
         return sources.split_sizes(cfg, {"train": built["train"], "test": built["test"]})
-    return sources.split_sizes(cfg, None if cfg["source"] == "digits" else sizes(cfg))
+    return sources.split_sizes(cfg, sizes(cfg))
 
 
 def train_images(config: dict, dataset: str) -> int:
@@ -81,12 +79,12 @@ def image_size(config: dict, dataset: str) -> int:
 
 
 def num_classes(config: dict, dataset: str) -> int:
-    src_cfg = _source_cfg(config, dataset)
-    return DIGITS_CLASSES if src_cfg["source"] == "digits" else sizes(src_cfg)["classes"]
+    return sizes(_source_cfg(config, dataset))["classes"]
 
 
 def assumed_accuracy(config: dict, dataset: str) -> tuple[float, float]:
-    return ASSUMED_ACCURACY[_source_cfg(config, dataset)["source"]]
+    """(clean, robust): how many test images AutoAttack keeps attacking (its source's record)."""
+    return sources.get(_source_cfg(config, dataset)["source"]).accuracy
 
 
 # ---- counted FLOPs --------------------------------------------------------------------

@@ -20,9 +20,9 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable, Iterator
 
 from . import experiments as ex
-from . import methods, selection
+from . import methods, selection, sources
 from .archs import check_arch
-from .sources import folder_problem, split_sizes
+from .sources import split_sizes
 
 
 class ConfigError(ValueError):
@@ -382,19 +382,10 @@ def missing_data(config: dict, scope: Scope) -> list[str]:
     problems = []
     for name in sorted(scope.data):
         ds = config["datasets"].get(name)
-        problem = folder_problem(name, ds) if ds else None
-        if problem:  # a cifarfolder's tree or archive (its I/O once)
+        check = sources.get(ds["source"]).problem if ds else None
+        problem = check(name, ds) if check else None  # its files (their I/O once)
+        if problem:
             problems.append(f"{_needed_by(config, scope, name)} {problem}")
-        if not ds or ds["source"] != "imagefolder" or ds.get("build_from"):
-            continue
-        root = Path(ds["path"])
-        missing = [s for s in ("train", "val") if not (root / s).is_dir()]
-        if missing:
-            problems.append(f"{_needed_by(config, scope, name)} datasets.{name}.path = {ds['path']!r}: "
-                            + ("no such folder" if not root.is_dir() else f"no {' or '.join(m + '/' for m in missing)}"
-                                                                         " folder in it")
-                            + " (ImageFolder layout: train/<class>/*, val/<class>/*; relative to the working "
-                            "directory); put the data set there, or point `path` at it")
     for i, e in enumerate(config.get("published") or []):
         if e["name"] not in scope.published or e["dataset"] not in config["datasets"]:
             continue
@@ -639,6 +630,6 @@ def _published_problems(config: dict, scope: Scope) -> list[str]:
             continue
         if e["dataset"] not in datasets:
             problems.append(f"published[{i}].dataset = {e['dataset']!r}: no such data set under `datasets`")
-        elif not e.get("path") and datasets[e["dataset"]]["source"] not in ("cifar10", "cifar100"):
+        elif not e.get("path") and not sources.get(datasets[e["dataset"]]["source"]).robustbench:
             problems.append(f"published[{i}]: a RobustBench name is looked up for CIFAR data sets only; give `path`")
     return problems

@@ -1,7 +1,8 @@
 """Data sets as tensors in [0, 1]: in memory on the training device, or streamed from an
 ImageFolder tree (ImageNet).
 
-The dataset config section names its kind with ``source``:
+The dataset config section names its kind with ``source`` (``ltd.sources.SOURCES``, the
+registry: each kind's record names its loader class here, a ``Loader``):
 
 * ``cifar10`` / ``cifar100``: torchvision's (downloaded into ``data_dir`` on first use).
 * ``digits``: the offline demo, scikit-learn's ``load_digits`` (1,797 real 8x8
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -43,11 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from . import sources
-from .sources import DIGITS_CLASSES, FOLDER, LOADER_WORKERS, SIZES, split_sizes
+from .sources import split_sizes
 
-NUM_CLASSES = {"cifar10": SIZES["cifar10"]["classes"], "cifar100": SIZES["cifar100"]["classes"],
-               "digits": DIGITS_CLASSES}  # in-memory sources of a fixed size
-SOURCES = (*NUM_CLASSES, FOLDER, "imagefolder")
 SPLIT_SEED = 0  # fixed: the train/val(/test for digits) split never depends on the run seed
 RESIZE_RATIO = 256 / 224  # evaluation resizes to image_size * 256/224, then center-crops
 
@@ -92,11 +91,16 @@ class FileSplit:
         return FileSplit(self.files[k:], self.y[k:], self.indices[k:], self.folder)
 
 
-def _source(cfg: dict) -> str:
-    src = cfg.get("source")
-    if src not in SOURCES:
-        raise ValueError(f"dataset source: unknown data set {src!r}; expected one of {list(SOURCES)}")
-    return src
+@functools.cache
+def _loader_class(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def loader(cfg: dict) -> "Loader":
+    """The loader of a data set's source kind, as its registry record names it."""
+    kind = sources.get(cfg.get("source"))
+    return _loader_class(kind.loader)(kind)
 
 
 def _check_split(split: str) -> None:
@@ -155,7 +159,7 @@ def _digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _cifar(name: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision import datasets
 
-    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    cls = getattr(datasets, name.upper())  # CIFAR10, CIFAR100
     ds = cls(root=data_dir, train=train, download=True)
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
     return x.contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
@@ -164,29 +168,12 @@ def _cifar(name: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.T
 def load_split(cfg: dict, data_dir: str, split: str) -> Split:
     """``split`` in train | val | test, as tensors. ``cfg`` is the config's dataset section.
 
-    For imagefolder this decodes the whole split (evaluation transform): meant for test
-    subsets (AutoAttack needs tensors), not for ImageNet's training set.
+    For a streamed source (imagefolder) this decodes the whole split (evaluation
+    transform): meant for test subsets (AutoAttack needs tensors), not for ImageNet's
+    training set.
     """
     _check_split(split)
-    src = _source(cfg)
-    if src == "imagefolder":
-        fs, size = file_split(cfg, data_dir, split), cfg["image_size"]
-        xs, ys = [torch.empty(0, 3, size, size)], [torch.empty(0, dtype=torch.int64)]
-        for x, y in eval_batches(cfg, data_dir, split, "cpu", 256):
-            xs.append(x)
-            ys.append(y)
-        return Split(torch.cat(xs), torch.cat(ys), fs.indices)
-    if src == "digits":
-        x, y = _digits(sources.image_size(cfg))
-        idx = _indices(cfg, split, len(y), carve_test=True)
-    elif src == FOLDER:
-        files, labels, idx = _folder_split(cfg, split)
-        x = _decode(files, cfg.get("image_size"))
-        return Split(x.float().div_(255), torch.tensor(labels, dtype=torch.int64), idx)
-    else:
-        x, y = _cifar(src, data_dir, train=split != "test")
-        idx = _indices(cfg, split, len(y), carve_test=False)
-    return Split(x[idx], y[idx], idx)
+    return loader(cfg).load(cfg, data_dir, split)
 
 
 def _folder_split(cfg: dict, split: str) -> tuple[list[str], list[int], np.ndarray]:
@@ -217,7 +204,7 @@ def _decode(files: list[str], size: int | None) -> torch.Tensor:
     first = _decode_one(files[0])
     h, w = first.shape[1:]
     if size is not None and (h, w) != (size, size):
-        raise ValueError(f"{files[0]}: {w}x{h} pixels, but image_size is {size}; a {FOLDER} source is never "
+        raise ValueError(f"{files[0]}: {w}x{h} pixels, but image_size is {size}; a cifarfolder source is never "
                          "resized: remove image_size or give the size the images have")
     out = torch.empty(len(files), 3, h, w, dtype=torch.uint8)
 
@@ -226,7 +213,7 @@ def _decode(files: list[str], size: int | None) -> torch.Tensor:
             img = _decode_one(files[i])
             if img.shape != first.shape:
                 raise ValueError(f"{files[i]}: {img.shape[2]}x{img.shape[1]} pixels, but {files[0]} has {w}x{h}; "
-                                 f"a {FOLDER} source needs images of one size (it never resizes)")
+                                 f"a cifarfolder source needs images of one size (it never resizes)")
             out[i] = img
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
@@ -269,18 +256,6 @@ def file_split(cfg: dict, data_dir: str, split: str) -> FileSplit:
     files, labels = _scan(root, sub)
     idx = _indices(cfg, split, len(files), carve_test=False, shuffle_test=True)
     return FileSplit([files[i] for i in idx], torch.from_numpy(labels[idx]), idx, os.path.join(root, sub))
-
-
-def num_classes(cfg: dict, data_dir: str) -> int:
-    """From the table for in-memory sources, from train/'s class folders for imagefolder."""
-    src = _source(cfg)
-    if src == FOLDER:
-        return len(sources.folder_classes(cfg))
-    if src != "imagefolder":
-        return NUM_CLASSES[src]
-    from torchvision.datasets.folder import find_classes
-
-    return len(find_classes(_root(cfg, data_dir) / "train")[0])
 
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.08, 1.0)):
@@ -463,7 +438,7 @@ class StreamLoader:
     """
 
     def __init__(self, split: FileSplit, batch_size: int, transform, device: torch.device | str,
-                 q: torch.Tensor | None = None, seed: int = 0, workers: int = LOADER_WORKERS,
+                 q: torch.Tensor | None = None, seed: int = 0, workers: int = 0,
                  rank: int = 0, world_size: int = 1):
         if q is not None and len(q) != len(split):
             raise ValueError(f"{len(q)} soft labels for {len(split)} training images")
@@ -494,15 +469,8 @@ class StreamLoader:
 def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batch_size: int,
                       q: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1):
     """The training split's loader: a DeviceLoader for in-memory sources (crop with
-    ``crop_padding`` + flip), a StreamLoader for imagefolder (RandomResizedCrop + flip)."""
-    if _source(cfg) == "imagefolder":
-        transform = train_transform(cfg["image_size"], cfg["crop_scale"])
-        return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
-                            device, q, seed=seed, workers=cfg["workers"],
-                            rank=rank, world_size=world_size)
-    split = load_split(cfg, data_dir, "train").to(device)
-    return DeviceLoader(split, batch_size, q=q, crop_padding=cfg["crop_padding"],
-                        seed=seed, rank=rank, world_size=world_size)
+    ``crop_padding`` + flip), a StreamLoader for streamed ones (RandomResizedCrop + flip)."""
+    return loader(cfg).train_loader(cfg, data_dir, device, batch_size, q, seed, rank, world_size)
 
 
 def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | str, batch_size: int,
@@ -510,41 +478,136 @@ def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | st
     """(x, y) batches of the first ``n`` (all if None; ``last``: the last ``n``, where the
     students' monitor chooses best.pt apart from the evaluated first images) un-augmented
     images of a split, in split order (so predictions line up with soft labels by
-    position); imagefolder streams."""
+    position); a streamed source streams."""
     def take(s):
         return s if n is None else s.tail(n) if last else s.head(n)
 
-    if _source(cfg) != "imagefolder":
-        s = take(load_split(cfg, data_dir, split)).to(device)
-        for sl in batches(s.x, batch_size):
-            yield s.x[sl], s.y[sl]
-        return
-    fs = take(file_split(cfg, data_dir, split))
-    device = torch.device(device)
-    loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])), batch_size=batch_size,
-                                         num_workers=cfg["workers"], pin_memory=device.type == "cuda",
-                                         generator=torch.Generator())  # leave the global RNG alone
-    for x, y, _ in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    yield from loader(cfg).eval_batches(cfg, data_dir, split, device, batch_size, take)
+
+
+def num_classes(cfg: dict, data_dir: str) -> int:
+    """The record's, for a source of fixed classes; else counted in its class folders."""
+    return loader(cfg).num_classes(cfg, data_dir)
+
+
+def prepare(cfg: dict, data_dir: str) -> None:
+    """What a source needs before its first job (rules/data.smk, prepare_data): the demo's
+    ImageFolder tree built, a cifarfolder's archive unpacked; downloads happen on first read."""
+    loader(cfg).prepare(cfg, data_dir)
 
 
 def describe_source(cfg: dict, data_dir: str) -> dict:
     """What a data set's source holds, before any split: classes and images per folder
     (CIFAR: downloaded here if missing; imagefolder: listed, with a fingerprint of the
     file names)."""
-    src = _source(cfg)
-    out = {"source": src, "num_classes": num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
-    if src == "imagefolder":
-        root = str(_root(cfg, data_dir))
-        for sub in ("train", "val"):
-            files, _ = _scan(root, sub)
-            rel = "\n".join(os.path.relpath(f, os.path.join(root, sub)) for f in files)
-            out[sub] = {"images": len(files), "files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
-        out["path"] = root
-    elif src == "digits":
-        out["pool"] = {"images": len(_digits(8)[1])}
-    elif src == FOLDER:
-        out.update(_folder_facts(cfg))
+    kind = loader(cfg)
+    out = {"source": cfg["source"], "num_classes": kind.num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
+    return {**out, **kind.source_facts(cfg, data_dir)}
+
+
+def describe(cfg: dict, data_dir: str, splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
+    """Sizes and a fingerprint of each split: recorded so a result names its data.
+    For imagefolder from the file lists alone (no image is decoded)."""
+    kind = loader(cfg)
+    out = {"source": cfg["source"], "num_classes": kind.num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
+    for split in splits:
+        _check_split(split)
+        s_ix, n, shape, extra = kind.split_facts(cfg, data_dir, split)
+        out[split] = {
+            "n": n,
+            "shape": shape,
+            "indices_sha256": hashlib.sha256(np.asarray(s_ix, dtype=np.int64).tobytes()).hexdigest(),
+            **extra,
+        }
+    return {**out, **kind.facts(cfg, data_dir)}
+
+
+# --- the loaders: one class per source kind (ltd.sources.SOURCES names it) -----------------
+
+
+class Loader:
+    """What ``ltd.data`` asks of a source kind. Its defaults hold a split in memory on the
+    device (a DeviceLoader), as every source but imagefolder does; a new kind defines
+    ``load`` and ``source_facts`` at least. ``kind``: its record (ltd.sources.Source)."""
+
+    def __init__(self, kind: sources.Source):
+        self.kind = kind
+
+    def prepare(self, cfg: dict, data_dir: str) -> None:
+        """Fetch, build or unpack what the source reads, once (prepare_data)."""
+
+    def load(self, cfg: dict, data_dir: str, split: str) -> Split:
+        raise NotImplementedError
+
+    def num_classes(self, cfg: dict, data_dir: str) -> int:
+        return self.kind.classes
+
+    def source_facts(self, cfg: dict, data_dir: str) -> dict:
+        """What the source holds before any split (images per folder...), for describe_source."""
+        raise NotImplementedError
+
+    def split_facts(self, cfg: dict, data_dir: str, split: str) -> tuple[np.ndarray, int, list[int], dict]:
+        """A split's positions in the source, its size, its images' shape and extra facts."""
+        s = self.load(cfg, data_dir, split)
+        return s.indices, len(s), list(s.x.shape[1:]), {}
+
+    def facts(self, cfg: dict, data_dir: str) -> dict:
+        """Facts of the whole source that every result's provenance records."""
+        return {}
+
+    def train_loader(self, cfg, data_dir, device, batch_size, q, seed, rank, world_size):
+        split = self.load(cfg, data_dir, "train").to(device)
+        return DeviceLoader(split, batch_size, q=q, crop_padding=cfg["crop_padding"],
+                            seed=seed, rank=rank, world_size=world_size)
+
+    def eval_batches(self, cfg, data_dir, split, device, batch_size, take):
+        s = take(self.load(cfg, data_dir, split)).to(device)
+        for sl in batches(s.x, batch_size):
+            yield s.x[sl], s.y[sl]
+
+
+class Cifar(Loader):
+    """torchvision's CIFAR-10/100 (downloaded into ``data_dir`` on first read)."""
+
+    def load(self, cfg, data_dir, split):
+        x, y = _cifar(cfg["source"], data_dir, train=split != "test")
+        idx = _indices(cfg, split, len(y), carve_test=False)
+        return Split(x[idx], y[idx], idx)
+
+    def source_facts(self, cfg, data_dir):
+        return {split: {"images": len(_cifar(cfg["source"], data_dir, train=split == "train")[1])}
+                for split in ("train", "test")}
+
+
+class Digits(Loader):
+    """scikit-learn's digits, upsampled; its test split carved out of its one pool."""
+
+    def load(self, cfg, data_dir, split):
+        x, y = _digits(sources.image_size(cfg))
+        idx = _indices(cfg, split, len(y), carve_test=True)
+        return Split(x[idx], y[idx], idx)
+
+    def source_facts(self, cfg, data_dir):
+        return {"pool": {"images": len(_digits(8)[1])}}
+
+
+class CifarFolder(Loader):
+    """Image files in CIFAR's recipe, decoded once into memory as stored."""
+
+    def prepare(self, cfg, data_dir):
+        if cfg.get("archive"):
+            unpack_archive(cfg)
+
+    def load(self, cfg, data_dir, split):
+        files, labels, idx = _folder_split(cfg, split)
+        x = _decode(files, cfg.get("image_size"))
+        return Split(x.float().div_(255), torch.tensor(labels, dtype=torch.int64), idx)
+
+    def num_classes(self, cfg, data_dir):
+        return len(sources.folder_classes(cfg))
+
+    def source_facts(self, cfg, data_dir):
+        out = _folder_facts(cfg)
         for sub in sources.FOLDER_SPLITS:
             files, _ = sources.folder_files(cfg, sub)
             formats: dict[str, int] = {}
@@ -552,10 +615,70 @@ def describe_source(cfg: dict, data_dir: str) -> dict:
                 formats[Path(f).suffix.lower()] = formats.get(Path(f).suffix.lower(), 0) + 1
             out[sub] = {"images": len(files), "formats": formats,
                         "files_sha256": _names_sha256(files, Path(cfg["path"]) / sub)}
-    else:
-        out.update({split: {"images": len(_cifar(src, data_dir, train=split == "train")[1])}
-                    for split in ("train", "test")})
-    return out
+        return out
+
+    def split_facts(self, cfg, data_dir, split):  # from the file list and one decoded image
+        files, _, s_ix = _folder_split(cfg, split)
+        shape = list(_decode(files[:1], cfg.get("image_size")).shape[1:])
+        sub = "test" if split == "test" else "train"
+        return s_ix, len(files), shape, {"files_sha256": _names_sha256(files, Path(cfg["path"]) / sub)}
+
+    def facts(self, cfg, data_dir):
+        return _folder_facts(cfg)
+
+
+class ImageFolder(Loader):
+    """ImageNet's tree, streamed: decoded by DataLoader workers, never held whole."""
+
+    def prepare(self, cfg, data_dir):
+        if cfg.get("build_from") and not Path(cfg["path"]).exists():
+            write_image_folder(cfg["build_from"], data_dir, cfg["path"])
+
+    def load(self, cfg, data_dir, split):
+        fs, size = file_split(cfg, data_dir, split), cfg["image_size"]
+        xs, ys = [torch.empty(0, 3, size, size)], [torch.empty(0, dtype=torch.int64)]
+        for x, y in self.eval_batches(cfg, data_dir, split, "cpu", 256, lambda s: s):
+            xs.append(x)
+            ys.append(y)
+        return Split(torch.cat(xs), torch.cat(ys), fs.indices)
+
+    def num_classes(self, cfg, data_dir):
+        from torchvision.datasets.folder import find_classes
+
+        return len(find_classes(_root(cfg, data_dir) / "train")[0])
+
+    def source_facts(self, cfg, data_dir):
+        root, out = str(_root(cfg, data_dir)), {}
+        for sub in ("train", "val"):
+            files, _ = _scan(root, sub)
+            rel = "\n".join(os.path.relpath(f, os.path.join(root, sub)) for f in files)
+            out[sub] = {"images": len(files), "files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
+        return {**out, "path": root}
+
+    def split_facts(self, cfg, data_dir, split):  # from the file list alone
+        fs = file_split(cfg, data_dir, split)
+        rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free
+        return (fs.indices, len(fs), [3, cfg["image_size"], cfg["image_size"]],
+                {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()})
+
+    def facts(self, cfg, data_dir):
+        return {"path": str(_root(cfg, data_dir))}
+
+    def train_loader(self, cfg, data_dir, device, batch_size, q, seed, rank, world_size):
+        transform = train_transform(cfg["image_size"], cfg["crop_scale"])
+        return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
+                            device, q, seed=seed, workers=cfg["workers"],
+                            rank=rank, world_size=world_size)
+
+    def eval_batches(self, cfg, data_dir, split, device, batch_size, take):
+        fs = take(file_split(cfg, data_dir, split))
+        device = torch.device(device)
+        loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])),
+                                             batch_size=batch_size, num_workers=cfg["workers"],
+                                             pin_memory=device.type == "cuda",
+                                             generator=torch.Generator())  # leave the global RNG alone
+        for x, y, _ in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def _names_sha256(files, folder) -> str:
@@ -572,37 +695,6 @@ def _folder_facts(cfg: dict) -> dict:
     mark = Path(cfg["path"]) / sources.UNPACKED_MARK
     if mark.is_file():  # what prepare_data unpacked here (the archive's own sha256)
         out["archive"] = json.loads(mark.read_text())
-    return out
-
-
-def describe(cfg: dict, data_dir: str, splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
-    """Sizes and a fingerprint of each split: recorded so a result names its data.
-    For imagefolder from the file lists alone (no image is decoded)."""
-    src = _source(cfg)
-    out = {"source": src, "num_classes": num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
-    for split in splits:
-        if src == "imagefolder":
-            fs = file_split(cfg, data_dir, split)
-            rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free
-            s_ix, n, shape = fs.indices, len(fs), [3, cfg["image_size"], cfg["image_size"]]
-            extra = {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
-        elif src == FOLDER:  # from the file list and one decoded image
-            files, _, s_ix = _folder_split(cfg, split)
-            n, shape = len(files), list(_decode(files[:1], cfg.get("image_size")).shape[1:])
-            extra = {"files_sha256": _names_sha256(files, Path(cfg["path"]) / ("test" if split == "test" else "train"))}
-        else:
-            s = load_split(cfg, data_dir, split)
-            s_ix, n, shape, extra = s.indices, len(s), list(s.x.shape[1:]), {}
-        out[split] = {
-            "n": n,
-            "shape": shape,
-            "indices_sha256": hashlib.sha256(np.asarray(s_ix, dtype=np.int64).tobytes()).hexdigest(),
-            **extra,
-        }
-    if src == "imagefolder":
-        out["path"] = str(_root(cfg, data_dir))
-    if src == FOLDER:
-        out.update(_folder_facts(cfg))
     return out
 
 
@@ -679,13 +771,12 @@ def write_image_folder(cfg: dict, data_dir: str, root: str | Path) -> Path:
     """
     from PIL import Image
 
-    src = _source(cfg)
-    if src == "imagefolder":
-        raise ValueError("write_image_folder: the source must be an in-memory data set, not imagefolder")
+    if sources.get(cfg.get("source")).streamed:
+        raise ValueError(f"write_image_folder: the source must be an in-memory data set, not {cfg['source']}")
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    k = NUM_CLASSES[src]
+    k = num_classes(cfg, data_dir)
     cls_name = [f"{c:0{len(str(k - 1))}d}" for c in range(k)]  # zero-padded: sorted order == label order
     try:
         for split, sub in (("train", "train"), ("test", "val")):

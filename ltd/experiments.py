@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from . import methods
+from . import methods, sources
 from .methods import ROLES
 from .schema import dataset_defaults
 
@@ -187,7 +187,8 @@ def source_identity(section: dict[str, Any]) -> dict[str, Any]:
 def split_identity(section: dict[str, Any], split: str) -> dict[str, Any]:
     """What defines a split's images (and, for train, their augmentation), from the data
     set's ``section`` as written (``dataset_section``: a default is no part of it)."""
-    keys = _SPLIT_KEYS[split] + (("test_size",) if section["source"] == "digits" and split != "test" else ())
+    carved = sources.get(section["source"]).carved_test is not None  # test_size shapes its pool's rest
+    keys = _SPLIT_KEYS[split] + (("test_size",) if carved and split != "test" else ())
     return {k: section[k] for k in keys if k in section}
 
 

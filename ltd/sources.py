@@ -1,5 +1,17 @@
-"""What each data source is, in numbers: images per split and classes. Torch-free, for
-the budget and the config checks; ``ltd.data`` reads the images themselves.
+"""The data-source registry: every kind of data set's ``source``, defined once.
+
+A source kind is its name (as configs write ``datasets.<d>.source``), its images per
+split and classes where fixed, whether torchvision downloads it or it reads image files
+from ``path``, whether its images stream from disk (DataLoader workers) rather than sit
+in memory, its loader (a class of ``ltd.data``, named here as ``module:Class`` so this
+module stays torch-free), the table note that says which images a result comes from,
+and the budget's assumptions. The schema's ``source`` enum, ``ltd.data``, the budget,
+the config checks and the rules all read this table (tests/test_data.py checks that the
+schema's enum lists its names).
+
+Adding a source kind = one record below + its loader class in ``ltd/data.py`` (the
+interface of ``ltd.data.InMemory``) + its name in config/schema.yaml's ``source`` enum;
+docs/data.md "Adding a data source" says how.
 
 Besides the fixed sources (torchvision's CIFAR, ImageNet's ImageFolder tree, the demo's
 digits) a ``cifarfolder`` source reads any small-image data set kept as image files in
@@ -14,62 +26,44 @@ import functools
 import hashlib
 import os
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .schema import dataset_defaults
 
-# train / test images as the source ships them, and classes. ImageNet-1k (an ImageFolder
-# tree; the number of classes is read from its train/ folder by ltd.data).
-SIZES = {
-    "cifar10": {"train": 50_000, "test": 10_000, "classes": 10},
-    "cifar100": {"train": 50_000, "test": 10_000, "classes": 100},
-    "imagefolder": {"train": 1_281_167, "test": 50_000, "classes": 1000},
-}
-# scikit-learn's digits: one pool of 1,797 images; ltd.data carves a fixed test split of
-# `test_size` (this default: a digits-only one, so not the schema's) out of it.
-DIGITS_POOL, DIGITS_TEST_SIZE, DIGITS_CLASSES = 1_797, 397, 10
-# The side of CIFAR's images, and of the digits upsampled where `image_size` is unset.
-IMAGE_SIZE = 32
-# DataLoader processes per training process for image files: the schema's default of a
-# data set's `workers` (ltd.experiments.dataset_cfg holds it), named for rules/common.smk.
-LOADER_WORKERS = dataset_defaults()["workers"]
 
+@dataclass(frozen=True)
+class Source:
+    name: str
+    loader: str  # "module:Class" of the loader (ltd.data.InMemory's interface), imported by ltd.data
+    note: Callable[[dict], str]  # which images a result's numbers come from (table notes), from the section
+    # {"train", "test"} images as the source ships them (a pool source: its one pool, as
+    # "train"); None where they are counted from its files.
+    sizes: dict[str, int] | None = None
+    classes: int | None = None  # None where counted from its class folders
+    downloaded: bool = False  # torchvision downloads it into data_dir (rules/data.smk: where Snakemake runs)
+    file_based: bool = False  # reads image files under its `path` (ltd.checks looks for them before any job)
+    streamed: bool = False  # decoded by `workers` DataLoader processes per training process, not held in memory
+    # One pool: a fixed test split of `test_size` (default: this) is carved out of it, so
+    # test_size shapes its train and val splits too (and their identity).
+    carved_test: int | None = None
+    buildable: bool = False  # may be written from another, in-memory source first (`build_from`: the demo)
+    robustbench: bool = False  # RobustBench's model zoo has checkpoints for it, under its name
+    # What stops a data set of this kind before any job, from (name, section), or None
+    # (ltd.checks.missing_data): its files, where it reads files.
+    problem: Callable[[str, dict], str | None] | None = None
+    # {train, test, classes} counted in its files for the budget (FileNotFoundError while
+    # they are not there); None: priced as `priced_as` without looking.
+    count: Callable[[dict], dict[str, int]] | None = None
+    priced_as: dict[str, int] | None = None  # the budget's {train, test, classes} where not counted
+    # The budget's (clean, robust) accuracy: how many test images AutoAttack keeps
+    # attacking; roughly the paper's and RobustBench's figures.
+    accuracy: tuple[float, float] = (0.85, 0.57)
 
-def split_sizes(cfg: dict, counts: dict | None = None) -> dict[str, int | None]:
-    """How many images each split of a data set has: {"train", "val", "test"}; None where
-    its source's count is unknown. The budget, the config checks and ltd.data's index
-    selection all take their numbers from here. ``cfg``: the data set's section (as written:
-    its schema defaults are laid under here, as ltd.experiments.dataset_cfg does; a
-    `build_from` section reaches here unfilled); ``counts``: {"train", "test"} images of the
-    sets the splits are drawn from, where counted (the files, the data loaded; digits:
-    its one pool, as "train"), else CIFAR's and the digits' own.
-
-    digits carves a fixed ``test_size`` out of its pool; any other source's test split is
-    its first ``test_size`` test images (all if unset). val is ``val_size`` images held
-    out of the training set; train is the rest, its first ``train_size`` if set."""
-    cfg = {**dataset_defaults(), **cfg}
-    if cfg["source"] == "digits":
-        test = cfg.get("test_size", DIGITS_TEST_SIZE)
-        pool = (counts or {}).get("train", DIGITS_POOL) - test
-    else:
-        counts = SIZES[cfg["source"]] if counts is None and cfg["source"] in ("cifar10", "cifar100") else counts or {}
-        pool, test = counts.get("train"), counts.get("test")
-        if test is not None and cfg.get("test_size"):
-            test = min(test, cfg["test_size"])
-    train = None if pool is None else pool - cfg["val_size"]
-    if train is not None and cfg.get("train_size"):
-        train = min(train, cfg["train_size"])
-    return {"train": train, "val": cfg["val_size"], "test": test}
-
-
-def image_size(cfg: dict) -> int:
-    """The side of a data set's images: its ``image_size`` (digits: upsampled to it;
-    imagefolder: the crop), else CIFAR's 32."""
-    return int(cfg.get("image_size") or IMAGE_SIZE)
 
 # ---- cifarfolder: a CIFAR-style tree of image files ------------------------------------
 
-FOLDER = "cifarfolder"
 FOLDER_SPLITS = ("train", "test")  # the sub-folders: "train" serves the train and val splits
 # torchvision's IMG_EXTENSIONS (torchvision.datasets.folder), here without importing torch
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -96,7 +90,7 @@ def folder_classes(cfg: dict) -> list[str]:
     airplane ... truck, which is CIFAR-10's own label order)."""
     root = Path(cfg["path"]) / "train"
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder (a {FOLDER} source holds train/<class>/ and test/<class>/)")
+        raise FileNotFoundError(f"{root}: no such folder (a cifarfolder source holds train/<class>/ and test/<class>/)")
     found = sorted(e.name for e in os.scandir(root) if e.is_dir())
     classes = list(cfg.get("classes") or found)
     if sorted(classes) != found:
@@ -158,8 +152,6 @@ def folder_present(cfg: dict) -> bool:
 def folder_problem(name: str, cfg: dict) -> str | None:
     """What stops a ``cifarfolder`` data set before any job (for ltd.checks): no tree at
     ``path`` and no ``archive`` to unpack there. None when it can run."""
-    if cfg.get("source") != FOLDER:
-        return None
     path, archive = cfg.get("path"), cfg.get("archive")
     if archive and not Path(archive).is_file():
         return (f"datasets.{name}.archive = {archive!r}: no such file (relative paths start at the working "
@@ -170,7 +162,7 @@ def folder_problem(name: str, cfg: dict) -> str | None:
                 "prepare_data never overwrites them: remove `archive` to read the folder as it is, or move the "
                 "folder away")
     if not archive and not folder_present(cfg):
-        return (f"datasets.{name}.path = {path!r}: no train/ and test/ folders there (a {FOLDER} source reads "
+        return (f"datasets.{name}.path = {path!r}: no train/ and test/ folders there (a cifarfolder source reads "
                 f"{path}/train/<class>/* and {path}/test/<class>/*); unpack the images there, or give "
                 f"datasets.{name}.archive: a .tar.gz that prepare_data unpacks into it")
     return None
@@ -188,27 +180,30 @@ def folder_sizes(cfg: dict) -> dict[str, int]:
     raise FileNotFoundError(f"{cfg['path']}: no train/ and test/ folders, and no archive to count the images in")
 
 
-def sizes(cfg: dict) -> dict[str, int]:
-    """{train, test, classes} of a data set's source (digits: see DIGITS_*), for the
-    budget. A cifarfolder whose files are not there yet (a plan made before the data is on
-    disk, which the plan names: ltd.checks.missing_data) is priced as CIFAR-10's images."""
-    if cfg["source"] == FOLDER:
-        try:
-            return folder_sizes(cfg)
-        except FileNotFoundError:
-            return {**SIZES["cifar10"], **({"classes": len(cfg["classes"])} if cfg.get("classes") else {})}
-    return SIZES[cfg["source"]]
+# ---- imagefolder: ImageNet's tree, streamed ---------------------------------------------
+
+def tree_problem(name: str, cfg: dict) -> str | None:
+    """What stops an ``imagefolder`` data set before any job (for ltd.checks): no
+    train/ and val/ under ``path``, unless it is built from another source (the demo's)."""
+    if cfg.get("build_from"):
+        return None
+    root = Path(cfg["path"])
+    missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+    if not missing:
+        return None
+    return (f"datasets.{name}.path = {cfg['path']!r}: "
+            + ("no such folder" if not root.is_dir() else f"no {' or '.join(m + '/' for m in missing)} folder in it")
+            + " (ImageFolder layout: train/<class>/*, val/<class>/*; relative to the working directory); put the "
+            "data set there, or point `path` at it")
 
 
-def describe_note(cfg: dict) -> str:
-    """Which images a result's numbers come from, for table notes (torch-free)."""
-    src = cfg["source"]
-    if src in ("cifar10", "cifar100"):
-        return f"Data: torchvision's {src.upper().replace('CIFAR', 'CIFAR-')} (the original pixels)"
-    if src == "digits":
-        return "Data: scikit-learn's digits (8x8, upsampled)"
-    if src == "imagefolder":
-        return f"Data: image files under {cfg['path']} (ImageFolder)"
+# ---- the registry -------------------------------------------------------------------------
+
+def _cifar_note(cfg: dict) -> str:
+    return f"Data: torchvision's {cfg['source'].upper().replace('CIFAR', 'CIFAR-')} (the original pixels)"
+
+
+def _folder_note(cfg: dict) -> str:
     where = f"image files under {cfg['path']}" + (f" (unpacked from {Path(cfg['archive']).name})"
                                                    if cfg.get("archive") else "")
     try:
@@ -223,3 +218,90 @@ def describe_note(cfg: dict) -> str:
     elif lossy is None:
         text += " (folder not found when this table was rendered: whether its encoding is lossy is not known)"
     return text
+
+
+# The side of CIFAR's images, and of the digits upsampled where `image_size` is unset.
+IMAGE_SIZE = 32
+_CIFAR10 = {"train": 50_000, "test": 10_000}
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("cifar10", "ltd.data:Cifar", _cifar_note, sizes=_CIFAR10, classes=10, downloaded=True,
+           robustbench=True),
+    Source("cifar100", "ltd.data:Cifar", _cifar_note, sizes=_CIFAR10, classes=100, downloaded=True,
+           robustbench=True, accuracy=(0.64, 0.31)),
+    # The offline demo: scikit-learn's digits, one pool of 1,797 images in the installed
+    # package; ltd.data carves a fixed test split of `test_size` (this default: a
+    # digits-only one, so not the schema's) out of it.
+    Source("digits", "ltd.data:Digits", lambda cfg: "Data: scikit-learn's digits (8x8, upsampled)",
+           sizes={"train": 1_797}, classes=10, carved_test=397, accuracy=(0.95, 0.60)),
+    # Priced as CIFAR-10's images while its files are not there yet (a plan made before
+    # the data is on disk, which the plan names: ltd.checks.missing_data); accuracy: CIFAR-10's.
+    Source("cifarfolder", "ltd.data:CifarFolder", _folder_note, file_based=True, problem=folder_problem,
+           count=folder_sizes, priced_as={**_CIFAR10, "classes": 10}),
+    # ImageNet-1k, priced without listing its 1.3 million files; ltd.data reads the
+    # number of classes from its train/ folder.
+    Source("imagefolder", "ltd.data:ImageFolder", lambda cfg: f"Data: image files under {cfg['path']} (ImageFolder)",
+           file_based=True, streamed=True, buildable=True, problem=tree_problem,
+           priced_as={"train": 1_281_167, "test": 50_000, "classes": 1000}, accuracy=(0.65, 0.40)),
+]}
+
+
+def get(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"dataset source: unknown data set {name!r}; expected one of {list(SOURCES)}") from None
+
+
+def split_sizes(cfg: dict, counts: dict | None = None) -> dict[str, int | None]:
+    """How many images each split of a data set has: {"train", "val", "test"}; None where
+    its source's count is unknown. The budget, the config checks and ltd.data's index
+    selection all take their numbers from here. ``cfg``: the data set's section (as written:
+    its schema defaults are laid under here, as ltd.experiments.dataset_cfg does; a
+    `build_from` section reaches here unfilled); ``counts``: {"train", "test"} images of the
+    sets the splits are drawn from, where counted (the files, the data loaded; a pool
+    source: its one pool, as "train"), else the source's own ``sizes`` where fixed.
+
+    A pool source (digits) carves a fixed ``test_size`` out of its pool; any other
+    source's test split is
+    its first ``test_size`` test images (all if unset). val is ``val_size`` images held
+    out of the training set; train is the rest, its first ``train_size`` if set."""
+    cfg, kind = {**dataset_defaults(), **cfg}, get(cfg["source"])
+    if kind.carved_test is not None:
+        test = cfg.get("test_size", kind.carved_test)
+        pool = (counts or {}).get("train", kind.sizes["train"]) - test
+    else:
+        counts = kind.sizes if counts is None and kind.sizes else counts or {}
+        pool, test = counts.get("train"), counts.get("test")
+        if test is not None and cfg.get("test_size"):
+            test = min(test, cfg["test_size"])
+    train = None if pool is None else pool - cfg["val_size"]
+    if train is not None and cfg.get("train_size"):
+        train = min(train, cfg["train_size"])
+    return {"train": train, "val": cfg["val_size"], "test": test}
+
+
+def image_size(cfg: dict) -> int:
+    """The side of a data set's images: its ``image_size`` (digits: upsampled to it;
+    imagefolder: the crop), else CIFAR's 32."""
+    return int(cfg.get("image_size") or IMAGE_SIZE)
+
+
+def sizes(cfg: dict) -> dict[str, int]:
+    """{train, test, classes} of a data set's source, for the budget: fixed, counted in
+    its files (a cifarfolder), or its ``priced_as``; a cifarfolder whose files are not
+    there yet takes the classes its config lists."""
+    kind = get(cfg["source"])
+    if kind.sizes is not None:
+        return {**kind.sizes, "classes": kind.classes}
+    if kind.count is None:
+        return dict(kind.priced_as)
+    try:
+        return kind.count(cfg)
+    except FileNotFoundError:
+        return {**kind.priced_as, **({"classes": len(cfg["classes"])} if cfg.get("classes") else {})}
+
+
+def describe_note(cfg: dict) -> str:
+    """Which images a result's numbers come from, for table notes (torch-free)."""
+    return get(cfg["source"]).note(cfg)

@@ -4,7 +4,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from ltd import budget, checks, jobspec
+from ltd import budget, checks, jobspec, sources
 from ltd import experiments as ex
 from ltd.files import load_json
 
@@ -272,10 +272,10 @@ def train_threads(role):
 
 
 def loader_workers(dataset):
-    """DataLoader worker processes per process: image-file data sets decode with them
-    (`workers`; ltd/data.py), in-memory ones use none."""
+    """DataLoader worker processes per process: a streamed source decodes with them
+    (`workers`, its schema default laid under by dataset_cfg; ltd/data.py), in-memory ones use none."""
     d = ex.dataset_cfg(config, dataset)
-    return d["workers"] if d["source"] == "imagefolder" else 0
+    return d["workers"] if sources.get(d["source"]).streamed else 0
 
 
 def cpus(threads, dataset_fn, training=False):

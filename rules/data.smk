@@ -18,7 +18,7 @@ rule prepare_data:
 
 # Downloads run where Snakemake itself runs (a local rule): Slurm's compute nodes often
 # have no internet access, the login node has.
-DOWNLOADED = [d for d, c in config["datasets"].items() if c["source"] in ("cifar10", "cifar100")]
+DOWNLOADED = [d for d, c in config["datasets"].items() if sources.get(c["source"]).downloaded]
 
 
 use rule prepare_data as download_data with:

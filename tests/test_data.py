@@ -47,6 +47,22 @@ def test_unknown_source_is_named():
     assert data.num_classes({"source": "cifar100"}, "unused") == 100
 
 
+def test_the_registry_is_the_schemas_and_names_its_loaders():
+    """The schema's `source` enum lists the registry's kinds; build_from's, those held in
+    memory without files; every record's loader is a data.Loader, streamed where it says."""
+    from ltd.schema import _schema
+
+    ds = _schema()["definitions"]["dataset"]["properties"]
+    assert ds["source"]["enum"] == list(sources.SOURCES)
+    assert ds["build_from"]["properties"]["source"]["enum"] == [
+        n for n, s in sources.SOURCES.items() if not s.file_based]
+    for kind in sources.SOURCES.values():
+        cls = data._loader_class(kind.loader)
+        assert issubclass(cls, data.Loader)
+        assert kind.streamed == (cls.train_loader is not data.Loader.train_loader), kind.name
+        assert (kind.sizes is None) == (kind.classes is None) == (cls.num_classes is not data.Loader.num_classes)
+
+
 def test_crop_flip_keeps_pixels_and_shape():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 16, 16)

@@ -17,9 +17,6 @@ def prepare_data(spec: Source, out: str | Path) -> None:
     The splits drawn from it (val_size, train_size, test_size, image size) are each job's
     own settings, recorded in its result; changing them does not fetch anything again."""
     cfg, data_dir = spec.data.section, spec.data.data_dir
-    if cfg["source"] == "imagefolder" and cfg.get("build_from") and not Path(cfg["path"]).exists():
-        data.write_image_folder(cfg["build_from"], data_dir, cfg["path"])
-    if cfg["source"] == data.FOLDER and cfg.get("archive"):
-        data.unpack_archive(cfg)
+    data.prepare(cfg, data_dir)
     save_json({"name": spec.data.name, **data.describe_source(cfg, data_dir),
                "provenance": provenance(spec.machine.results, settings=spec.identity)}, out)
