@@ -294,7 +294,7 @@ def test_constant_model_is_flagged(tmp_path):
     saved = load_json(tmp_path / "autoattack.json")
     assert saved["diagnostics"]["flags"] == d["flags"] and saved["report"]["Masking flags"] == ", ".join(d["flags"])
     csv = (tmp_path / "evaluation_report.csv").read_text().splitlines()
-    assert csv[0].startswith("Run,eps,n,Precision,Clean,PGD-5,AA,after APGD-CE,PGD − AA,Square alone")
+    assert csv[0].startswith("Run,Weights,eps,n,Precision,Clean,PGD-5,AA,after APGD-CE,PGD − AA,Square alone")
     assert not list(tmp_path.glob("*state*"))  # state files are removed once the result is written
     assert saved["precision"] == "fp32" and saved["precision_setting"] == "fp32"  # the CPU runs fp32 whatever asked
     assert saved["layout"] == {"channels_last": False, "compiled": False}
