@@ -174,17 +174,6 @@ def frame(rows: list[dict], paper: bool = True, columns: list[str] = ()) -> pd.D
     return pd.DataFrame(out, columns=names)
 
 
-def caption_for(caption: str, dataset: str, paper_dataset: str, notes: list[str], demo: bool = False,
-                paper: bool = True) -> str:
-    """``paper``: whether the table has paper columns (a table the paper lacks has none)."""
-    text = caption
-    if demo:
-        text += f". OFFLINE DEMO: computed on the '{dataset}' data set, NOT on {paper_dataset}"
-        if paper:
-            text += f"; the paper columns are the paper's {paper_dataset} numbers, for reference only"
-    return text + "".join(f". {n}" for n in notes) + "."
-
-
 def render(df: pd.DataFrame, caption: str, stem: str | Path, formats: tuple[str, ...] = ("md", "tex", "csv")) -> None:
     """Write ``stem``.md, .tex and/or .csv (accuracies in %)."""
     stem = Path(stem)

@@ -25,8 +25,8 @@ from ltd import config as ltd_config
 from ltd import data, experiments, flops, jobspec, runtime, steps
 from ltd import fp16_emulation as emu
 from ltd import train as loop
-from ltd.jobs.tables import precision_note
 from ltd.models import build_model
+from ltd.table_notes import precision_note
 
 from .conftest import ROOT
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ltd import experiments as ex
-from ltd import tables
+from ltd import table_notes, tables
 
 from .conftest import ROOT
 
@@ -28,7 +28,7 @@ def test_rows_follow_the_paper_with_reported_rows_and_differences(paper_config, 
     assert fourth["run"] == "cifar10_wrn-34-10_awp-ltd_T5_b6_s0"
     assert rows[-1]["label"] == "TRADES WRN-34-10" and rows[-1]["paper_clean"] == 84.92
     df = tables.frame(rows)
-    caption = tables.caption_for("Table I", "cifar10", "CIFAR-10", ["AutoAttack standard"])
+    caption = table_notes.caption("Table I", "cifar10", "CIFAR-10", ["AutoAttack standard"])
     assert "DEMO" not in caption and caption.endswith("AutoAttack standard.")
     tables.render(df, caption, tmp_path / "t1")
     md = (tmp_path / "t1.md").read_text()
@@ -53,10 +53,10 @@ def test_auto_rows_follow_and_unrun_paper_rows_say_so(demo_config):
     sub = rows[10]
     assert sub["label"] == "Substitute T=20 (T_max); paper: T=50" and sub["clean"] == pytest.approx(80.0)
     assert sub["paper_clean"] == 86.63 and sub["robust"] is None
-    caption = tables.caption_for("Table IV", "digits", "CIFAR-10", [], demo=True)
+    caption = table_notes.caption("Table IV", "digits", "CIFAR-10", [], demo=True)
     assert "OFFLINE DEMO" in caption and "NOT on CIFAR-10" in caption and "paper columns" in caption
     # a table the paper lacks (table7) has no paper columns to point at
-    caption = tables.caption_for("Table 7", "digits", "CIFAR-10", [], demo=True, paper=False)
+    caption = table_notes.caption("Table 7", "digits", "CIFAR-10", [], demo=True, paper=False)
     assert "NOT on CIFAR-10" in caption and "paper columns" not in caption
 
 
