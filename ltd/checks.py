@@ -211,7 +211,7 @@ def _tables_scope(config: dict, tables: Iterable[str], run: bool = True) -> Scop
     """Tables planned and (``run``) made; not made (the budget prices them), they need
     neither GPUs nor data."""
     tables = frozenset(t for t in tables if t in ex.table_names(config))  # null: left out
-    used = frozenset(ex.stand_in(config, "datasets", config["tables"][t]["dataset"]) for t in tables)
+    used = frozenset(ex.table_dataset(config, t) for t in tables)  # stand-ins, a table's own included
     return Scope(tables, used, used, frozenset(), True) if run else Scope(tables, files=False)
 
 

@@ -192,10 +192,6 @@ def split_identity(section: dict[str, Any], split: str) -> dict[str, Any]:
     return {k: section[k] for k in keys if k in section}
 
 
-def data_identity(config: dict[str, Any], dataset: str, split: str) -> dict[str, Any]:
-    return split_identity(dataset_section(config, dataset), split)
-
-
 def table_identity(config: dict[str, Any], table: str) -> dict[str, Any]:
     """What a rendered table shows besides its evaluations: its spec (caption, rows,
     columns), the tolerance, the stand-ins its notes name, the weights it evaluates (with
@@ -434,20 +430,6 @@ def evaluation_file(weights: str) -> str:
 def with_weights(path: str, weights: str) -> str:
     """A last-epoch evaluation's path for other ``weights``: .../autoattack.json -> .../autoattack_best.json."""
     return path.removesuffix(evaluation_file("last")) + evaluation_file(weights)
-
-
-def weights_of(evaluation_stem: str) -> str:
-    """The weights an evaluation file's stem (autoattack, autoattack_best) names."""
-    return next(w for w, (_, stem) in WEIGHTS.items() if stem == evaluation_stem)
-
-
-def datasets_in_use(config: dict[str, Any]) -> list[str]:
-    """Data sets the config's tables (stand-ins applied) and published checkpoints (as
-    written: rules/published.smk evaluates on that data set) run on, in config order: the
-    ones whose jobs the workflow's targets make."""
-    used = {table_dataset(config, t) for t in table_names(config)}
-    used |= {e["dataset"] for e in config.get("published") or []}
-    return [d for d in config["datasets"] if d in used]
 
 
 def search_group(config: dict[str, Any], entry: Entry, seed: int | None = None) -> str:

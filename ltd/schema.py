@@ -8,8 +8,8 @@ also appears in override layers (a data set's ``train``/``evaluation``, ``teache
 ``student``...), its default sits at the top-level section only, so that no layer is
 filled with a value that would override the section below it. Two exceptions:
 
-* A data set's section has no ``default:``s: its data identity (ltd.experiments
-  ``data_identity``) copies the image settings the section holds, so a filled
+* A data set's section has no ``default:``s: its data identity (ltd.jobspec
+  ``Data.identity``) copies the image settings the section holds, so a filled
   ``val_size: 0`` would change the identity, and rerun every finished run, of each
   config that left it out. Its defaults are the schema's ``dataset_defaults``, which no
   section refers to (no validator fills them); ``ltd.experiments.dataset_cfg`` lays them

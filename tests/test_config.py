@@ -356,13 +356,14 @@ def test_data_set_defaults_are_laid_under_not_written_in(paper_config):
     """A data set's defaults come from ex.dataset_cfg; its section (what data identities
     copy) stays as written, so a default never enters a finished run's identity."""
     from ltd import experiments as ex
+    from ltd import jobspec
 
     config = ltd_config.merge(paper_config, {"datasets": {"extra": {"source": "cifar10", "attack": {}, "evaluation": {}}}})
     assert "val_size" not in config["datasets"]["extra"]
     cfg = ex.dataset_cfg(config, "extra")
     assert (cfg["val_size"], cfg["crop_padding"], cfg["processes"]) == (0, 0, 1)
-    assert "val_size" not in ex.data_identity(config, "extra", "train")
-    assert ex.data_identity(config, "cifar10", "train")["val_size"] == 0  # written: kept
+    assert "val_size" not in jobspec.data(config, "extra").identity("train")
+    assert jobspec.data(config, "cifar10").identity("train")["val_size"] == 0  # written: kept
 
 
 def test_config_layers_alike_without_snakemake(monkeypatch):

@@ -495,7 +495,7 @@ def test_precision_keeps_the_identity_of_finished_evaluations(paper_config):
     old = copy.deepcopy(paper_config)
     old["evaluation"] = {("tf32" if k == "precision" else k): (False if k == "precision" else v)
                          for k, v in old["evaluation"].items() if k not in ("channels_last", "compile")}
-    before = {"data": experiments.data_identity(old, "cifar10", "test"),
+    before = {"data": jobspec.data(old, "cifar10").identity("test"),
               "evaluation": {k: v for k, v in experiments.evaluation(old, "cifar10").items() if k not in ("monitor", "weights")}}
     assert repr(evaluation_identity(paper_config, "cifar10")) == repr(before)
     for precision, expected in (("tf32", {"tf32": True}), ("pytorch_default", {"precision": "pytorch_default"})):

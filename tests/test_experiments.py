@@ -112,13 +112,16 @@ def test_table_entry_errors_name_the_entry(paper_config):
         ex.table_entries(paper_config, "table9")
 
 
-def test_datasets_in_use_are_the_tables_and_the_published(demo_config, paper_config):
-    """What sets the Slurm retries (rules/common.smk): the tables' data sets as they run
-    (stand-ins) and each published checkpoint's data set as written (its rule evaluates there)."""
-    assert ex.datasets_in_use(paper_config) == ["cifar10", "cifar100", "imagenet"]
-    assert ex.datasets_in_use(demo_config) == ["digits", "digits12", "digitsp", "digitsfolder"]  # no ImageNet entry
+def test_the_whole_config_reads_the_tables_and_the_published_data_sets(demo_config, paper_config):
+    """What the planning checks look for on disk (ltd.checks.everything): the tables' data
+    sets as they run (stand-ins) and each published checkpoint's as written (its rule
+    evaluates there)."""
+    from ltd import checks
+
+    assert checks.everything(paper_config).data == {"cifar10", "cifar100", "imagenet"}
+    assert checks.everything(demo_config).data == {"digits", "digits12", "digitsp", "digitsfolder"}  # no ImageNet
     published = {**demo_config, "published": [{"name": "m", "dataset": "cifar10", "arch": "wrn-34-10"}]}
-    assert ex.datasets_in_use(published) == ["cifar10", "digits", "digits12", "digitsp", "digitsfolder"]
+    assert checks.everything(published).data == {"cifar10", "digits", "digits12", "digitsp", "digitsfolder"}
 
 
 def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_default(paper_config, demo_config):
@@ -163,7 +166,7 @@ def test_a_table_compares_best_weights_and_shows_the_last_beside_them(paper_conf
     paper_config = copy.deepcopy(paper_config)  # the session's, shared: never edited in place
     assert all(ex.shown_weights(paper_config, t) == ["best", "last"] for t in ex.table_names(paper_config))
     assert ex.evaluation_file("last") == "autoattack.json" and ex.evaluation_file("best") == "autoattack_best.json"
-    assert ex.weights_of("autoattack_best") == "best" and ex.WEIGHTS["best"][0] == "best.pt"
+    assert ex.WEIGHTS["best"] == ("best.pt", "autoattack_best")
     assert ex.table_identity(paper_config, "table4")["monitor"]["images"] == "first"  # its notes describe it
     paper_config["tables"]["table4"]["weights"] = "last"
     assert ex.table_weights(paper_config, "table4") == "last" and ex.shown_weights(paper_config, "table4") == ["last"]

@@ -55,7 +55,7 @@ def test_evaluation_and_validation_identities(demo_config):
     assert set(ev.identity) == {"data", "evaluation"} and "monitor" not in ev.identity["evaluation"]
     val = jobspec.validation(demo_config, run)
     assert val.identity["search_attacks"] == demo_config["datasets"]["digits"]["temperature_search"]["attacks"]
-    assert val.identity["data"] == ex.data_identity(demo_config, "digits", "val")
+    assert val.identity["data"] == jobspec.data(demo_config, "digits").identity("val")
     assert val.teacher.name == run.teacher.name
 
 

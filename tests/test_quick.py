@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from ltd import budget
+from ltd import budget, checks, jobspec
 from ltd import config as ltd_config
 from ltd import experiments as ex
 from ltd.files import load_json
@@ -28,7 +28,7 @@ def quick_config():
 
 def test_quick_config_is_table4_on_cifar10_with_preact_resnet18(quick_config):
     c = quick_config
-    assert ex.table_names(c) == ["table4", "table8"] and ex.datasets_in_use(c) == ["cifar10"]
+    assert ex.table_names(c) == ["table4", "table8"] and checks.everything(c).data == {"cifar10"}
     assert c["datasets"]["cifar10"]["source"] == "cifar10"  # torchvision's, downloaded
     runs = list(ex.table_students(c, "table4"))
     assert [(r.method, r.temperature) for r in runs] == [("trades", None)] + [
@@ -191,9 +191,9 @@ def test_the_source_is_part_of_every_result_identity():
     another class order) changes the identity of every split, hence every job's params."""
     tv, jpeg = ltd_config.load(QUICK, validate=False), ltd_config.load(QUICK, JPEG, validate=False)
     for split in ("train", "val", "test"):
-        a, b = ex.data_identity(tv, "cifar10", split), ex.data_identity(jpeg, "cifar10", split)
+        a, b = jobspec.data(tv, "cifar10").identity(split), jobspec.data(jpeg, "cifar10").identity(split)
         assert a != b and b["archive_sha256"] == jpeg["datasets"]["cifar10"]["archive_sha256"]
         other = ltd_config.merge(jpeg, {"datasets": {"cifar10": {"classes": CIFAR10_CLASSES[::-1]}}})
-        assert ex.data_identity(other, "cifar10", split) != b
+        assert jobspec.data(other, "cifar10").identity(split) != b
     assert ex.source_identity(jpeg["datasets"]["cifar10"]) == {k: jpeg["datasets"]["cifar10"][k] for k in (
         "source", "path", "archive", "archive_sha256")}
