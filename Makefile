@@ -41,9 +41,10 @@ report: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(SNAKEMAKE) $(REPORT_TARGETS) --report results/demo/report.html --configfile config/demo.yaml
 	@echo "Report: results/demo/report.html"
 
-## The test suite (CI runs exactly this). Pytest's exit code 5 (no test collected) fails too.
+## The test suite (CI runs exactly this), its 25 slowest tests listed at the end (where its
+## time goes). Pytest's exit code 5 (no test collected) fails too.
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -ra; rc=$$?; \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -ra --durations=25; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 ## What the paper config would run (no GPU needed to plan).
