@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltd import data, flops, fp16_emulation, runtime, throughput
+from ltd import data, flops, fp16_emulation, jobspec, runtime, throughput
 from ltd.attacks import pgd_attack
 from ltd.autoattack import run_autoattack
 from ltd.compiled import AttackForward
@@ -303,8 +303,8 @@ def cifar_slice(ctx, res: dict) -> None:
     ds = {"source": "cifarfolder", "path": str(ctx.work / "cifar10-jpeg"), "archive": str(ctx.archive),
           "val_size": 0, "train_size": s.teacher_images, "test_size": s.test_images}
     data.unpack_archive(ds)
-    split = data.load_split(ds, "", "train").to(dev)
-    test = data.load_split(ds, "", "test").to(dev)
+    split = data.load_split(jobspec.Data.of(ds), "train").to(dev)
+    test = data.load_split(jobspec.Data.of(ds), "test").to(dev)
     res["data"] = {"archive": str(ctx.archive), "train_images": len(split), "seconds": time.time() - t0}
     teacher = fresh_model(s.small, dev, seed=10)
     loader = data.DeviceLoader(split, s.batch, crop_padding=4)

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ltd import autoattack, budget, checkpoint, data, evaluate, flops, sources  # noqa: E402
+from ltd import autoattack, budget, checkpoint, data, evaluate, flops, jobspec, sources  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def _images(args) -> tuple[torch.Tensor, torch.Tensor, int]:
         return torch.rand(args.n, 3, s, s, generator=g), torch.randint(0, k, (args.n,), generator=g), k
     cfg = {"source": args.data, "image_size": args.image_size, "test_size": 397} if args.data == "digits" else \
         {"source": args.data}
-    split = data.load_split(cfg, args.data_dir, "test").head(args.n)
+    split = data.load_split(jobspec.Data.of(cfg, args.data_dir), "test").head(args.n)
     return split.x, split.y, args.num_classes or sources.get(args.data).classes
 
 

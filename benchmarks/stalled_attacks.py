@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from ltd import attacks, data, runtime  # noqa: E402
+from ltd import attacks, data, jobspec, runtime  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 from ltd.steps import trades_adversarial  # noqa: E402
 
@@ -71,10 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load(archive: str, folder: str, split: str, n: int, digits: int | None = None) -> data.Split:
     if digits:
-        return data.load_split({"source": "digits", "image_size": digits, "test_size": 397}, folder, split).head(n)
+        return data.load_split(jobspec.Data.of({"source": "digits", "image_size": digits, "test_size": 397}), split).head(n)
     cfg = {"source": "cifarfolder", "path": folder, "archive": archive}
     data.unpack_archive(cfg)
-    return data.load_split(cfg, folder, split).head(n)
+    return data.load_split(jobspec.Data.of(cfg, folder), split).head(n)
 
 
 def train_naturally(model: torch.nn.Module, train: data.Split, steps: int, seed: int) -> float:

@@ -24,6 +24,9 @@ In-memory sources work like airbench: the whole split sits on the device and cro
 run there on whole batches. ImageNet does not fit, so ``make_train_loader`` returns a
 streaming loader with the same interface (``len``, ``epoch(e)`` -> (x, y, q) on the
 device) and ``eval_batches`` streams evaluation data for any source.
+
+The public functions take a data set as a job's spec holds it, one ``ltd.jobspec.Data``
+(``Data.of`` wraps a bare section); only the per-kind loaders see its section and data_dir.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -45,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from . import sources
+from .jobspec import Data
 from .sources import split_sizes
 
 SPLIT_SEED = 0  # fixed: the train/val(/test for digits) split never depends on the run seed
@@ -165,15 +169,15 @@ def _cifar(name: str, data_dir: str, train: bool) -> tuple[torch.Tensor, torch.T
     return x.contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def load_split(cfg: dict, data_dir: str, split: str) -> Split:
-    """``split`` in train | val | test, as tensors. ``cfg`` is the config's dataset section.
+def load_split(data: Data, split: str) -> Split:
+    """``split`` in train | val | test, as tensors.
 
     For a streamed source (imagefolder) this decodes the whole split (evaluation
     transform): meant for test subsets (AutoAttack needs tensors), not for ImageNet's
     training set.
     """
     _check_split(split)
-    return loader(cfg).load(cfg, data_dir, split)
+    return loader(data.section).load(data.section, data.data_dir, split)
 
 
 def _folder_split(cfg: dict, split: str) -> tuple[list[str], list[int], np.ndarray]:
@@ -248,8 +252,12 @@ def _scan_cached(root: str, sub: str, *_stamp) -> tuple[tuple[str, ...], np.ndar
     return files, np.asarray(labels, dtype=np.int64)
 
 
-def file_split(cfg: dict, data_dir: str, split: str) -> FileSplit:
+def file_split(data: Data, split: str) -> FileSplit:
     """The files of an imagefolder split: "test" is val/, train/val are drawn from train/."""
+    return _file_split(data.section, data.data_dir, split)
+
+
+def _file_split(cfg: dict, data_dir: str, split: str) -> FileSplit:
     _check_split(split)
     root = str(_root(cfg, data_dir))
     sub = "val" if split == "test" else "train"
@@ -466,14 +474,15 @@ class StreamLoader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), q
 
 
-def make_train_loader(cfg: dict, data_dir: str, device: torch.device | str, batch_size: int,
+def make_train_loader(data: Data, device: torch.device | str, batch_size: int,
                       q: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1):
     """The training split's loader: a DeviceLoader for in-memory sources (crop with
     ``crop_padding`` + flip), a StreamLoader for streamed ones (RandomResizedCrop + flip)."""
-    return loader(cfg).train_loader(cfg, data_dir, device, batch_size, q, seed, rank, world_size)
+    return loader(data.section).train_loader(data.section, data.data_dir, device, batch_size, q, seed, rank,
+                                             world_size)
 
 
-def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | str, batch_size: int,
+def eval_batches(data: Data, split: str, device: torch.device | str, batch_size: int,
                  n: int | None = None, last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of the first ``n`` (all if None; ``last``: the last ``n``, where the
     students' monitor chooses best.pt apart from the evaluated first images) un-augmented
@@ -482,32 +491,34 @@ def eval_batches(cfg: dict, data_dir: str, split: str, device: torch.device | st
     def take(s):
         return s if n is None else s.tail(n) if last else s.head(n)
 
-    yield from loader(cfg).eval_batches(cfg, data_dir, split, device, batch_size, take)
+    yield from loader(data.section).eval_batches(data.section, data.data_dir, split, device, batch_size, take)
 
 
-def num_classes(cfg: dict, data_dir: str) -> int:
+def num_classes(data: Data) -> int:
     """The record's, for a source of fixed classes; else counted in its class folders."""
-    return loader(cfg).num_classes(cfg, data_dir)
+    return loader(data.section).num_classes(data.section, data.data_dir)
 
 
-def prepare(cfg: dict, data_dir: str) -> None:
+def prepare(data: Data) -> None:
     """What a source needs before its first job (rules/data.smk, prepare_data): the demo's
     ImageFolder tree built, a cifarfolder's archive unpacked; downloads happen on first read."""
-    loader(cfg).prepare(cfg, data_dir)
+    loader(data.section).prepare(data.section, data.data_dir)
 
 
-def describe_source(cfg: dict, data_dir: str) -> dict:
+def describe_source(data: Data) -> dict:
     """What a data set's source holds, before any split: classes and images per folder
     (CIFAR: downloaded here if missing; imagefolder: listed, with a fingerprint of the
     file names)."""
+    cfg, data_dir = data.section, data.data_dir
     kind = loader(cfg)
     out = {"source": cfg["source"], "num_classes": kind.num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
     return {**out, **kind.source_facts(cfg, data_dir)}
 
 
-def describe(cfg: dict, data_dir: str, splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
+def describe(data: Data, splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
     """Sizes and a fingerprint of each split: recorded so a result names its data.
     For imagefolder from the file lists alone (no image is decoded)."""
+    cfg, data_dir = data.section, data.data_dir
     kind = loader(cfg)
     out = {"source": cfg["source"], "num_classes": kind.num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
     for split in splits:
@@ -632,10 +643,10 @@ class ImageFolder(Loader):
 
     def prepare(self, cfg, data_dir):
         if cfg.get("build_from") and not Path(cfg["path"]).exists():
-            write_image_folder(cfg["build_from"], data_dir, cfg["path"])
+            write_image_folder(Data.of(cfg["build_from"], data_dir), cfg["path"])
 
     def load(self, cfg, data_dir, split):
-        fs, size = file_split(cfg, data_dir, split), cfg["image_size"]
+        fs, size = _file_split(cfg, data_dir, split), cfg["image_size"]
         xs, ys = [torch.empty(0, 3, size, size)], [torch.empty(0, dtype=torch.int64)]
         for x, y in self.eval_batches(cfg, data_dir, split, "cpu", 256, lambda s: s):
             xs.append(x)
@@ -656,7 +667,7 @@ class ImageFolder(Loader):
         return {**out, "path": root}
 
     def split_facts(self, cfg, data_dir, split):  # from the file list alone
-        fs = file_split(cfg, data_dir, split)
+        fs = _file_split(cfg, data_dir, split)
         rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free
         return (fs.indices, len(fs), [3, cfg["image_size"], cfg["image_size"]],
                 {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()})
@@ -666,12 +677,12 @@ class ImageFolder(Loader):
 
     def train_loader(self, cfg, data_dir, device, batch_size, q, seed, rank, world_size):
         transform = train_transform(cfg["image_size"], cfg["crop_scale"])
-        return StreamLoader(file_split(cfg, data_dir, "train"), batch_size, transform,
+        return StreamLoader(_file_split(cfg, data_dir, "train"), batch_size, transform,
                             device, q, seed=seed, workers=cfg["workers"],
                             rank=rank, world_size=world_size)
 
     def eval_batches(self, cfg, data_dir, split, device, batch_size, take):
-        fs = take(file_split(cfg, data_dir, split))
+        fs = take(_file_split(cfg, data_dir, split))
         device = torch.device(device)
         loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])),
                                              batch_size=batch_size, num_workers=cfg["workers"],
@@ -762,7 +773,7 @@ def unpack_archive(cfg: dict) -> dict:
     return record
 
 
-def write_image_folder(cfg: dict, data_dir: str, root: str | Path) -> Path:
+def write_image_folder(source: Data, root: str | Path) -> Path:
     """Write an in-memory source as PNGs in ImageFolder layout, root/train/<class>/<idx>.png
     (its train split, val_size ignored: the imagefolder config holds out its own) and
     root/val/<class>/<idx>.png (its test split), so the demo's ImageNet table trains from
@@ -771,16 +782,16 @@ def write_image_folder(cfg: dict, data_dir: str, root: str | Path) -> Path:
     """
     from PIL import Image
 
-    if sources.get(cfg.get("source")).streamed:
-        raise ValueError(f"write_image_folder: the source must be an in-memory data set, not {cfg['source']}")
+    if sources.get(source.section.get("source")).streamed:
+        raise ValueError(f"write_image_folder: the source must be an in-memory data set, not {source.section['source']}")
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    k = num_classes(cfg, data_dir)
+    k = num_classes(source)
     cls_name = [f"{c:0{len(str(k - 1))}d}" for c in range(k)]  # zero-padded: sorted order == label order
     try:
         for split, sub in (("train", "train"), ("test", "val")):
-            s = load_split({**cfg, "val_size": 0}, data_dir, split)
+            s = load_split(replace(source, section={**source.section, "val_size": 0}), split)
             width = max(5, len(str(int(s.indices.max()))))
             for c in cls_name:
                 (tmp / sub / c).mkdir(parents=True)

@@ -63,6 +63,12 @@ class Data:
     def identity(self, split: str) -> dict[str, Any]:
         return ex.split_identity(self.written, split)
 
+    @classmethod
+    def of(cls, section: dict[str, Any], data_dir: str = "") -> "Data":
+        """A section as tests and benchmarks write one, taken whole (no defaults laid
+        under, none in the config): named for its source, it is its own written form."""
+        return cls(str(section.get("source")), section, section, str(data_dir))
+
 
 @dataclass(frozen=True)
 class Source:

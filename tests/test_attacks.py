@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from ltd.attacks import pgd_attack, trades_attack
 from ltd.data import load_split
+from ltd.jobspec import Data
 
 EPS = 0.1
 
@@ -13,7 +14,7 @@ EPS = 0.1
 def trained():
     """A small conv net trained on 8x8 digits to high accuracy."""
     torch.manual_seed(0)
-    split = load_split({"source": "digits", "image_size": 8, "test_size": 397}, "unused", "train")
+    split = load_split(Data.of({"source": "digits", "image_size": 8, "test_size": 397}), "train")
     x, y = split.x[:512], split.y[:512]
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
                           nn.Linear(16 * 64, 10))

@@ -8,6 +8,7 @@ from torchvision.transforms import functional as TF
 
 from ltd import data, sources
 from ltd import experiments as ex
+from ltd.jobspec import Data
 
 # the demo's data set section (config/demo.yaml), spelled out so these tests stand alone
 DIGITS = {"source": "digits", "image_size": 16, "test_size": 397, "val_size": 200, "crop_padding": 2}
@@ -15,7 +16,7 @@ DIGITS = {"source": "digits", "image_size": 16, "test_size": 397, "val_size": 20
 
 def test_digits_splits_are_fixed_disjoint_and_in_range():
     cfg = DIGITS
-    splits = {s: data.load_split(cfg, "unused", s) for s in ("train", "val", "test")}
+    splits = {s: data.load_split(Data.of(cfg), s) for s in ("train", "val", "test")}
     assert len(splits["test"]) == cfg["test_size"]
     assert len(splits["val"]) == cfg["val_size"]
     assert sum(len(s) for s in splits.values()) == 1797
@@ -25,15 +26,15 @@ def test_digits_splits_are_fixed_disjoint_and_in_range():
     assert x.shape[1:] == (3, cfg["image_size"], cfg["image_size"])
     assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
     assert torch.equal(x[:, 0], x[:, 2])  # grey digits, shaped as 3-channel images
-    again = data.load_split(cfg, "unused", "train")
+    again = data.load_split(Data.of(cfg), "train")
     assert np.array_equal(again.indices, splits["train"].indices)
     assert set(splits["test"].y.tolist()) == set(range(10))
-    sub = data.load_split({**cfg, "train_size": 100}, "unused", "train")
+    sub = data.load_split(Data.of({**cfg, "train_size": 100}), "train")
     assert len(sub) == 100 and set(sub.indices) <= idx[0] and len(set(sub.y.tolist())) == 10  # a random subset
 
 
 def test_describe_records_the_split():
-    d = data.describe(DIGITS, "unused")
+    d = data.describe(Data.of(DIGITS))
     assert d["source"] == "digits" and d["num_classes"] == 10
     assert d["train"]["n"] + d["val"]["n"] + d["test"]["n"] == 1797
     assert len(d["test"]["indices_sha256"]) == 64
@@ -41,10 +42,10 @@ def test_describe_records_the_split():
 
 def test_unknown_source_is_named():
     with pytest.raises(ValueError, match=r"dataset source: unknown data set 'mnist'; expected one of .*imagefolder"):
-        data.load_split({"source": "mnist"}, "unused", "train")
+        data.load_split(Data.of({"source": "mnist"}), "train")
     with pytest.raises(ValueError, match="source"):
-        data.num_classes({"name": "digits"}, "unused")  # the old key is not silently read
-    assert data.num_classes({"source": "cifar100"}, "unused") == 100
+        data.num_classes(Data.of({"name": "digits"}))  # the old key is not silently read
+    assert data.num_classes(Data.of({"source": "cifar100"})) == 100
 
 
 def test_the_registry_is_the_schemas_and_names_its_loaders():
@@ -119,10 +120,10 @@ def test_device_loader_shards_each_global_batch():
 
 
 def test_in_memory_factories():
-    loader = data.make_train_loader(DIGITS, "unused", "cpu", 64, None, seed=1)
+    loader = data.make_train_loader(Data.of(DIGITS), "cpu", 64, None, seed=1)
     assert isinstance(loader, data.DeviceLoader) and len(loader.split) == 1200 and loader.padding == 2
-    test = data.load_split(DIGITS, "unused", "test")
-    got = list(data.eval_batches(DIGITS, "unused", "test", "cpu", 100, n=250))
+    test = data.load_split(Data.of(DIGITS), "test")
+    got = list(data.eval_batches(Data.of(DIGITS), "test", "cpu", 100, n=250))
     assert [len(x) for x, _ in got] == [100, 100, 50]
     assert torch.equal(torch.cat([x for x, _ in got]), test.x[:250])
     assert torch.equal(torch.cat([y for _, y in got]), test.y[:250])
@@ -137,7 +138,7 @@ STORED = 37  # round(32 * 256/224): evaluation's Resize is then the identity, Ce
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagefolder") / "digits"
     source = {"source": "digits", "image_size": STORED, "val_size": 50}  # val_size is ignored: all 1,400 written
-    data.write_image_folder(source, "unused", root)
+    data.write_image_folder(Data.of(source), root)
     return root, source
 
 
@@ -156,57 +157,57 @@ def test_write_image_folder_layout_is_atomic_and_replaces(folder, tmp_path):
     assert not [p for p in os.listdir(root.parent) if p.startswith(".")]  # no temporary left behind
     small = {"source": "digits", "image_size": 8, "train_size": 30, "test_size": 20}
     out = tmp_path / "x"
-    data.write_image_folder(small, "unused", out)
-    data.write_image_folder(small, "unused", out)  # a rewrite replaces the tree
+    data.write_image_folder(Data.of(small), out)
+    data.write_image_folder(Data.of(small), out)  # a rewrite replaces the tree
     assert sorted(os.listdir(tmp_path)) == ["x"]
-    assert data.describe(_cfg(out, image_size=8), "")["train"]["n"] == 30
+    assert data.describe(Data.of(_cfg(out, image_size=8)))["train"]["n"] == 30
 
 
 def test_image_folder_reads_back_labels_and_pixels(folder):
     root, source = folder
     cfg = _cfg(root)
-    assert data.num_classes(cfg, "") == 10
-    orig = data.load_split(source, "unused", "test")  # what was written to val/
+    assert data.num_classes(Data.of(cfg)) == 10
+    orig = data.load_split(Data.of(source), "test")  # what was written to val/
     pos = {int(i): j for j, i in enumerate(orig.indices)}
-    fs = data.file_split(cfg, "", "test")
+    fs = data.file_split(Data.of(cfg), "test")
     src_idx = [pos[int(Path(f).stem)] for f in fs.files]  # file names carry the source index
     assert torch.equal(fs.y, orig.y[src_idx])
     expect = TF.center_crop(orig.x[src_idx], [32, 32])
-    got = data.load_split(cfg, "", "test")
+    got = data.load_split(Data.of(cfg), "test")
     assert got.x.shape == (397, 3, 32, 32) and torch.equal(got.y, fs.y)
     assert (got.x - expect).abs().max() <= 0.5 / 255 + 1e-6  # PNG's 8-bit rounding only
-    streamed = list(data.eval_batches(cfg, "", "test", "cpu", 128, n=200))
+    streamed = list(data.eval_batches(Data.of(cfg), "test", "cpu", 128, n=200))
     assert [len(x) for x, _ in streamed] == [128, 72]
     assert torch.equal(torch.cat([x for x, _ in streamed]), got.x[:200])
     # test_size: the first N of the same fixed permutation; a prefix covers the classes
-    sub = data.file_split(_cfg(root, test_size=100), "", "test")
+    sub = data.file_split(Data.of(_cfg(root, test_size=100)), "test")
     assert sub.files == fs.files[:100] and len(set(sub.y.tolist())) == 10
 
 
 def test_image_folder_splits_and_describe(folder):
     root, _ = folder
     cfg = _cfg(root, val_size=100)
-    d = data.describe(cfg, "")
+    d = data.describe(Data.of(cfg))
     assert (d["train"]["n"], d["val"]["n"], d["test"]["n"]) == (1300, 100, 397)
     assert d["source"] == "imagefolder" and d["num_classes"] == 10 and d["train"]["shape"] == [3, 32, 32]
-    assert d == data.describe(cfg, "")  # the same listing, the same fingerprints
-    assert d["train"]["files_sha256"] != data.describe(_cfg(root, val_size=101), "")["train"]["files_sha256"]
-    tr, va = data.file_split(cfg, "", "train"), data.file_split(cfg, "", "val")
+    assert d == data.describe(Data.of(cfg))  # the same listing, the same fingerprints
+    assert d["train"]["files_sha256"] != data.describe(Data.of(_cfg(root, val_size=101)))["train"]["files_sha256"]
+    tr, va = data.file_split(Data.of(cfg), "train"), data.file_split(Data.of(cfg), "val")
     assert not set(tr.files) & set(va.files)
 
 def test_image_folder_path_is_relative_to_the_working_directory(folder, monkeypatch):
     root, _ = folder
     monkeypatch.chdir(root.parent)
-    rel, absolute = data.describe(_cfg(root.name), "elsewhere"), data.describe(_cfg(root), "elsewhere")
+    rel, absolute = data.describe(Data.of(_cfg(root.name), "elsewhere")), data.describe(Data.of(_cfg(root), "elsewhere"))
     assert rel["train"] == absolute["train"] and rel["path"] == root.name
 
 
 def test_stream_loader_is_deterministic_sharded_and_carries_soft_labels(folder):
     root, _ = folder
     cfg = _cfg(root, train_size=90)
-    fs = data.file_split(cfg, "", "train")
+    fs = data.file_split(Data.of(cfg), "train")
     q = torch.arange(len(fs), dtype=torch.float32)[:, None]  # soft label = the image's position
-    make = lambda r, w, **kw: data.make_train_loader({**cfg, **kw}, "", "cpu", 32, q, seed=5, rank=r, world_size=w)
+    make = lambda r, w, **kw: data.make_train_loader(Data.of({**cfg, **kw}), "cpu", 32, q, seed=5, rank=r, world_size=w)
     loader = make(0, 1)
     assert isinstance(loader, data.StreamLoader) and len(loader) == 3
     a, b, c = list(loader.epoch(0)), list(loader.epoch(0)), list(loader.epoch(1))
@@ -227,10 +228,10 @@ def test_stream_loader_is_deterministic_sharded_and_carries_soft_labels(folder):
 
 
 def test_describe_source_counts_what_the_source_holds(folder):
-    d = data.describe_source(DIGITS, "unused")
+    d = data.describe_source(Data.of(DIGITS))
     assert d["source"] == "digits" and d["num_classes"] == 10 and d["pool"]["images"] == 1797
     root, _ = folder
-    f = data.describe_source(_cfg(root), "")
+    f = data.describe_source(Data.of(_cfg(root)))
     assert (f["train"]["images"], f["val"]["images"]) == (1400, 397) and len(f["train"]["files_sha256"]) == 64
 
 
@@ -269,10 +270,10 @@ def _fcfg(root, **kw):
 def test_cifarfolder_reads_pixels_as_stored_with_sorted_class_labels(tree):
     root, pixels = tree
     cfg = _fcfg(root)
-    train = data.load_split(cfg, "", "train")
+    train = data.load_split(Data.of(cfg), "train")
     assert train.x.shape == (15, 3, 8, 8) and train.x.dtype == torch.float32
     sorted_classes = sorted(FOLDER_CLASSES)
-    assert data.num_classes(cfg, "") == 3 and sources.folder_classes(cfg) == sorted_classes
+    assert data.num_classes(Data.of(cfg)) == 3 and sources.folder_classes(cfg) == sorted_classes
     # listing order: class by class in label order, files by name; each image exactly its pixels / 255
     listing = [(c, i) for c in sorted_classes for i in range(len([k for k in pixels if k[:2] == ("train", c)]))]
     for x, y, pos in zip(train.x, train.y, train.indices):
@@ -280,40 +281,40 @@ def test_cifarfolder_reads_pixels_as_stored_with_sorted_class_labels(tree):
         assert y == sorted_classes.index(c)
         assert torch.equal(x, torch.from_numpy(pixels["train", c, i]).permute(2, 0, 1).float() / 255)
     # the config's class order relabels, pixels unchanged
-    mine = data.load_split(_fcfg(root, classes=["cat", "bee", "ant"]), "", "train")
+    mine = data.load_split(Data.of(_fcfg(root, classes=["cat", "bee", "ant"])), "train")
     assert sorted(mine.y.tolist()) == [0] * 5 + [1] * 6 + [2] * 4  # cat 5, bee 6, ant 4 images
     # test/ is the test split, in a fixed permutation (a prefix covers several classes)
-    test = data.load_split(cfg, "", "test")
+    test = data.load_split(Data.of(cfg), "test")
     assert len(test) == 7 and sorted(test.indices.tolist()) == list(range(7))
     assert test.indices.tolist() != sorted(test.indices.tolist())
-    assert torch.equal(data.load_split(_fcfg(root, test_size=4), "", "test").x, test.x[:4])
+    assert torch.equal(data.load_split(Data.of(_fcfg(root, test_size=4)), "test").x, test.x[:4])
     # train_size / val_size draw from train/ as for CIFAR
-    val, sub = data.load_split(_fcfg(root, val_size=5), "", "val"), data.load_split(_fcfg(root, train_size=6), "", "train")
+    val, sub = data.load_split(Data.of(_fcfg(root, val_size=5)), "val"), data.load_split(Data.of(_fcfg(root, train_size=6)), "train")
     assert len(val) == 5 and len(sub) == 6 and set(sub.indices) <= set(range(15))
     assert sources.sizes(cfg) == {"train": 15, "test": 7, "classes": 3}
 
 
 def test_cifarfolder_trains_through_the_in_memory_loader(tree):
     root, _ = tree
-    loader = data.make_train_loader(_fcfg(root), "", "cpu", 4, None, seed=0)
+    loader = data.make_train_loader(Data.of(_fcfg(root)), "cpu", 4, None, seed=0)
     assert isinstance(loader, data.DeviceLoader) and loader.padding == 2 and len(loader) == 4
     x, y, q = next(iter(loader.epoch(0)))
     assert x.shape == (4, 3, 8, 8) and q is None and 0 <= x.min() and x.max() <= 1
-    got = list(data.eval_batches(_fcfg(root), "", "test", "cpu", 5))
+    got = list(data.eval_batches(Data.of(_fcfg(root)), "test", "cpu", 5))
     assert [len(x) for x, _ in got] == [5, 2]
 
 
 def test_cifarfolder_describes_its_files(tree):
     root, _ = tree
     cfg = _fcfg(root)
-    d, src = data.describe(cfg, ""), data.describe_source(cfg, "")
+    d, src = data.describe(Data.of(cfg)), data.describe_source(Data.of(cfg))
     assert d["source"] == "cifarfolder" and d["train"]["shape"] == [3, 8, 8] and d["test"]["n"] == 7
     assert d["classes"] == ["ant", "bee", "cat"] and d["lossy"] is False and d["path"] == str(root)
     assert src["train"] == {"images": 15, "formats": {".png": 15}, "files_sha256": src["train"]["files_sha256"]}
     assert "decoded as stored" in sources.describe_note(cfg) and "lossy" not in sources.describe_note(cfg)
     (root / "test" / "ant" / "000.png").rename(root / "test" / "ant" / "000.jpg")  # not a JPEG inside: names decide
     sources._folder_files.cache_clear()
-    assert "JPEG is lossy" in sources.describe_note(cfg) and data.describe(cfg, "", ("test",))["lossy"] is True
+    assert "JPEG is lossy" in sources.describe_note(cfg) and data.describe(Data.of(cfg), ("test",))["lossy"] is True
 
 
 def test_cifarfolder_says_what_is_wrong(tree, tmp_path):
@@ -321,18 +322,18 @@ def test_cifarfolder_says_what_is_wrong(tree, tmp_path):
 
     root, _ = tree
     with pytest.raises(ValueError, match=r"image_size is 32; a cifarfolder source is never resized"):
-        data.load_split(_fcfg(root, image_size=32), "", "test")
+        data.load_split(Data.of(_fcfg(root, image_size=32)), "test")
     with pytest.raises(ValueError, match=r"the config lists \['ant', 'bee'\], the folder holds \['ant', 'bee', 'cat'\]"):
-        data.load_split(_fcfg(root, classes=["ant", "bee"]), "", "train")
+        data.load_split(Data.of(_fcfg(root, classes=["ant", "bee"])), "train")
     Image.new("L", (8, 8), 200).save(root / "train" / "bee" / "grey.png")  # grey: read as RGB
-    x = data.load_split(_fcfg(root), "", "train").x
+    x = data.load_split(Data.of(_fcfg(root)), "train").x
     assert ((x == 200 / 255).all(dim=(1, 2, 3))).sum() == 1
     Image.new("RGB", (9, 8)).save(root / "train" / "bee" / "wide.png")
     with pytest.raises(ValueError, match=r"wide.png: 9x8 pixels, but .* has 8x8; a cifarfolder source needs images of one size"):
-        data.load_split(_fcfg(root), "", "train")
+        data.load_split(Data.of(_fcfg(root)), "train")
     (root / "test" / "dog").mkdir()
     with pytest.raises(ValueError, match=r"class folders \['dog'\] are not among train/'s classes"):
-        data.load_split(_fcfg(root), "", "test")
+        data.load_split(Data.of(_fcfg(root)), "test")
     missing = _fcfg(tmp_path / "nothing")
     assert "no train/ and test/ folders there" in sources.folder_problem("mine", missing)
     assert "datasets.mine.archive = 'x.tar.gz': no such file" in sources.folder_problem("mine", {**missing, "archive": "x.tar.gz"})
@@ -359,19 +360,19 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
         data.unpack_archive({**cfg, "archive_sha256": "0" * 64})
     assert not (tmp_path / "data" / "mine").exists()
     assert data.unpack_archive({**cfg, "archive_sha256": digest.upper()})["sha256"] == digest
-    assert torch.equal(data.load_split(cfg, "", "test").x, data.load_split(_fcfg(root), "", "test").x)
+    assert torch.equal(data.load_split(Data.of(cfg), "test").x, data.load_split(Data.of(_fcfg(root)), "test").x)
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["mine"]  # no temporary left behind
     stamp = (tmp_path / "data" / "mine").stat().st_mtime_ns
     data.unpack_archive(cfg)  # the same archive: kept as it is
     assert (tmp_path / "data" / "mine").stat().st_mtime_ns == stamp
-    assert data.describe(cfg, "", ("test",))["archive"] == {"archive": str(archive), "sha256": digest}
+    assert data.describe(Data.of(cfg), ("test",))["archive"] == {"archive": str(archive), "sha256": digest}
     # another archive (here: one class fewer) replaces what the first one unpacked
     import shutil
     shutil.rmtree(root / "train" / "cat")
     shutil.rmtree(root / "test" / "cat")
     other = _tar(root, tmp_path / "b.tar.gz")
     data.unpack_archive({**cfg, "archive": str(other)})
-    assert data.num_classes(cfg, "") == 2
+    assert data.num_classes(Data.of(cfg)) == 2
     # a folder it did not unpack is never overwritten (and the plan says so first)
     assert "holds files that were not unpacked from datasets.mine.archive" in sources.folder_problem(
         "mine", _fcfg(root, archive=str(other)))
@@ -421,7 +422,7 @@ def test_cifar10_jpeg_is_cifar10_in_its_label_order(cifar10_jpeg):
     assert np.bincount(labels).tolist() == [5000] * 10
     assert np.bincount(sources.folder_files(cfg, "test")[1]).tolist() == [1000] * 10
     assert sources.sizes(cfg) == {"train": 50_000, "test": 10_000, "classes": 10}
-    sub = data.load_split({**cfg, "train_size": 5000}, "", "train")
+    sub = data.load_split(Data.of({**cfg, "train_size": 5000}), "train")
     assert sub.x.shape == (5000, 3, 32, 32)
     # the pixels are CIFAR-10's in RGB order and [0, 1]: the training set's channel means
     # are 0.4914, 0.4822, 0.4465; the two bluest classes (sky, sea) are airplane and ship
@@ -429,8 +430,8 @@ def test_cifar10_jpeg_is_cifar10_in_its_label_order(cifar10_jpeg):
     blue = torch.stack([(sub.x[sub.y == c, 2] - sub.x[sub.y == c, 0]).mean() for c in range(10)])
     assert sorted(blue.topk(2).indices.tolist()) == [0, 8]
     # the first 1,000 test images (quick.yaml's AutoAttack) hold every class
-    first = data.load_split({**cfg, "test_size": 1000}, "", "test")
+    first = data.load_split(Data.of({**cfg, "test_size": 1000}), "test")
     assert np.bincount(first.y.numpy(), minlength=10).min() >= 70
-    d = data.describe_source(cfg, "")
+    d = data.describe_source(Data.of(cfg))
     assert d["lossy"] and d["train"]["formats"] == {".jpg": 50_000} and d["archive"]["sha256"] == cfg["archive_sha256"]
     assert "JPEG is lossy" in d["note"]

@@ -40,13 +40,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def test_split():
-    return load_split(DIGITS, "unused", "test")
+    return load_split(jobspec.Data.of(DIGITS), "test")
 
 
 @pytest.fixture(scope="module")
 def trained():
     """WRN-10-1 trained naturally for 3 epochs on the digits (~95 % test accuracy, ~1 s)."""
-    tr = load_split(DIGITS, "unused", "train")
+    tr = load_split(jobspec.Data.of(DIGITS), "train")
     torch.manual_seed(0)
     model = build_model("wrn-10-1", 10)
     opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
@@ -447,7 +447,7 @@ def test_published_target_evaluates_a_checkpoint(trained, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "results" / "pub" / "published" / "TinyLTD"
     res = load_json(out / "autoattack.json")
-    test = load_split(DIGITS, "unused", "test").head(40)
+    test = load_split(jobspec.Data.of(DIGITS), "test").head(40)
     with torch.no_grad():
         assert res["clean_accuracy"] == (trained(test.x).argmax(1) == test.y).sum().item() / 40
     assert res["published"]["wrappers"] == ["weights taken from the checkpoint's 'state_dict' entry"]

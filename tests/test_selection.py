@@ -36,12 +36,12 @@ def test_quick_and_demo_choose_the_best_epoch_on_images_they_do_not_evaluate(qui
 def test_the_monitor_loads_the_last_images_of_the_split(demo_config):
     """What the training job's monitor takes (``last``) is the split's tail: none of the
     first images the evaluation takes."""
-    cfg = ex.dataset_cfg(demo_config, "digits")
-    test = data.load_split(cfg, "data", "test")
+    digits = jobspec.data(demo_config, "digits")
+    test = data.load_split(digits, "test")
     chosen = selection.chosen_on(demo_config, "digits")
-    x, y = zip(*data.eval_batches(cfg, "data", "test", "cpu", 64, n=len(chosen), last=True))
+    x, y = zip(*data.eval_batches(digits, "test", "cpu", 64, n=len(chosen), last=True))
     assert torch.equal(torch.cat(x), test.x[chosen.start:chosen.stop]) and torch.equal(torch.cat(y), test.y[-len(chosen):])
-    evaluated = torch.cat([b for b, _ in data.eval_batches(cfg, "data", "test", "cpu", 64, n=100)])
+    evaluated = torch.cat([b for b, _ in data.eval_batches(digits, "test", "cpu", 64, n=100)])
     assert torch.equal(evaluated, test.x[:100]) and chosen.start >= 100
 
 

@@ -68,7 +68,7 @@ def search_config():
 
 
 def _train(epochs, seed=0):
-    split = load_split({"source": "digits", "image_size": 8, "test_size": 397, "val_size": 120}, "unused", "train")
+    split = load_split(jobspec.Data.of({"source": "digits", "image_size": 8, "test_size": 397, "val_size": 120}), "train")
     torch.manual_seed(seed)
     model = build_model("wrn-10-1", 10)
     opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)

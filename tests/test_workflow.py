@@ -142,6 +142,7 @@ def test_a_student_exports_for_robustbench_and_loads_back(finished, workdir):
     import torch
 
     from ltd.data import load_split
+    from ltd.jobspec import Data
     from ltd.models import build_model
 
     name = "digits_wrn-10-1_trades-ltd_T5_b6_s0"
@@ -153,7 +154,7 @@ def test_a_student_exports_for_robustbench_and_loads_back(finished, workdir):
     rb, model = build_model("wrn-10-1", 10), build_model("wrn-10-1", 10)
     rb.load_state_dict(raw["state_dict"], strict=True)
     model.load_state_dict(ours)
-    x = load_split({"source": "digits", "image_size": 16, "test_size": 397}, "unused", "test").x[:16]
+    x = load_split(Data.of({"source": "digits", "image_size": 16, "test_size": 397}), "test").x[:16]
     with torch.no_grad():
         assert torch.equal(rb.eval()(x), model.eval()(x))
 

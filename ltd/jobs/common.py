@@ -13,7 +13,7 @@ from ..models import build_model
 
 def new_model(model: Model) -> torch.nn.Module:
     """``model``'s architecture with its data set's classes, freshly initialised."""
-    return build_model(model.arch, data.num_classes(model.data.section, model.data.data_dir))
+    return build_model(model.arch, data.num_classes(model.data))
 
 
 def load_model(spec: Model, path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -33,4 +33,4 @@ def tensors(batches) -> tuple[torch.Tensor, torch.Tensor]:
 
 def split_tensors(dataset: Data, split: str, device: torch.device, batch_size: int,
                   n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    return tensors(data.eval_batches(dataset.section, dataset.data_dir, split, device, batch_size, n=n))
+    return tensors(data.eval_batches(dataset, split, device, batch_size, n=n))

@@ -16,7 +16,6 @@ def prepare_data(spec: Source, out: str | Path) -> None:
     source, and record what it holds.
     The splits drawn from it (val_size, train_size, test_size, image size) are each job's
     own settings, recorded in its result; changing them does not fetch anything again."""
-    cfg, data_dir = spec.data.section, spec.data.data_dir
-    data.prepare(cfg, data_dir)
-    save_json({"name": spec.data.name, **data.describe_source(cfg, data_dir),
+    data.prepare(spec.data)
+    save_json({"name": spec.data.name, **data.describe_source(spec.data),
                "provenance": provenance(spec.machine.results, settings=spec.identity)}, out)

@@ -102,7 +102,7 @@ def evaluate_model(spec: Evaluation, model: torch.nn.Module, out: str | Path, *,
     result["provenance"] = provenance(spec.machine.results, device, gpus=int(device.type == "cuda"),
                                       wall_seconds=time.time() - t_start, seed=ev["seed"],
                                       precision=record["precision"], settings=spec.identity,
-                                      splits=data.describe(spec.data.section, spec.data.data_dir, ("test",)))
+                                      splits=data.describe(spec.data, ("test",)))
     save_json(result, out)
     tables.render(diagnostics.report_frame([result]), "", report_stem(out), formats=("csv",))
     _board(result, Path(out))

@@ -46,7 +46,7 @@ def evaluate_published(spec: Published, path: str | Path, out: str | Path, markd
     ltd.checks.published_file) strictly (our architecture, ``weights_only``) and evaluate
     it as a student is evaluated; the comparison with its reported numbers goes to ``markdown``."""
     e, ds = spec.entry, spec.evaluation.data
-    model, info = robustbench.load_checkpoint(path, e["arch"], data.num_classes(ds.section, ds.data_dir))
+    model, info = robustbench.load_checkpoint(path, e["arch"], data.num_classes(ds))
     result = evaluate_model(spec.evaluation, model, out, state_path=state_path, device=device, model_path=Path(path),
                             extra={"published": {**info.as_dict(), "reported": e.get("reported")}})
     write_text(comparison_markdown(e, result), markdown)
@@ -57,4 +57,4 @@ def export(model: Model, model_pt: str | Path, out: str | Path) -> Path:
     """A student's model.pt as RobustBench loads a model-zoo file, checked to load back
     strictly into its architecture."""
     return robustbench.export(model_pt, out, arch=model.arch,
-                              num_classes=data.num_classes(model.data.section, model.data.data_dir))
+                              num_classes=data.num_classes(model.data))

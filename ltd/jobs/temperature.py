@@ -21,7 +21,7 @@ def teacher_logits(spec: Logits, model_path: str | Path, out: str | Path, device
     """Teacher logits on the un-augmented images of a split, in split order (precomputed
     soft labels belong to the un-augmented image; crop/flip are applied to the input only)."""
     model = load_model(spec.teacher, model_path, device)
-    batches = data.eval_batches(spec.teacher.data.section, spec.teacher.data.data_dir, split, device, spec.batch_size)
+    batches = data.eval_batches(spec.teacher.data, split, device, spec.batch_size)
     with torch.no_grad():
         logits = [model(x).float().cpu() for x, _ in batches]
     checkpoint.save(torch.cat(logits), out)
@@ -71,7 +71,7 @@ def validate_run(spec: Validation, model_path: str | Path, teacher_path: str | P
                             load_model(spec.teacher, teacher_path, device), device, state_stem=stem)
     result["provenance"] = provenance(spec.machine.results, device, seed=spec.run.seed,
                                       precision=result["autoattack"]["precision"], settings=spec.identity,
-                                      splits=data.describe(spec.data.section, spec.data.data_dir, ("val",)))
+                                      splits=data.describe(spec.data, ("val",)))
     save_json(result, out)
     for f in Path(out).parent.glob(f"{stem.name}_*.json"):
         f.unlink()  # the state files, once the result is written

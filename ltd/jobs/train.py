@@ -94,9 +94,8 @@ def _loader(spec: Training, soft_label_file: str | Path | None, teacher: str | P
         if soft_label_file is None:
             raise ValueError(f"{run.name} trains on precomputed soft labels but none were given")
         q = checkpoint.load(soft_label_file, map_location=device)
-    loader = data.make_train_loader(spec.data.section, spec.data.data_dir, device, spec.schedule["batch_size"],
-                                    q=q, seed=run.seed, rank=distributed.rank(),
-                                    world_size=distributed.world_size())
+    loader = data.make_train_loader(spec.data, device, spec.schedule["batch_size"], q=q, seed=run.seed,
+                                    rank=distributed.rank(), world_size=distributed.world_size())
     if not on_the_fly:
         return loader
     if teacher is None:
@@ -117,12 +116,11 @@ class _Monitor:
         self.x = self.y = None
         m = spec.monitor
         if m:
-            self.x, self.y = tensors(data.eval_batches(spec.data.section, spec.data.data_dir, m["split"], device,
-                                                       self.bs, n=m["n_examples"], last=m["images"] == "last"))
+            self.x, self.y = tensors(data.eval_batches(spec.data, m["split"], device, self.bs, n=m["n_examples"],
+                                                       last=m["images"] == "last"))
 
     def clean(self, model: torch.nn.Module) -> float:
-        return evaluate.clean_accuracy_batches(model, data.eval_batches(self.spec.data.section, self.spec.data.data_dir,
-                                                                        "test", self.device, self.bs))
+        return evaluate.clean_accuracy_batches(model, data.eval_batches(self.spec.data, "test", self.device, self.bs))
 
     def __call__(self, model: torch.nn.Module) -> dict:
         # the curves only: TF32 on a GPU (recorded); the reported clean accuracy is fp32 (train_run)
@@ -153,7 +151,7 @@ def _metrics(spec: Training, model: torch.nn.Module, history: list[dict], *, cle
         "history": history,
         "provenance": provenance(spec.machine.results, device, gpus=gpus, wall_seconds=time.time() - t0,
                                  seed=run.seed, precision=precision, settings=spec.identity,
-                                 splits=data.describe(spec.data.section, spec.data.data_dir, ("train",))),
+                                 splits=data.describe(spec.data, ("train",))),
     }
 
 
