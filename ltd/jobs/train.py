@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -199,21 +200,30 @@ def train_job(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
     (torchrun; gloo on the CPU). Returns the exit code: 0, or 143 when SIGTERM stopped it
     after writing a checkpoint (rerun to continue)."""
     n = spec.processes
+    if n == 1:
+        return exit_code(lambda: train_run(spec, out_dir=out_dir, soft_label_file=soft_label_file, teacher=teacher,
+                                           device=device))
     try:
-        if n > 1:
-            threads = max(1, torch.get_num_threads() // n)
-            launch_train(n, spec, out_dir, soft_label_file, teacher, device=device.type, threads=threads)
-        else:
-            train_run(spec, out_dir=out_dir, soft_label_file=soft_label_file, teacher=teacher, device=device)
+        launch_train(n, spec, out_dir, soft_label_file, teacher, device=device.type,
+                     threads=max(1, torch.get_num_threads() // n))
+    except subprocess.CalledProcessError as e:  # a worker's exit_code
+        if e.returncode == PREEMPTED_EXIT:
+            print(f"{spec.run.name}: preempted; rerun to continue from its checkpoint", file=sys.stderr)
+            return PREEMPTED_EXIT
+        raise
+    return 0
+
+
+def exit_code(run: Callable[[], object]) -> int:
+    """A training process's exit code (the job's, or a torchrun worker's): 0; PREEMPTED_EXIT
+    after SIGTERM stopped it with a checkpoint written (rerun to continue); 1 when the
+    stalled-attack alarm stopped it (every process after the same epoch)."""
+    try:
+        run()
     except Preempted as e:
         print(e, file=sys.stderr)
         return PREEMPTED_EXIT
     except StalledAttacks as e:
         print(e, file=sys.stderr)
         return 1
-    except subprocess.CalledProcessError as e:
-        if e.returncode == PREEMPTED_EXIT:
-            print(f"{spec.run.name}: preempted; rerun to continue from its checkpoint", file=sys.stderr)
-            return PREEMPTED_EXIT
-        raise
     return 0

@@ -10,8 +10,7 @@ import torch
 from .. import distributed, runtime
 from ..files import load_json
 from ..jobspec import Training
-from ..train import Preempted, StalledAttacks
-from .train import PREEMPTED_EXIT, train_run
+from .train import exit_code, train_run
 
 
 def main(argv: list[str]) -> int:
@@ -22,17 +21,11 @@ def main(argv: list[str]) -> int:
     if ctx.device.type == "cuda":
         runtime.setup("cuda")  # the precision flags; the GPU itself is LOCAL_RANK's (init)
     try:
-        train_run(Training.from_json(job["spec"]), out_dir=job["out_dir"], soft_label_file=job["soft_label_file"],
-                  teacher=job["teacher"], device=ctx.device)
-    except Preempted as e:
-        print(e, file=sys.stderr)
-        return PREEMPTED_EXIT
-    except StalledAttacks as e:  # every process stops after the same epoch
-        print(e, file=sys.stderr)
-        return 1
+        return exit_code(lambda: train_run(Training.from_json(job["spec"]), out_dir=job["out_dir"],
+                                           soft_label_file=job["soft_label_file"], teacher=job["teacher"],
+                                           device=ctx.device))
     finally:
         distributed.destroy()
-    return 0
 
 
 if __name__ == "__main__":
