@@ -23,7 +23,6 @@ from ltd import data, flops, fp16_emulation, jobspec, runtime, throughput
 from ltd.attacks import pgd_attack
 from ltd.autoattack import run_autoattack
 from ltd.compiled import AttackForward
-from ltd.evaluate import fp32_precision
 from ltd.losses import tempered_softmax
 from ltd.models import build_model
 from ltd.steps import build_step
@@ -157,7 +156,7 @@ def step_loss(ctx, model, init: dict, method: str, precision: str, batch) -> flo
     model.train()
     step = build_step(method, beta=6.0, attack=attack(ctx.sizes), awp=AWP)
     torch.manual_seed(1)
-    with fp32_precision(ctx.device, "fp32"), runtime.autocast(ctx.device, precision):
+    with runtime.in_tf32_mode(ctx.device, "fp32"), runtime.autocast(ctx.device, precision):
         loss, _, _ = step(model, *batch)
     step.after_update(model)  # AWP: its weight perturbation off again
     return loss.item()
@@ -348,7 +347,7 @@ def autoattack_stage(ctx, res: dict) -> None:
     res["arch"], res["n"], res["rows"] = s.big, s.aa_n, []
     robust = {}
     for precision in ("fp32", "tf32"):
-        with fp32_precision(dev, precision):
+        with runtime.in_tf32_mode(dev, precision):
             pgd_attack(model, split.x, split.y, eps=EPS, step_size=STEP_SIZE, steps=1)  # warm-up (cuDNN's choice)
             rate = attack_rate(ctx, model, split)
             t0 = _sync_time(dev)

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .evaluate import fraction, numeric_precision, predict, tf32_flags
+from .evaluate import fraction, predict
 from .files import load_json, save_json
+from .runtime import tf32_flags, tf32_mode
 
 STATE_FORMAT = "ltd-autoattack-state/1"
 
@@ -136,7 +137,7 @@ def run_autoattack(
                 "batch_size": batch_size, "square_queries": adversary.square.n_queries if "square" in order else None,
                 "n_examples": len(y), "pyautoattack": pyautoattack.__version__,
                 # a state file resumes only under the same numerics (TF32 on/off changes results)
-                "precision": numeric_precision(device)}
+                "precision": tf32_mode(device)}
     # of the module itself: a compiled wrapper (evaluation.compile, a speed switch) resumes its state
     fp = fingerprint_tensors(x, y, model=getattr(model, "_orig_mod", model), extra=settings) if state_path else ""
     run_state = _Progress(Path(state_path) if state_path else None, fp, settings,
@@ -237,7 +238,7 @@ def _record(p: _Progress, robust: torch.Tensor, order: list[str], settings: dict
         "attacks": order,
         **{k: settings[k] for k in ("version", "eps", "norm", "n_examples", "seed", "batch_size", "square_queries",
                                     "pyautoattack")},
-        "precision": numeric_precision(device),
+        "precision": tf32_mode(device),
         "tf32_flags": tf32_flags() if torch.device(device).type == "cuda" else None,
         "max_perturbation": p.state["max_perturbation"],
         "resumed_attacks": p.resumed,

@@ -1,21 +1,19 @@
-"""Clean accuracy, PGD and the temperature search's validation criteria, in full fp32,
-and the precision flags every evaluation records. AutoAttack: ``ltd.autoattack``.
+"""Clean accuracy, PGD and the temperature search's validation criteria, in full fp32.
+AutoAttack: ``ltd.autoattack``.
 
 Reported robust accuracy is never computed under autocast: bf16 logits make
-gradient-based attacks weaker and the number optimistic. ``numeric_precision`` states
-what the matmuls and convolutions actually ran in: "fp32", "pytorch_default" (TF32
-convolutions, PyTorch's default) or "tf32" (``evaluation.precision``).
+gradient-based attacks weaker and the number optimistic. What the matmuls and
+convolutions actually ran in (the TF32 mode, ``ltd.runtime.tf32_mode``: "fp32",
+"pytorch_default" or "tf32", as ``evaluation.precision`` names it) is recorded beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Iterator
 
 import torch
 
-from . import runtime
 from .attacks import pgd_attack, trades_attack
 from .data import batches
 from .losses import soft_cross_entropy, trades_kl
@@ -108,47 +106,5 @@ def eq9_kl(model, x, q, *, beta, eps, step_size, steps, batch_size, seed: int) -
         total += (kl_natural + beta * trades_kl(logits_adv, logits)).item() * len(qs)
     return total / len(x)
 
-
-def numeric_precision(device: torch.device | str) -> str:
-    """What fp32 matmuls and convolutions run in, named as ``evaluation.precision`` names
-    it (ltd.runtime.TF32_PRECISIONS): "fp32", "pytorch_default" (TF32 cuDNN convolutions
-    only) or "tf32" (both); "tf32_matmul" for TF32 matmuls alone (no setting asks for
-    it). The CPU never uses TF32: "fp32" there, whatever was asked. Read from torch's
-    flags at the time of the call."""
-    if torch.device(device).type != "cuda":
-        return "fp32"
-    f = tf32_flags()
-    matmul = (f["cuda.matmul.allow_tf32"] or f["float32_matmul_precision_not_highest"]
-              or f.get("cuda.matmul.fp32_precision_tf32", False))
-    conv = f["cudnn.allow_tf32"] or f.get("cudnn.conv.fp32_precision_tf32", False)
-    return {(False, False): "fp32", (False, True): "pytorch_default", (True, True): "tf32",
-            (True, False): "tf32_matmul"}[(matmul, conv)]
-
-
-@contextlib.contextmanager
-def fp32_precision(device: torch.device | str, precision: str) -> Iterator[str]:
-    """Inside: fp32 matmuls and convolutions on a CUDA ``device`` in ``precision``
-    ("fp32", "pytorch_default", "tf32"; ltd.runtime.allow_tf32), torch's flags as they
-    were afterwards. Yields what runs (``numeric_precision``: "fp32" on the CPU)."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    runtime.allow_tf32(torch.device(device), precision)
-    try:
-        yield numeric_precision(device)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def tf32_flags() -> dict[str, bool]:
-    with warnings.catch_warnings():  # newer torch deprecates allow_tf32 for fp32_precision
-        warnings.simplefilter("ignore")
-        flags = {"cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-                 "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-                 "float32_matmul_precision_not_highest": torch.get_float32_matmul_precision() != "highest"}
-        for name, obj in (("cuda.matmul", torch.backends.cuda.matmul),
-                          ("cudnn.conv", getattr(torch.backends.cudnn, "conv", None))):
-            p = getattr(obj, "fp32_precision", None)
-            if isinstance(p, str):
-                flags[f"{name}.fp32_precision_tf32"] = p == "tf32"
-    return flags
 
 

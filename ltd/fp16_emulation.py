@@ -253,12 +253,12 @@ def compare(model: torch.nn.Module, x: torch.Tensor, *, eps: float = 8 / 255, st
     On a GPU, fp32 convolutions and matmuls run without TF32 inside (the emulation's
     arithmetic is fp32). Real fp16 on the CPU is CPU autocast: other op lists and kernels
     than CUDA's (docs/fp16_emulation.md)."""
-    from .evaluate import fp32_precision  # here: ltd.evaluate imports ltd.runtime, which imports this module
+    from .runtime import in_tf32_mode  # here: ltd.runtime imports this module
 
     start = attack_start(x, seed)
     out: dict = {"device": x.device.type, "n": len(x), "attack": {"eps": eps, "step_size": step_size, "steps": steps}}
     grads, logits = {}, {}
-    with fp32_precision(x.device, "fp32"):
+    with in_tf32_mode(x.device, "fp32"):
         for p in precisions:
             was_training = model.training
             model.eval()

@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
+from typing import Iterator
 
 import torch
 
@@ -134,7 +136,7 @@ def no_cuda_message(gpus: int = 0) -> str:
 # fp32 precisions on the GPU (evaluation.precision): TF32 on for (CUDA matmuls, cuDNN
 # convolutions). "pytorch_default" is PyTorch's own default since 1.12 (convolutions in
 # TF32, matmuls not), what pyautoattack and RobustBench ran under unless told otherwise.
-TF32_PRECISIONS = {"fp32": (False, False), "pytorch_default": (False, True), "tf32": (True, True)}
+TF32_MODES = {"fp32": (False, False), "pytorch_default": (False, True), "tf32": (True, True)}
 
 
 def allow_tf32(device: torch.device, allowed: bool | str) -> None:
@@ -143,10 +145,53 @@ def allow_tf32(device: torch.device, allowed: bool | str) -> None:
     only, False or "fp32" for neither. Evaluation results record which precision ran."""
     if isinstance(allowed, bool):
         allowed = "tf32" if allowed else "fp32"
-    if allowed not in TF32_PRECISIONS:
-        raise ValueError(f"unknown precision {allowed!r}; expected one of {list(TF32_PRECISIONS)}")
+    if allowed not in TF32_MODES:
+        raise ValueError(f"unknown precision {allowed!r}; expected one of {list(TF32_MODES)}")
     if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TF32_PRECISIONS[allowed]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TF32_MODES[allowed]
+
+
+def tf32_mode(device: torch.device | str) -> str:
+    """What fp32 matmuls and convolutions run in, named as ``evaluation.precision`` names
+    it (TF32_MODES): "fp32", "pytorch_default" (TF32 cuDNN convolutions
+    only) or "tf32" (both); "tf32_matmul" for TF32 matmuls alone (no setting asks for
+    it). The CPU never uses TF32: "fp32" there, whatever was asked. Read from torch's
+    flags at the time of the call."""
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    f = tf32_flags()
+    matmul = (f["cuda.matmul.allow_tf32"] or f["float32_matmul_precision_not_highest"]
+              or f.get("cuda.matmul.fp32_precision_tf32", False))
+    conv = f["cudnn.allow_tf32"] or f.get("cudnn.conv.fp32_precision_tf32", False)
+    return {(False, False): "fp32", (False, True): "pytorch_default", (True, True): "tf32",
+            (True, False): "tf32_matmul"}[(matmul, conv)]
+
+
+@contextlib.contextmanager
+def in_tf32_mode(device: torch.device | str, mode: str) -> Iterator[str]:
+    """Inside: fp32 matmuls and convolutions on a CUDA ``device`` in TF32 ``mode``
+    ("fp32", "pytorch_default", "tf32"; allow_tf32), torch's flags as they
+    were afterwards. Yields what runs (``tf32_mode``: "fp32" on the CPU)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    allow_tf32(torch.device(device), mode)
+    try:
+        yield tf32_mode(device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def tf32_flags() -> dict[str, bool]:
+    with warnings.catch_warnings():  # newer torch deprecates allow_tf32 for fp32_precision
+        warnings.simplefilter("ignore")
+        flags = {"cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                 "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                 "float32_matmul_precision_not_highest": torch.get_float32_matmul_precision() != "highest"}
+        for name, obj in (("cuda.matmul", torch.backends.cuda.matmul),
+                          ("cudnn.conv", getattr(torch.backends.cudnn, "conv", None))):
+            p = getattr(obj, "fp32_precision", None)
+            if isinstance(p, str):
+                flags[f"{name}.fp32_precision_tf32"] = p == "tf32"
+    return flags
 
 
 def autocast(device: torch.device, precision: str):

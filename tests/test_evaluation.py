@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from ltd import autoattack, checkpoint, checks, diagnostics, evaluate, experiments, jobspec, robustbench
+from ltd import autoattack, checkpoint, checks, diagnostics, evaluate, experiments, jobspec, robustbench, runtime
 from ltd import config as ltd_config
 from ltd.data import load_split
 from ltd.files import load_json
@@ -132,27 +132,27 @@ def test_standard_version_records_its_four_attacks(test_split):
 
 
 def test_precision_is_read_from_the_flags():
-    assert evaluate.numeric_precision("cpu") == "fp32"
+    assert runtime.tf32_mode("cpu") == "fp32"
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
-        assert evaluate.numeric_precision("cuda") == "fp32"
+        assert runtime.tf32_mode("cuda") == "fp32"
         torch.backends.cudnn.allow_tf32 = True  # convolutions in TF32 (torch's default)
-        assert evaluate.numeric_precision("cuda") == "pytorch_default"
+        assert runtime.tf32_mode("cuda") == "pytorch_default"
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
-        assert evaluate.numeric_precision("cuda") == "tf32_matmul"
+        assert runtime.tf32_mode("cuda") == "tf32_matmul"
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
-        assert evaluate.numeric_precision("cuda") == "tf32"
+        assert runtime.tf32_mode("cuda") == "tf32"
         # every setting of evaluation.precision reads back as itself (flags only: no GPU needed)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
         for name in ("fp32", "pytorch_default", "tf32"):
-            with evaluate.fp32_precision("cuda", name) as ran:
-                assert ran == name == evaluate.numeric_precision("cuda")
+            with runtime.in_tf32_mode("cuda", name) as ran:
+                assert ran == name == runtime.tf32_mode("cuda")
             assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
-            with evaluate.fp32_precision("cpu", name) as ran:  # the CPU has no TF32: says what ran
+            with runtime.in_tf32_mode("cpu", name) as ran:  # the CPU has no TF32: says what ran
                 assert ran == "fp32"
         with pytest.raises(ValueError, match="unknown precision 'tf16'"):
-            evaluate.fp32_precision("cuda", "tf16").__enter__()
+            runtime.in_tf32_mode("cuda", "tf16").__enter__()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 

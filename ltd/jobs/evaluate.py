@@ -76,7 +76,7 @@ def evaluate_model(spec: Evaluation, model: torch.nn.Module, out: str | Path, *,
     bs = ev["batch_size"]
     x, y = split_tensors(spec.data, "test", device, bs, n=ev.get("n_examples"))
     result = {"run": spec.model.name, "dataset": spec.data.name, "n_examples": len(y), "eps": ev["eps"], "norm": "Linf",
-              "precision": evaluate.numeric_precision(device), "precision_setting": ev["precision"],
+              "precision": runtime.tf32_mode(device), "precision_setting": ev["precision"],
               "layout": evaluate.layout(model), **(extra or {}),
               **({"training": training} if training else {}),
               "clean_accuracy": evaluate.clean_accuracy(model, x, y, bs)}

@@ -125,7 +125,7 @@ class _Monitor:
 
     def __call__(self, model: torch.nn.Module) -> dict:
         # the curves only: TF32 on a GPU (recorded); the reported clean accuracy is fp32 (train_run)
-        with evaluate.fp32_precision(self.device, "tf32") as monitor_precision:
+        with runtime.in_tf32_mode(self.device, "tf32") as monitor_precision:
             record = {"test_accuracy": self.clean(model), "monitor_precision": monitor_precision}
             m = self.spec.monitor
             if m:
