@@ -422,6 +422,11 @@ def shown_weights(config: dict[str, Any], table: str) -> list[str]:
     return [weights] if weights == "last" else [weights, "last"]
 
 
+def weights_file(weights: str) -> str:
+    """A run's file of ``weights`` (``WEIGHTS``): model.pt (the last epoch) or best.pt."""
+    return WEIGHTS[weights][0]
+
+
 def evaluation_file(weights: str) -> str:
     """A student's evaluation of its ``weights`` (``WEIGHTS``): autoattack.json or autoattack_best.json."""
     return f"{WEIGHTS[weights][1]}.json"

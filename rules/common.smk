@@ -17,6 +17,12 @@ def run_path(run, filename):
     return f"{R}/{run.dir}/{filename}"
 
 
+def run_file(role, filename):
+    """``filename`` of the run a rule's {name} wildcard names (a pattern for input: and
+    output:); run_path is the same file of a run known by its record."""
+    return f"{R}/{role}/{{name}}/{filename}"
+
+
 def data_json(dataset):
     """A data set's source, fetched; its splits are each job's params (ltd.experiments)."""
     return f"{R}/data/{dataset}.json"
@@ -341,7 +347,7 @@ def training_inputs(role):
         run = ex.Run.parse(role, w.name)
         out = {"data": data_json(run.dataset)}
         if run.soft_label_mode == "on_the_fly":
-            out["teacher"] = run_path(run.teacher, "model.pt")
+            out["teacher"] = run_path(run.teacher, ex.weights_file("last"))
         elif run.uses_soft_labels:
             out["soft_label_file"] = soft_label_file_of(role)(w)
         return out
@@ -352,9 +358,9 @@ def training_inputs(role):
 def training_outputs(role):
     """The weights and metrics of a run; a student also keeps its best epoch (best.pt: the
     best monitored PGD accuracy, what a table with `weights: best` compares with the paper)."""
-    out = {"model": f"{R}/{role}/{{name}}/model.pt", "metrics": f"{R}/{role}/{{name}}/metrics.json"}
+    out = {"model": run_file(role, ex.weights_file("last")), "metrics": run_file(role, "metrics.json")}
     if role == "students":
-        out["best"] = f"{R}/{role}/{{name}}/best.pt"
+        out["best"] = run_file(role, ex.weights_file("best"))
     return out
 
 

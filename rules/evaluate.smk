@@ -8,11 +8,11 @@ rule evaluate:
     conda:
         "../envs/torch.yaml"
     input:
-        model=f"{R}/students/{{name}}/model.pt",
-        metrics=f"{R}/students/{{name}}/metrics.json",
+        model=run_file("students", ex.weights_file("last")),
+        metrics=run_file("students", "metrics.json"),
     output:
-        f"{R}/students/{{name}}/autoattack.json",
-        report=f"{R}/students/{{name}}/evaluation_report.csv",
+        run_file("students", ex.evaluation_file("last")),
+        report=run_file("students", "evaluation_report.csv"),
     params:
         spec=job_spec("evaluate"),
         identity=job_identity("evaluate"),
@@ -34,11 +34,11 @@ rule evaluate:
 # student's training identity (best.pt is written by the training job).
 use rule evaluate as evaluate_best with:
     input:
-        model=f"{R}/students/{{name}}/best.pt",
-        metrics=f"{R}/students/{{name}}/metrics.json",
+        model=run_file("students", ex.weights_file("best")),
+        metrics=run_file("students", "metrics.json"),
     output:
-        f"{R}/students/{{name}}/autoattack_best.json",
-        report=f"{R}/students/{{name}}/evaluation_report_best.csv",
+        run_file("students", ex.evaluation_file("best")),
+        report=run_file("students", "evaluation_report_best.csv"),
     params:
         spec=job_spec("evaluate"),
         identity=job_identity("evaluate"),

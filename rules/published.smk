@@ -39,7 +39,7 @@ rule export_robustbench:
     conda:
         "../envs/torch.yaml"
     input:
-        f"{R}/students/{{name}}/model.pt",
+        run_file("students", ex.weights_file("last")),
     output:
         f"{R}/robustbench/{{name}}.pt",
     params:

@@ -8,9 +8,9 @@ rule teacher_logits:
     conda:
         "../envs/torch.yaml"
     input:
-        model=f"{R}/teachers/{{name}}/model.pt",
+        model=run_file("teachers", ex.weights_file("last")),
     output:
-        f"{R}/teachers/{{name}}/train_logits.pt",
+        run_file("teachers", "train_logits.pt"),
     params:
         spec=job_spec("logits", "teachers"),
         identity=job_identity("logits", "teachers"),
@@ -28,7 +28,7 @@ rule soft_labels:
     conda:
         "../envs/torch.yaml"
     input:
-        f"{R}/teachers/{{name}}/train_logits.pt",
+        run_file("teachers", "train_logits.pt"),
     output:
         f"{R}/soft_labels/{{name}}/T{{T}}.pt",
     resources:
@@ -61,10 +61,10 @@ rule validate:
     conda:
         "../envs/torch.yaml"
     input:
-        model=f"{R}/students/{{name}}/model.pt",
-        teacher=lambda w: run_path(ex.Run.parse("students", w.name).teacher, "model.pt"),
+        model=run_file("students", ex.weights_file("last")),
+        teacher=lambda w: run_path(ex.Run.parse("students", w.name).teacher, ex.weights_file("last")),
     output:
-        f"{R}/students/{{name}}/validation.json",
+        run_file("students", "validation.json"),
     params:
         spec=job_spec("validate"),
         identity=job_identity("validate"),

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .. import checkpoint, compiled, data, distributed, evaluate, fp16_emulation, runtime, steps
-from ..experiments import WEIGHTS
+from ..experiments import weights_file
 from ..files import save_json
 from ..jobspec import Training
 from ..models import count_parameters
@@ -55,14 +55,14 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
     monitor = _Monitor(spec, device)
 
     t0 = time.time()
-    ckpt, best = out_dir / "checkpoint.pt", out_dir / WEIGHTS["best"][0]
+    ckpt, best = out_dir / "checkpoint.pt", out_dir / weights_file("best")
     history = fit(model, step, loader, schedule, ckpt_path=ckpt, device=device, precision=precision,
                   fingerprint=fingerprint(spec.identity), evaluate=monitor, log_path=out_dir / "history.jsonl",
                   desc=run.name, board_dir=out_dir / "tensorboard" / "training",
                   best=(BEST_KEY, best) if run.role == "students" else None)
     if not distributed.is_main():
         return {}  # rank 0 writes model.pt/metrics.json and removes the checkpoint
-    checkpoint.save(model.state_dict(), out_dir / "model.pt")
+    checkpoint.save(model.state_dict(), out_dir / weights_file("last"))
     if run.role == "students" and spec.monitor is None:  # no monitor, no best epoch: best.pt is the last one
         checkpoint.save(model.state_dict(), best)
     # fp32 (the T_max search reads it); the history's curves may be TF32 (monitor_precision)
