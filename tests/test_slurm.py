@@ -97,17 +97,22 @@ def show_job(jobid):
     return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
 
-def test_fake_gpus_are_scheduled(cluster, tmp_path):
-    out = tmp_path / "gpus.txt"
-    p = slurm("sbatch", "--parsable", "--nodes=1", "--gpus=2", "-t", "1", "-o", str(out),
-              "--wrap", "echo GPUS=$SLURM_GPUS_ON_NODE")
+def run_batch_job(options: list[str], command: str, timeout: float) -> dict:
+    """``sbatch --wrap command`` and its ``show_job`` once it has ended (a hang guard of
+    ``timeout`` seconds, not a timing target)."""
+    p = slurm("sbatch", "--parsable", *options, "--wrap", command)
     assert p.returncode == 0, p.stderr
     jobid = p.stdout.strip().split(";")[0]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while show_job(jobid).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", None):
         assert time.monotonic() < deadline, show_job(jobid)
         time.sleep(0.5)
-    job = show_job(jobid)
+    return show_job(jobid)
+
+
+def test_fake_gpus_are_scheduled(cluster, tmp_path):
+    out = tmp_path / "gpus.txt"
+    job = run_batch_job(["--nodes=1", "--gpus=2", "-t", "1", "-o", str(out)], "echo GPUS=$SLURM_GPUS_ON_NODE", 60)
     assert job["JobState"] == "COMPLETED" and job["TresPerJob"] == "gres:gpu:2", job
     assert out.read_text().split() == ["GPUS=2"]
 
@@ -118,16 +123,8 @@ def test_sbatch_signal_reaches_the_job_step_before_its_limit(cluster, tmp_path):
     1-minute limit and can end cleanly (COMPLETED, not TIMEOUT)."""
     out = tmp_path / "signal.txt"
     step = "trap 'echo TERM after $SECONDS s; exit 0' TERM; for i in $(seq 240); do sleep 0.25; done; echo no TERM"
-    p = slurm("sbatch", "--parsable", "-t", "1", "--signal=TERM@55", "-o", str(out), "--wrap",
-              f"srun bash -c {shlex.quote(step)}")
-    assert p.returncode == 0, p.stderr
-    jobid = p.stdout.strip().split(";")[0]
-    deadline = time.monotonic() + 150
-    while show_job(jobid).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", None):
-        assert time.monotonic() < deadline, show_job(jobid)
-        time.sleep(0.5)
-    assert show_job(jobid)["JobState"] == "COMPLETED" and "TERM after" in out.read_text(), (show_job(jobid),
-                                                                                          out.read_text())
+    job = run_batch_job(["-t", "1", "--signal=TERM@55", "-o", str(out)], f"srun bash -c {shlex.quote(step)}", 150)
+    assert job["JobState"] == "COMPLETED" and "TERM after" in out.read_text(), (job, out.read_text())
 
 
 def enable_profile_example(profile):
