@@ -284,8 +284,8 @@ def job_cost(config: dict, job: Job) -> Cost:
     size, classes = image_size(config, run.dataset), num_classes(config, run.dataset)
     fwd = forward_flops(run.arch, size, classes)
     notes: list[str] = []
-    if job.kind in ("teacher", "substitute", "student"):
-        role = {"teacher": "teachers", "substitute": "substitutes", "student": "students"}[job.kind]
+    if job.kind in TRAINING:
+        role = methods.ROLE_OF_KEY[job.kind]
         sched = ex.schedule(config, role, run.dataset)
         epochs, n = int(sched["epochs"]), train_images(config, run.dataset)
         method = methods.get(run.method)
@@ -389,9 +389,9 @@ def table_jobs(config: dict, table: str) -> list[Job]:
 
 
 KINDS = ("student", "teacher", "substitute", "evaluation", "validation", "logits")
-COUNT_COLUMNS = {"student": "students", "teacher": "teachers", "substitute": "substitutes",
-                 "evaluation": "evaluations", "validation": "validations", "logits": "teacher logits"}
-TRAINING = ("student", "teacher", "substitute")
+COUNT_COLUMNS = {**methods.ROLE_OF_KEY, "evaluation": "evaluations", "validation": "validations",
+                 "logits": "teacher logits"}
+TRAINING = tuple(methods.ROLE_OF_KEY)  # the training jobs' kinds: the roles' keys
 
 
 def job_tables(config: dict) -> dict[Job, list[str]]:

@@ -440,7 +440,7 @@ def check(config: dict, gpus: int | None = None, scope: Scope | None = None) -> 
             problems.append(f"awp.warmup_epochs = {config['awp']['warmup_epochs']} > the {epochs} epochs of AWP "
                             f"students: AWP would never switch on; write at most {epochs}")
     for dataset in sorted(roles):
-        for role in ("teachers", "substitutes", "students"):
+        for role in methods.ROLES:
             if role in roles[dataset]:
                 problems += _milestones(config, role, dataset) + _batch_problems(config, role, dataset)
     for name in in_scope:

@@ -12,10 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from . import methods, sources
-from .methods import ROLES
+from .methods import ROLE_KEYS, ROLES
 from .schema import dataset_defaults
-
-ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
 
 _NUM = r"\d+(?:\.\d+)?"
 _NAME_RE = {

@@ -24,7 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-ROLES = ("teachers", "substitutes", "students")
+# A run's role, as its folder under results/<run>/ names it -> the role's config section
+# (`teacher:`, `substitute:`, `student:`) and its training job's kind in ltd.budget.
+ROLE_KEYS = {"teachers": "teacher", "substitutes": "substitute", "students": "student"}
+ROLES = tuple(ROLE_KEYS)
+ROLE_OF_KEY = {key: role for role, key in ROLE_KEYS.items()}
 
 
 @dataclass(frozen=True)
