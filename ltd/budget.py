@@ -305,7 +305,7 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe += 1.0
             seconds += epochs * rate.seconds
             notes.append("soft labels on the fly: +1 teacher forward per image")
-        # The training curves (ltd.jobs.train._Monitor), in TF32 after every epoch: the clean
+        # The training curves (ltd.jobs.training._Monitor), in TF32 after every epoch: the clean
         # test pass; for students the PGD monitor on its images (2 FE per PGD step, + 1)
         curves = test_images(config, run.dataset)
         monitor = ex.evaluation(config, run.dataset).get("monitor") or {}
@@ -521,7 +521,7 @@ def render(config: dict, jobs: bool = True) -> str:
     return "\n".join(lines)
 
 
-# ---- job sizing: a Slurm job's time limit from its estimate (rules/common.smk) ----
+# ---- job sizing: a Slurm job's time limit from its estimate (rules/resources.smk) ----
 
 def time_limit(config: dict, job: Job) -> int:
     """Minutes a job asks Slurm for under ``runtime: budget``: its estimated wall time

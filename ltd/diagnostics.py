@@ -104,7 +104,7 @@ def assess(*, clean: float, robust: float, pgd: float | None, thresholds: dict,
     """All checks from their numbers. ``black_box``: {square_accuracy, apgd_ce_accuracy,
     ...} or None (not run); ``gradients``: {zero_fraction, nonfinite_fraction, ...} or None;
     ``training``: the evaluated epoch's training numbers (``stalled``, ``adv_accuracy``,
-    ...; ltd.jobs.evaluate.training_summary) or None (not a student of ours)."""
+    ...; ltd.jobs.evaluation.training_summary) or None (not a student of ours)."""
     t = thresholds
     stalled = (training or {}).get("stalled")
     checks: dict[str, dict | None] = {

@@ -10,6 +10,15 @@ checkpoint of other settings is never continued. Nothing else defines a result: 
 machine, the schedule's speed switches and the evaluation's layout change how fast a job
 runs, not what it computes.
 
+Every job that computes gets its settings this way, the search's two steps included
+(``Search``). Two kinds of job differ, each for a reason of its own: ``soft_labels`` takes
+a teacher's logits file and T from its path, because q_T = softmax(z / T) has no other
+setting and the path (teacher, T) is what every student that trains on it names (a spec
+would only repeat the path); a table (``ltd.jobs.reporting.render_table``) reads the config
+itself, as the planner does, because it describes many runs at once (its rows, their
+stand-ins and settings in its notes), and its rerun trigger is ``ex.table_identity``,
+what it shows besides its evaluations, each of which carries its own run's identity.
+
 Torch-free: Snakemake builds the specs while it plans.
 """
 
@@ -82,15 +91,26 @@ class Source:
         return ex.source_identity(self.data.written)
 
 
+# What each step of the search reads of `temperature_search` beyond its inputs (the
+# substitutes' metrics, the candidates' validations: their own identities hold the rest).
+SEARCH_STEPS = {"tmax": ("threshold",), "selection": ("criterion",)}
+
+
 @dataclass(frozen=True)
 class Search:
-    """A data set's temperature search (``temperature_search``: T_max's threshold, the
-    criterion and attacks that choose an ``auto`` row's T), for the jobs of Sec. 4.2 that
-    run no model: T_max from the substitutes, the choice among the validated candidates."""
+    """A step of a data set's temperature search (``temperature_search``), one of the jobs
+    of Sec. 4.2 that run no model: ``tmax``, T_max from the substitutes (its threshold), or
+    ``selection``, the choice among the validated candidates of an ``auto`` row (its
+    criterion)."""
 
     dataset: str
+    step: str
     settings: dict[str, Any]
     machine: Machine
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {k: self.settings[k] for k in SEARCH_STEPS[self.step]}
 
 
 @dataclass(frozen=True)
@@ -235,11 +255,13 @@ def source(config: dict[str, Any], dataset: str) -> Source:
     return Source(data(config, dataset), machine(config))
 
 
-def search(config: dict[str, Any], dataset: str) -> Search:
+def search(config: dict[str, Any], dataset: str, step: str) -> Search:
     settings = ex.search(config, dataset)
     if settings is None:
         raise ValueError(f"datasets.{dataset}.temperature_search is null: this data set has no T_max search")
-    return Search(dataset, copy.deepcopy(settings), machine(config))
+    if step not in SEARCH_STEPS:
+        raise ValueError(f"unknown search step {step!r}; expected one of {sorted(SEARCH_STEPS)}")
+    return Search(dataset, step, copy.deepcopy(settings), machine(config))
 
 
 def training(config: dict[str, Any], run: Run) -> Training:

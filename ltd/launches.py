@@ -6,7 +6,7 @@ every ATen op from Python and launches its kernel one by one, each costing the h
 microseconds, whatever the kernel's size. Counted with a ``TorchDispatchMode`` on the
 ``meta`` device (shapes only: no memory, no arithmetic), as the loop drives a step: the
 method's step, ``loss.backward()``, the optimiser step, the after-update hook and the
-loop's running totals (``ltd.train._Totals.add``). Counted: every ATen op that runs a
+loop's running totals (``ltd.train.Totals.add``). Counted: every ATen op that runs a
 kernel on a GPU; not counted: views and aliases (``detach``, ``view``, ``t``, ...),
 uninitialised allocations (``empty*``) and profiler markers. One op is counted as one
 launch: a lower bound (a cuDNN convolution or a foreach op over many tensors may start
@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import methods, steps
 from .flops import one_thread
 from .models import build_model
-from .train import _Totals, make_optimizer
+from .train import Totals, make_optimizer
 
 META = torch.device("meta")
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_record_function_enter_new",
@@ -83,7 +83,7 @@ def step_launches(arch: str, kind: str, attack_steps: int, *, image_size: int = 
         step = steps.build_step(method, beta=6.0, attack=attack, awp=AWP if m.awp else None)
         step.begin_epoch(0)
         opt, _ = make_optimizer(model, SCHED)
-        totals = _Totals(META)
+        totals = Totals(META)
 
         def after_update():
             if kind == "pgd":  # PgdStep's post-update forward of x, run here: its autocast query knows no meta

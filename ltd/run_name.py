@@ -6,7 +6,7 @@ included, before it loads any config file), so it cannot see `run:` itself; the 
 is a YTE template (``__use_yte__``) that calls ``slurm_logdir`` here, which layers the
 files the command line names as Snakemake does: config/config.yaml, then every
 ``--configfile`` in order, then ``--config run=...``. The Snakefile checks that the
-result is the run it loaded (rules/common.smk ``check_slurm_logdir``). No torch here.
+result is the run it loaded (rules/resources.smk ``check_slurm_logdir``). No torch here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The notes under a table's caption: which images and attacks, how our rows were trained
 (schedule, precision), which weights were evaluated and which images chose them, the
 stalled columns, stand-ins, marks, seeds; and the caption they end. One place for every
-sentence a rendered table says about itself (ltd.jobs.tables renders it, ltd.tables lays
+sentence a rendered table says about itself (ltd.jobs.reporting renders it, ltd.tables lays
 out its rows)."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ LAST = ["Epoch (ours)", "Clean (last)", "AA (last)"]
 LAST_SPREAD = ["± Clean (last)", "± AA (last)"]
 MARK = "†"  # a difference beyond the configured tolerance
 # A table's optional `columns`: our rows' training numbers (the last epoch, ``training``
-# of each evaluation: what ltd.jobs.evaluate copied from the run's metrics.json).
+# of each evaluation: what ltd.jobs.evaluation copied from the run's metrics.json).
 TRAINING_COLUMNS = {"precision": "Precision", "stalled": "Stalled % (train)", "adv_accuracy": "x' acc. % (train)",
                     "robust": "KL (train)"}
 

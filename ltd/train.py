@@ -292,7 +292,7 @@ class _Loop:
         SIGTERM, at the next step agreed on."""
         self.model.train()
         self.step.begin_epoch(epoch)  # e.g. AWP switches on after its warm-up epochs
-        totals = _Totals(self.device, self.partial)  # a resumed epoch adds the totals it had before
+        totals = Totals(self.device, self.partial)  # a resumed epoch adds the totals it had before
         seconds_before = (self.partial or {}).get("seconds", 0.0)
         t0 = time.time()
         tty = sys.stderr.isatty()
@@ -324,7 +324,7 @@ class _Loop:
         self.skip, self.partial = 0, None
         return summed, totals.means(summed), seconds_before + time.time() - t0
 
-    def one_step(self, i: int, x, y, q, totals: "_Totals") -> None:
+    def one_step(self, i: int, x, y, q, totals: "Totals") -> None:
         """Step ``i``: the method's loss under autocast, backward (scaled in fp16), the
         global batch's mean gradient, the optimiser step (the scaler skips a non-finite
         one), the method's after-update hook; its numbers added to ``totals``."""
@@ -435,7 +435,7 @@ def _stalled_alarm(record: dict, alarm: dict, desc: str, ckpt_path: Path, main: 
                              "let the attack move, train in bf16 or fp32 (precision:)")
 
 
-class _Totals:
+class Totals:
     """An epoch's running sums on the device: loss x n, correct predictions, n, and each
     of the step's statistics x n (float64), over the steps whose loss is finite; and
     three step counts: skipped by the GradScaler, non-finite loss but not skipped, non-finite

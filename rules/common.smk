@@ -88,9 +88,11 @@ def job_identity(kind, role="students"):
 
 @lru_cache(maxsize=None)
 def dataset_spec(kind, dataset):
-    """The spec of a data set's job (ltd.jobspec: its source, its temperature search), built
-    once per data set for the params of the rules that take it."""
-    return {"source": jobspec.source, "search": jobspec.search}[kind](config, dataset)
+    """The spec of a data set's job (ltd.jobspec: its source; a step of its temperature
+    search, `tmax` or `selection`), built once per data set for the params of its rules."""
+    if kind == "source":
+        return jobspec.source(config, dataset)
+    return jobspec.search(config, dataset, kind)
 
 
 def soft_label_file_of(role):

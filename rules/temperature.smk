@@ -48,8 +48,8 @@ rule tmax:
     output:
         tmax_json("{dataset}"),
     params:
-        spec=lambda w: dataset_spec("search", w.dataset),
-        threshold=lambda w: dataset_spec("search", w.dataset).settings["threshold"],
+        spec=lambda w: dataset_spec("tmax", w.dataset),
+        identity=lambda w: dataset_spec("tmax", w.dataset).identity,
     log:
         f"{R}/logs/temperature/{{dataset}}.tmax.log",
     script:
@@ -88,8 +88,8 @@ checkpoint select_temperature:
     output:
         f"{R}/temperature/{{group}}/selection.json",
     params:
-        spec=lambda w: dataset_spec("search", search_dataset(w)),
-        criterion=lambda w: dataset_spec("search", search_dataset(w)).settings["criterion"],
+        spec=lambda w: dataset_spec("selection", search_dataset(w)),
+        identity=lambda w: dataset_spec("selection", search_dataset(w)).identity,
     log:
         f"{R}/logs/temperature/{{group}}.selection.log",
     script:

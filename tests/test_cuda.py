@@ -435,14 +435,14 @@ def test_a_cpu_job_trains_in_fp32_and_records_it(demo_config, tmp_path):
     """The workflow's policy (runtime.effective_precision): a schedule's bf16 is for the
     GPU; a job on the CPU trains in fp32, and its metrics and history say so."""
     from ltd.experiments import Run
-    from ltd.jobs import train
+    from ltd.jobs import training
 
     config = demo_config
     config["datasets"]["digits"].update(train_size=64, image_size=16)
     config["train"].update(epochs=1, batch_size=32, precision="bf16")
     config["teacher"] = {}
-    metrics = train.train_run(jobspec.training(config, Run("teachers", "digits", "wrn-10-1", 0)), out_dir=tmp_path,
-                              device=torch.device("cpu"))
+    metrics = training.train_run(jobspec.training(config, Run("teachers", "digits", "wrn-10-1", 0)), out_dir=tmp_path,
+                                 device=torch.device("cpu"))
     assert metrics["schedule"]["precision"] == "bf16" and metrics["precision"] == "fp32"
     assert [h["precision"] for h in metrics["history"]] == ["fp32"]
     # the monitors' precision is recorded (TF32 on a GPU; the CPU has none), and the

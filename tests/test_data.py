@@ -396,7 +396,7 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
 def test_prepare_data_unpacks_and_records_the_archive(tree, tmp_path, monkeypatch):
     from ltd import jobspec
     from ltd.files import load_json
-    from ltd.jobs.data import prepare_data
+    from ltd.jobs.preparation import prepare_data
 
     root, _ = tree
     archive = _tar(root, tmp_path / "a.tar.gz")

@@ -5,7 +5,6 @@ as skipped; the measured rows merge into a calibration file the budget reads; th
 fits the budget. And benchmarks/ imports no private name of ltd. (The GPU's numbers are
 never asserted: they are the check's output.)"""
 
-import ast
 import json
 import os
 import re
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from .private_names import private_names
 
 ROOT = Path(__file__).resolve().parent.parent
 # As on the GPU machine: neither Snakemake nor jsonschema is importable.
@@ -194,28 +195,6 @@ def test_the_plan_fits_the_budget_and_names_its_sources():
     assert [s for s, _ in stages] == ["correctness", "emulation", "throughput", "cifar_slice", "autoattack"]
     assert abs(sum(float(v) for _, v in stages) - int(total.group(1))) <= 1
     assert "measured: trades-ltd bf16" in proc.stdout and "launch-bound" in proc.stdout
-
-
-def private_names(path: Path) -> list[str]:
-    """``from ltd... import _x``, ``import ltd._x`` and ``<ltd module>._y`` in one file."""
-    tree = ast.parse(path.read_text())
-    found, modules = [], set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ltd":
-            found += [f"{node.module}: {a.name}" for a in node.names if a.name.startswith("_")]
-            found += [node.module for part in node.module.split(".") if part.startswith("_")]
-            modules |= {a.asname or a.name for a in node.names}
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.split(".")[0] == "ltd":
-                    found += [a.name for part in a.name.split(".") if part.startswith("_")]
-                    modules.add((a.asname or a.name).split(".")[0])
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                and isinstance(node.value, (ast.Name, ast.Attribute)) and ast.unparse(node.value).split(".")[0]
-                in modules):
-            found.append(ast.unparse(node))
-    return found
 
 
 def test_benchmarks_import_no_private_name_of_ltd():

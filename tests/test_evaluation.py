@@ -18,7 +18,7 @@ from ltd import autoattack, checkpoint, checks, diagnostics, evaluate, experimen
 from ltd import config as ltd_config
 from ltd.data import load_split
 from ltd.files import load_json
-from ltd.jobs.evaluate import evaluate_model
+from ltd.jobs.evaluation import evaluate_model
 from ltd.known_answer import MeanIntensityNet, known_answer_data
 from ltd.models import build_model, count_parameters
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ltd import data, methods, steps
 from ltd.host_syncs import HostSyncs
 from ltd.models import build_model
-from ltd.train import _Totals, make_optimizer
+from ltd.train import Totals, make_optimizer
 
 META = torch.device("meta")
 SCHED = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "lr_milestones": [1], "lr_gamma": 0.1}
@@ -66,7 +66,7 @@ def test_a_training_step_never_waits_for_the_host(method):
     step.begin_epoch(0)
     model = build_model("wrn-10-1", 10).to(META)
     opt, _ = make_optimizer(model, SCHED)
-    totals = _Totals(META)
+    totals = Totals(META)
     counts = []
     batches = loader.epoch(0)
     for _ in range(len(loader)):
@@ -80,7 +80,7 @@ def test_a_training_step_never_waits_for_the_host(method):
 
 
 def test_totals_add_copies_nothing():
-    totals = _Totals(META)
+    totals = Totals(META)
     loss, logits, y = torch.zeros((), device=META), torch.zeros(8, 10, device=META), torch.zeros(8, dtype=torch.long,
                                                                                              device=META)
     with HostSyncs() as s:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from .conftest import ROOT
+from .private_names import private_names
 
 
 def test_snakemake_lint_is_clean():
@@ -45,3 +46,24 @@ def test_the_library_never_imports_the_jobs_layer():
             continue
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+(\.+jobs|ltd\.jobs)\b", text, re.M), path
+
+
+def test_no_module_of_the_library_uses_another_modules_private_name():
+    """A leading underscore is a module's own: the library, its jobs and the workflow
+    scripts reach each other through public names only."""
+    bad = {}
+    for path in sorted([*(ROOT / "ltd").rglob("*.py"), *(ROOT / "workflow_scripts").glob("*.py")]):
+        rel = path.relative_to(ROOT)
+        package = ".".join(rel.parts[:-1]) if rel.parts[0] == "ltd" else None
+        own = ".".join([*rel.parts[:-1], rel.stem])
+        names = [n for n in private_names(path, package) if not n.startswith(f"{own}:")]
+        if names:
+            bad[str(rel)] = names
+    assert not bad, f"private names of another module: {bad}"
+
+
+def test_the_private_name_check_reads_relative_imports(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("from .train import _Totals, fit\nfrom . import data\nfrom ..jobs import common\n"
+                 "data._shard(0, 1)\ncommon._spec\n")
+    assert sorted(private_names(f, "ltd.jobs")) == sorted(["ltd.jobs.train: _Totals", "data._shard", "common._spec"])

@@ -85,7 +85,7 @@ def test_rows_made_otherwise_are_drawn_beside_the_curve(demo_config, tmp_path, m
     y on the curve at T=5 (the curve varies T alone)."""
     from ltd import figures
     from ltd.files import save_json
-    from ltd.jobs import tables as table_jobs
+    from ltd.jobs import reporting as table_jobs
 
     entries = [e for e in ex.table_entries(demo_config, "table4") if not e.is_auto]
     assert [e.soft_label_mode for e in entries].count("on_the_fly") == 1 and {e.soft_label_mode for e in entries} == {None, "on_the_fly"}
@@ -114,7 +114,7 @@ def test_table_by_precision_has_a_curve_per_precision_and_its_training_columns(p
     each evaluation's `training` (the evaluated epoch of the run's history)."""
     from ltd import figures
     from ltd.files import save_json
-    from ltd.jobs import tables as table_jobs
+    from ltd.jobs import reporting as table_jobs
 
     entries = ex.table_entries(paper_config, "table8")
     results = [[{**result(ex.entry_run(paper_config, e), 0.9, 0.5 - i / 100)[0],
@@ -144,7 +144,7 @@ def test_a_table_of_best_weights_renders_the_last_epoch_beside_them(tmp_path):
     notes say which is which and which images chose the best epoch."""
     from ltd import config as ltd_config
     from ltd.files import load_json, save_json
-    from ltd.jobs import tables as table_jobs
+    from ltd.jobs import reporting as table_jobs
 
     config = ltd_config.load(ROOT / "config" / "quick.yaml")
     entries = ex.table_entries(config, "table4")
@@ -193,7 +193,7 @@ def test_a_table_of_last_weights_renders_from_its_evaluations_alone(tmp_path):
     set beside it, no (last) columns; the notes say the last epoch was evaluated."""
     from ltd import config as ltd_config
     from ltd.files import save_json
-    from ltd.jobs import tables as table_jobs
+    from ltd.jobs import reporting as table_jobs
 
     config = ltd_config.load(ROOT / "config" / "quick.yaml")
     config["tables"]["table4"]["weights"] = "last"

@@ -11,7 +11,7 @@ from ltd import experiments as ex
 from ltd.data import DeviceLoader, Split
 from ltd.experiments import Run
 from ltd.files import load_json
-from ltd.jobs import train
+from ltd.jobs import training
 from ltd.losses import tempered_softmax
 from ltd.models import build_model
 from ltd.teacher_labels import TeacherLabels
@@ -61,9 +61,9 @@ def test_on_the_fly_student_trains_from_the_teacher_file(demo_config, tmp_path):
     torch.manual_seed(0)
     checkpoint.save(build_model("wrn-10-1", 10).state_dict(), tmp_path / "teacher.pt")
     with pytest.raises(ValueError, match="no teacher was given"):
-        train.train_run(jobspec.training(c, run), out_dir=tmp_path / "s", device=torch.device("cpu"))
-    train.train_run(jobspec.training(c, run), out_dir=tmp_path / "s", teacher=tmp_path / "teacher.pt",
-                    device=torch.device("cpu"))
+        training.train_run(jobspec.training(c, run), out_dir=tmp_path / "s", device=torch.device("cpu"))
+    training.train_run(jobspec.training(c, run), out_dir=tmp_path / "s", teacher=tmp_path / "teacher.pt",
+                       device=torch.device("cpu"))
     m = load_json(tmp_path / "s" / "metrics.json")
     assert m["soft_labels"] == "on_the_fly" and m["epochs"] == 1
 

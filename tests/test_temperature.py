@@ -1,4 +1,4 @@
-"""The temperature search (ltd/temperature.py, ltd/jobs/temperature.py): T_max, and a
+"""The temperature search (ltd/temperature.py, ltd/jobs/temperature_search.py): T_max, and a
 step 2 that a gradient-masked candidate cannot win."""
 
 import copy
@@ -10,7 +10,7 @@ from ltd import config as ltd_config
 from ltd import jobspec, temperature
 from ltd.data import load_split
 from ltd.experiments import Run
-from ltd.jobs.temperature import validate_model
+from ltd.jobs.temperature_search import validate_model
 from ltd.models import build_model
 
 from .conftest import ROOT

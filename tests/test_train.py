@@ -12,7 +12,7 @@ import yaml
 from ltd import checkpoint, jobspec
 from ltd.experiments import Run
 from ltd.files import load_json
-from ltd.jobs import train
+from ltd.jobs import training
 
 from .conftest import ROOT
 
@@ -24,7 +24,7 @@ JOB = """
 import os, sys, time, torch, yaml
 from ltd import jobspec, steps
 from ltd.experiments import Run
-from ltd.jobs import train
+from ltd.jobs import training
 torch.set_num_threads(1)
 pause_at, marker = int(os.environ.get("LTD_TEST_PAUSE_AT", 0)), os.environ.get("LTD_TEST_MARKER")
 if pause_at:
@@ -47,7 +47,7 @@ if pause_at:
     steps.build_step = build_step
 config = yaml.safe_load(open(sys.argv[1]))
 run = Run.parse("students", sys.argv[2])
-train.train_run(jobspec.training(config, run), out_dir=sys.argv[3], device=torch.device("cpu"))
+training.train_run(jobspec.training(config, run), out_dir=sys.argv[3], device=torch.device("cpu"))
 """
 
 STEPS_PER_EPOCH = 4  # 256 training images, batch 64
@@ -153,13 +153,13 @@ def test_stale_checkpoint_from_other_settings_is_not_resumed(tiny, tmp_path):
     run = Run("teachers", "digits", "wrn-10-1", 0)
     out = tmp_path / "t"
     before = signal.getsignal(signal.SIGTERM)
-    train.train_run(jobspec.training(config, run), out_dir=out, device=torch.device("cpu"))
+    training.train_run(jobspec.training(config, run), out_dir=out, device=torch.device("cpu"))
     assert signal.getsignal(signal.SIGTERM) is before  # fit put the previous handler back
     first = checkpoint.load(out / "model.pt")
     # leave a checkpoint claiming a finished run with different settings
     fake = {"model": {k: torch.zeros_like(v) for k, v in first.items()}, "epoch": 1, "fingerprint": "other"}
     checkpoint.save(fake, out / "checkpoint.pt")
-    train.train_run(jobspec.training(config, run), out_dir=out, device=torch.device("cpu"))
+    training.train_run(jobspec.training(config, run), out_dir=out, device=torch.device("cpu"))
     again = checkpoint.load(out / "model.pt")
     assert all(torch.equal(first[k], again[k]) for k in first)
 
@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(tiny, tmp_path):
     config["train"].update(lr=1e6, epochs=2)
     run = Run("teachers", "digits", "wrn-10-1", 0)
     with pytest.raises(RuntimeError, match=r"loss is nan or inf at epoch \d+, within steps \d+-\d+"):
-        train.train_run(jobspec.training(config, run), out_dir=tmp_path / "nan", device=torch.device("cpu"))
+        training.train_run(jobspec.training(config, run), out_dir=tmp_path / "nan", device=torch.device("cpu"))
     assert not (tmp_path / "nan" / "model.pt").exists()
 
 

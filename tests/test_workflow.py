@@ -209,6 +209,13 @@ EDITS = {
     "training curves' monitor": ({"evaluation": {"monitor": {"n_examples": 10}}}, STUDENTS),
     "monitor's overlap_ok": ({"evaluation": {"monitor": {"overlap_ok": True}}}, {}),  # computes nothing
     "AWP (not in Table IV)": ({"awp": {"gamma": 0.01}}, {}),
+    # each step of the search reruns for its own setting (jobspec.Search.identity), and the
+    # `auto` row's choice, which reads T_max, after it
+    "T_max threshold": ({"datasets": {"digits": {"temperature_search": {"threshold": 0.5}}}},
+                        {"tmax": 1, "figure_tmax": 1, "select_temperature": 1, "resolve_auto": 1,
+                         "resolve_auto_best": 1, **DOWNSTREAM}),
+    "auto row's criterion": ({"datasets": {"digits": {"temperature_search": {"criterion": "eq9_kl"}}}},
+                             {"select_temperature": 1, "resolve_auto": 1, "resolve_auto_best": 1, **DOWNSTREAM}),
 }
 
 

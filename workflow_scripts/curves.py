@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from ltd.jobs import tables
+from ltd.jobs import reporting
 from ltd.provenance import log_to
 
 log_to(snakemake.log[0])
-tables.render_curves(snakemake.wildcards.table, list(snakemake.input), stem=Path(snakemake.output.png).with_suffix(""))
+reporting.render_curves(snakemake.wildcards.table, list(snakemake.input), stem=Path(snakemake.output.png).with_suffix(""))

@@ -10,7 +10,7 @@ import torch
 from .. import data, robustbench
 from ..files import write_text
 from ..jobspec import Model, Published
-from .evaluate import evaluate_model
+from .evaluation import evaluate_model
 
 
 def _fmt(v: float | None) -> str:

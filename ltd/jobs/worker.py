@@ -1,5 +1,5 @@
 """One process of a multi-process training job: ``python -m ltd.jobs.worker job.json``,
-started by ``ltd.jobs.train.launch_train`` under torchrun. Nothing imports this module."""
+started by ``ltd.jobs.training.launch_train`` under torchrun. Nothing imports this module."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from .. import distributed, runtime
 from ..files import load_json
 from ..jobspec import Training
-from .train import exit_code, train_run
+from .training import exit_code, train_run
 
 
 def main(argv: list[str]) -> int:
