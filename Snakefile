@@ -5,7 +5,7 @@ import atexit
 
 from snakemake.utils import min_version, validate
 
-from ltd import checks
+from ltd import checks, config_errors, scope
 
 min_version("9.0")
 
@@ -18,14 +18,14 @@ configfile: "config/config.yaml"
 # (SCOPE: `snakemake table4` needs no ImageNet nor 4 GPUs for it). A job's own Snakemake
 # (on a Slurm node) runs what the planning Snakemake checked: only the units and the schema.
 checks.units(config)
-with checks.schema_errors():
+with config_errors.schema_errors():
     validate(config, "config/schema.yaml")
 
 
-ARGS = checks.command_line() if workflow.is_main_process else None
+ARGS = scope.command_line() if workflow.is_main_process else None
 # --lint runs nothing: the whole config, without its files
 TARGETS = ARGS.targets if ARGS and not ARGS.lint else None
-SCOPE = checks.requested(config, TARGETS) if workflow.is_main_process else checks.Scope(files=False)
+SCOPE = scope.requested(config, TARGETS) if workflow.is_main_process else scope.Scope(files=False)
 checks.check(config, gpus=checks.resource_limit(workflow.global_resources.get("gpu")), scope=SCOPE)
 checks.warn(checks.warnings(config, SCOPE), "the config runs, but:")
 # Data not on disk yet (an ImageNet tree, a published checkpoint): a plan (-n) or the

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltd import data, flops, fp16_emulation, jobspec, runtime, throughput
+from ltd import data, flops, fp16_emulation, image_files, jobspec, runtime, throughput
 from ltd.attacks import pgd_attack
 from ltd.autoattack import run_autoattack
 from ltd.compiled import AttackForward
@@ -301,7 +301,7 @@ def cifar_slice(ctx, res: dict) -> None:
     t0 = time.time()
     ds = {"source": "cifarfolder", "path": str(ctx.work / "cifar10-jpeg"), "archive": str(ctx.archive),
           "val_size": 0, "train_size": s.teacher_images, "test_size": s.test_images}
-    data.unpack_archive(ds)
+    image_files.unpack_archive(ds)
     split = data.load_split(jobspec.Data.of(ds), "train").to(dev)
     test = data.load_split(jobspec.Data.of(ds), "test").to(dev)
     res["data"] = {"archive": str(ctx.archive), "train_images": len(split), "seconds": time.time() - t0}

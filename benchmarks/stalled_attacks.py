@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from ltd import attacks, data, jobspec, runtime  # noqa: E402
+from ltd import attacks, data, image_files, jobspec, runtime  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 from ltd.steps import trades_adversarial  # noqa: E402
 
@@ -73,7 +73,7 @@ def load(archive: str, folder: str, split: str, n: int, digits: int | None = Non
     if digits:
         return data.load_split(jobspec.Data.of({"source": "digits", "image_size": digits, "test_size": 397}), split).head(n)
     cfg = {"source": "cifarfolder", "path": folder, "archive": archive}
-    data.unpack_archive(cfg)
+    image_files.unpack_archive(cfg)
     return data.load_split(jobspec.Data.of(cfg, folder), split).head(n)
 
 

@@ -46,10 +46,10 @@ def load(*overlays: str | Path, validate: bool = True, gpus: int | None = None) 
     if validate:
         from snakemake.utils import validate as snakemake_validate
 
-        from . import checks
+        from . import checks, config_errors
 
         checks.units(config)
-        with checks.schema_errors():  # one line naming the key, as the Snakefile prints it
+        with config_errors.schema_errors():  # one line naming the key, as the Snakefile prints it
             snakemake_validate(config, str(SCHEMA))
         checks.check(config, gpus=gpus)
     return fill_defaults(config)  # validate filled them already; not validated: filled here

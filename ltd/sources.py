@@ -9,8 +9,9 @@ and the budget's assumptions. The schema's ``source`` enum, ``ltd.data``, the bu
 the config checks and the rules all read this table (tests/test_data.py checks that the
 schema's enum lists its names).
 
-Adding a source kind = one record below + its loader class in ``ltd/data.py`` (the
-interface of ``ltd.data.InMemory``) + its name in config/schema.yaml's ``source`` enum;
+Adding a source kind = one record below + its loader class in ``ltd/data.py`` (or
+``ltd/image_files.py`` for a kind kept as files; a subclass of ``ltd.data.Loader``) + its
+name in config/schema.yaml's ``source`` enum;
 docs/data.md "Adding a data source" says how.
 
 Besides the fixed sources (torchvision's CIFAR, ImageNet's ImageFolder tree, the demo's
@@ -36,7 +37,7 @@ from .schema import dataset_defaults
 @dataclass(frozen=True)
 class Source:
     name: str
-    loader: str  # "module:Class" of the loader (ltd.data.InMemory's interface), imported by ltd.data
+    loader: str  # "module:Class" of the loader (an ltd.data.Loader), imported by ltd.data
     note: Callable[[dict], str]  # which images a result's numbers come from (table notes), from the section
     # {"train", "test"} images as the source ships them (a pool source: its one pool, as
     # "train"); None where they are counted from its files.
@@ -236,11 +237,11 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            sizes={"train": 1_797}, classes=10, carved_test=397, accuracy=(0.95, 0.60)),
     # Priced as CIFAR-10's images while its files are not there yet (a plan made before
     # the data is on disk, which the plan names: ltd.checks.missing_data); accuracy: CIFAR-10's.
-    Source("cifarfolder", "ltd.data:CifarFolder", _folder_note, file_based=True, problem=folder_problem,
+    Source("cifarfolder", "ltd.image_files:CifarFolder", _folder_note, file_based=True, problem=folder_problem,
            count=folder_sizes, priced_as={**_CIFAR10, "classes": 10}),
     # ImageNet-1k, priced without listing its 1.3 million files; ltd.data reads the
     # number of classes from its train/ folder.
-    Source("imagefolder", "ltd.data:ImageFolder", lambda cfg: f"Data: image files under {cfg['path']} (ImageFolder)",
+    Source("imagefolder", "ltd.image_files:ImageFolder", lambda cfg: f"Data: image files under {cfg['path']} (ImageFolder)",
            file_based=True, streamed=True, buildable=True, problem=tree_problem,
            priced_as={"train": 1_281_167, "test": 50_000, "classes": 1000}, accuracy=(0.65, 0.40)),
 ]}

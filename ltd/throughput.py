@@ -65,6 +65,9 @@ COUNTED_LAUNCHES = {
     ("wrn-50-2", "natural"): (1240, 0), ("wrn-50-2", "trades"): (2089, 365), ("wrn-50-2", "awp"): (3784, 365),
     ("wrn-50-2", "pgd"): (1549, 415), ("wrn-50-2", "mart"): (1884, 361), ("wrn-50-2", "attack"): (0, 354),
     # the offline demo's stand-ins (config/demo.yaml)
+    # (WRN-10-1's first block has no shortcut convolution: 16 channels in and out)
+    ("wrn-10-1", "natural"): (222, 0), ("wrn-10-1", "trades"): (405, 73), ("wrn-10-1", "awp"): (710, 73),
+    ("wrn-10-1", "pgd"): (293, 77), ("wrn-10-1", "mart"): (392, 69), ("wrn-10-1", "attack"): (0, 62),
     ("wrn-10-2", "natural"): (229, 0), ("wrn-10-2", "trades"): (416, 75), ("wrn-10-2", "awp"): (736, 75),
     ("wrn-10-2", "pgd"): (301, 79), ("wrn-10-2", "mart"): (402, 71), ("wrn-10-2", "attack"): (0, 64),
     ("wrn-10-4", "natural"): (229, 0), ("wrn-10-4", "trades"): (416, 75), ("wrn-10-4", "awp"): (736, 75),

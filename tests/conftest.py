@@ -61,13 +61,13 @@ CIFAR10_JPEG_SHA256 = "ba71b9da469a0642b511b82cb7e817f919872cb21e6b3681ebca2fc4b
 
 @pytest.fixture(scope="session")
 def cifar10_jpeg(tmp_path_factory):
-    """The real CIFAR-10 archive unpacked once (by ltd.data.unpack_archive) into a
+    """The real CIFAR-10 archive unpacked once (by ltd.image_files.unpack_archive) into a
     temporary folder: a cifarfolder data set section for it."""
     if not CIFAR10_JPEG.is_file():
         pytest.skip(f"{CIFAR10_JPEG} is not here (CI has it beside the clone)")
-    from ltd import data
+    from ltd import image_files
 
     cfg = {"source": "cifarfolder", "path": str(tmp_path_factory.mktemp("cifar10") / "cifar10-jpeg"),
            "archive": str(CIFAR10_JPEG), "archive_sha256": CIFAR10_JPEG_SHA256, "crop_padding": 4}
-    data.unpack_archive(cfg)
+    image_files.unpack_archive(cfg)
     return cfg

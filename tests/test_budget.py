@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from ltd import budget, methods
+from ltd import budget, budget_report, methods
 from ltd import experiments as ex
 
 from .conftest import ROOT
@@ -32,7 +32,7 @@ def test_total_counts_each_job_of_the_paper_config_once(paper_estimate):
 def test_table4_has_ten_students_and_shares_with_table1(paper_config, paper_estimate):
     row = paper_estimate.loc["table4"]
     assert (row.students, row.teachers, row.substitutes, row.evaluations) == (10, 1, 2, 20)  # best and last
-    shared = budget.shared_jobs(paper_config)
+    shared = budget_report.shared_jobs(paper_config)
     assert shared["student:cifar10_wrn-34-10_trades_b6_s0"] == ["table1", "table4", "table7"]
     assert shared["student:cifar10_wrn-34-10_trades-ltd_T5_b6_s0"] == ["table1", "table4", "table7", "table8"]
     assert shared["teacher:cifar10_wrn-34-10_s0"] == ["table1", "table4", "table5", "table7", "table8"]
@@ -118,7 +118,7 @@ def test_flop_bound_model_rates_are_inverse_in_the_assumed_mfu(paper_config, tmp
     c["budget"] = {**c["budget"], "mfu": {k: v / 2 for k, v in c["budget"]["mfu"].items()}}
     half = budget.estimate(c).set_index("table")
     assert half["total GPU-h"].to_numpy() == pytest.approx(2 * full["total GPU-h"].to_numpy(), rel=1e-9)
-    assert set(budget.jobs_frame(c)["priced by"]) == {"model, FLOP-bound"}
+    assert set(budget_report.jobs_frame(c)["priced by"]) == {"model, FLOP-bound"}
     measured = copy.deepcopy(paper_config)
     measured["budget"] = {**measured["budget"], "mfu": {k: v / 2 for k, v in measured["budget"]["mfu"].items()}}
     run = ex.entry_run(paper_config, ex.table_entries(paper_config, "table4")[0])
@@ -151,7 +151,7 @@ def test_a_small_network_is_priced_by_its_kernel_launches(tmp_path):
     measured = budget.job_cost(quick, budget.Job("student", run))  # fp16 training uses the bf16 row
     assert measured.basis == "measured" and measured.seconds_per_fe == pytest.approx(1 / (4000 * 27))
     assert "trades bf16 4000 img/s on NVIDIA H100, 2026-12-07 (a test)" in measured.rate
-    text = budget.render(quick, jobs=False)
+    text = budget_report.render(quick, jobs=False)
     assert "## Throughput" in text and "| preact-resnet18 | cifar10   | trades fp16" in text
     assert "model, launch-bound" in text and "measured" in text  # the teacher's natural step is still modelled
 
@@ -188,9 +188,11 @@ def test_counted_launches_are_what_ltd_launches_counts():
     for wide, narrow in twins.items():
         assert {k: v for (a, k), v in cached.items() if a == wide} == {
             k: v for (a, k), v in cached.items() if a == narrow and (wide, k) in cached}, wide
-    assert {a for a, _ in cached} == {"preact-resnet18", *twins, *twins.values()}
-    for kind in [k for a, k in cached if a == "preact-resnet18"]:
-        assert launches.launch_counts("preact-resnet18", kind) == cached["preact-resnet18", kind], kind
+    singles = ("preact-resnet18", "wrn-10-1")  # wrn-10-1: no shortcut convolution in its first block
+    assert {a for a, _ in cached} == {*singles, *twins, *twins.values()}
+    for arch in singles:
+        for kind in [k for a, k in cached if a == arch]:
+            assert launches.launch_counts(arch, kind) == cached[arch, kind], (arch, kind)
     for arch in sorted(set(twins.values())):
         base, per_step = cached[arch, "trades"]
         assert launches.step_launches(arch, "trades", 1) == base + per_step, arch
@@ -229,7 +231,7 @@ def test_demo_config_counts_its_auto_search(demo_config):
 
 
 def test_render_writes_the_tables(paper_config):
-    text = budget.render(paper_config)
+    text = budget_report.render(paper_config)
     assert "| total" in text and "## Shared jobs" in text and "cifar10_wrn-34-10_trades_b6_s0" in text
 
 
@@ -248,7 +250,7 @@ def test_tf32_evaluation_uses_the_tf32_peak(paper_config):
     measured = ltd_config.merge(paper_config, {"evaluation": {"precision": "pytorch_default"},
                                                "budget": {"mfu": {"eval_pytorch_default": 0.7}}})
     assert budget.estimate(measured)["eval GPU-h"].iloc[-1] < default["eval GPU-h"].iloc[-1]
-    line = next(t for t in budget.render(paper_config, jobs=False).splitlines() if "by evaluation.precision" in t)
+    line = next(t for t in budget_report.render(paper_config, jobs=False).splitlines() if "by evaluation.precision" in t)
     assert "(configured: fp32): fp32 " in line and "pytorch_default" in line and "one job's rate" in line
 
 
@@ -259,7 +261,7 @@ def test_jobs_per_gpu_use_the_measured_throughput(paper_config):
     one = budget.estimate(paper_config)["total GPU-h"].iloc[-1]
     unmeasured = ltd_config.merge(paper_config, {"jobs_per_gpu": 2})
     assert budget.estimate(unmeasured)["total GPU-h"].iloc[-1] == pytest.approx(one)  # k = 1 figures, said so
-    assert "2 job(s) per GPU, priced at one job's rate (not measured for this k)" in budget.render(unmeasured)
+    assert "2 job(s) per GPU, priced at one job's rate (not measured for this k)" in budget_report.render(unmeasured)
     measured = ltd_config.merge(unmeasured, {"budget": {"jobs_per_gpu_throughput": [1.0, 1.25]}})
     assert budget.estimate(measured)["total GPU-h"].iloc[-1] == pytest.approx(one / 1.25)
 

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from ltd import config as ltd_config
+from ltd.scope import requested
 
 from .conftest import ROOT, copy_workflow
 
@@ -28,7 +29,7 @@ def test_paper_and_demo_configs_validate(paper_config, demo_config):
     (("evaluation", "autoattack", "version"), "standrd", "did you mean 'standard'?"),
 ])
 def test_bad_values_name_the_key(tmp_path, key, value, named):
-    """The schema's error in one line (ltd.checks.schema_problem): the key as the config
+    """The schema's error in one line (ltd.config_errors.schema_problem): the key as the config
     writes it, the value, what is expected or the closest valid names."""
     from ltd import checks
 
@@ -173,12 +174,12 @@ def test_snakemake_stops_before_any_job(tmp_path, edits, key):
     assert not (ROOT / "results" / "checks").exists()
 
 
-# ---- the checks judge what the requested targets run (checks.requested) ----
+# ---- the checks judge what the requested targets run (scope.requested) ----
 
 def _check(config, targets, gpus=None):
     from ltd import checks
 
-    checks.check(config, gpus=gpus, scope=checks.requested(config, targets))
+    checks.check(config, gpus=gpus, scope=requested(config, targets))
 
 
 @pytest.mark.parametrize("targets,scoped", [
@@ -196,9 +197,8 @@ def _check(config, targets, gpus=None):
     (["results/paper/elsewhere.txt"], {"tables": {f"table{i}" for i in range(1, 9)}}),  # unplaced: everything
 ])
 def test_targets_are_placed_in_the_config(paper_config, targets, scoped):
-    from ltd import checks
 
-    scope = checks.requested(paper_config, targets)
+    scope = requested(paper_config, targets)
     for field, want in scoped.items():
         assert getattr(scope, field) == want, (field, scope)
 
@@ -244,7 +244,7 @@ def test_lr_milestones_beyond_the_last_epoch_are_named(paper_config, edits, name
         _check(config, ["table4"])
     assert named in str(err.value), str(err.value)
     # ImageNet's own schedule: [50, 90] of 90 epochs, the last one without effect, as the paper writes it
-    checks.check(paper_config, scope=dataclasses.replace(checks.requested(paper_config, ["table3"]), files=False))
+    checks.check(paper_config, scope=dataclasses.replace(requested(paper_config, ["table3"]), files=False))
 
 
 def test_missing_data_and_checkpoints_are_named_for_the_targets_that_read_them(paper_config, tmp_path, monkeypatch):
@@ -253,7 +253,7 @@ def test_missing_data_and_checkpoints_are_named_for_the_targets_that_read_them(p
     from ltd import checks
 
     def missing(targets):
-        scope = checks.requested(config, targets)
+        scope = requested(config, targets)
         checks.check(config, scope=scope)  # the config itself holds together
         return "\n".join(checks.missing_data(config, scope))
 
@@ -282,12 +282,12 @@ def test_an_evaluation_larger_than_the_test_set_is_named(demo_config):
     """Clamped to the test split by the job: said once before any job (a warning)."""
     from ltd import checks
 
-    assert checks.warnings(demo_config, checks.requested(demo_config, ["table4"])) == []
+    assert checks.warnings(demo_config, requested(demo_config, ["table4"])) == []
     _set(demo_config, "datasets.digits.evaluation.n_examples", 5000)
-    assert checks.warnings(demo_config, checks.requested(demo_config, ["table4"])) == [
+    assert checks.warnings(demo_config, requested(demo_config, ["table4"])) == [
         "datasets.digits.evaluation.n_examples = 5000 (for datasets.digits) is more than its 397 test images: its "
         "evaluations use all 397; write n_examples: 397 to say so"]
-    assert checks.warnings(demo_config, checks.requested(demo_config, ["simulation"])) == []
+    assert checks.warnings(demo_config, requested(demo_config, ["simulation"])) == []
 
 
 def test_a_plan_needs_only_what_its_targets_run(tmp_path):

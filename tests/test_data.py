@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from ltd import data, sources
+from ltd import data, image_files, sources
 from ltd import experiments as ex
 from ltd.jobspec import Data
 
@@ -138,7 +138,7 @@ STORED = 37  # round(32 * 256/224): evaluation's Resize is then the identity, Ce
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagefolder") / "digits"
     source = {"source": "digits", "image_size": STORED, "val_size": 50}  # val_size is ignored: all 1,400 written
-    data.write_image_folder(Data.of(source), root)
+    image_files.write_image_folder(Data.of(source), root)
     return root, source
 
 
@@ -157,8 +157,8 @@ def test_write_image_folder_layout_is_atomic_and_replaces(folder, tmp_path):
     assert not [p for p in os.listdir(root.parent) if p.startswith(".")]  # no temporary left behind
     small = {"source": "digits", "image_size": 8, "train_size": 30, "test_size": 20}
     out = tmp_path / "x"
-    data.write_image_folder(Data.of(small), out)
-    data.write_image_folder(Data.of(small), out)  # a rewrite replaces the tree
+    image_files.write_image_folder(Data.of(small), out)
+    image_files.write_image_folder(Data.of(small), out)  # a rewrite replaces the tree
     assert sorted(os.listdir(tmp_path)) == ["x"]
     assert data.describe(Data.of(_cfg(out, image_size=8)))["train"]["n"] == 30
 
@@ -169,7 +169,7 @@ def test_image_folder_reads_back_labels_and_pixels(folder):
     assert data.num_classes(Data.of(cfg)) == 10
     orig = data.load_split(Data.of(source), "test")  # what was written to val/
     pos = {int(i): j for j, i in enumerate(orig.indices)}
-    fs = data.file_split(Data.of(cfg), "test")
+    fs = image_files.file_split(Data.of(cfg), "test")
     src_idx = [pos[int(Path(f).stem)] for f in fs.files]  # file names carry the source index
     assert torch.equal(fs.y, orig.y[src_idx])
     expect = TF.center_crop(orig.x[src_idx], [32, 32])
@@ -180,7 +180,7 @@ def test_image_folder_reads_back_labels_and_pixels(folder):
     assert [len(x) for x, _ in streamed] == [128, 72]
     assert torch.equal(torch.cat([x for x, _ in streamed]), got.x[:200])
     # test_size: the first N of the same fixed permutation; a prefix covers the classes
-    sub = data.file_split(Data.of(_cfg(root, test_size=100)), "test")
+    sub = image_files.file_split(Data.of(_cfg(root, test_size=100)), "test")
     assert sub.files == fs.files[:100] and len(set(sub.y.tolist())) == 10
 
 
@@ -192,7 +192,7 @@ def test_image_folder_splits_and_describe(folder):
     assert d["source"] == "imagefolder" and d["num_classes"] == 10 and d["train"]["shape"] == [3, 32, 32]
     assert d == data.describe(Data.of(cfg))  # the same listing, the same fingerprints
     assert d["train"]["files_sha256"] != data.describe(Data.of(_cfg(root, val_size=101)))["train"]["files_sha256"]
-    tr, va = data.file_split(Data.of(cfg), "train"), data.file_split(Data.of(cfg), "val")
+    tr, va = image_files.file_split(Data.of(cfg), "train"), image_files.file_split(Data.of(cfg), "val")
     assert not set(tr.files) & set(va.files)
 
 def test_image_folder_path_is_relative_to_the_working_directory(folder, monkeypatch):
@@ -205,11 +205,11 @@ def test_image_folder_path_is_relative_to_the_working_directory(folder, monkeypa
 def test_stream_loader_is_deterministic_sharded_and_carries_soft_labels(folder):
     root, _ = folder
     cfg = _cfg(root, train_size=90)
-    fs = data.file_split(Data.of(cfg), "train")
+    fs = image_files.file_split(Data.of(cfg), "train")
     q = torch.arange(len(fs), dtype=torch.float32)[:, None]  # soft label = the image's position
     make = lambda r, w, **kw: data.make_train_loader(Data.of({**cfg, **kw}), "cpu", 32, q, seed=5, rank=r, world_size=w)
     loader = make(0, 1)
-    assert isinstance(loader, data.StreamLoader) and len(loader) == 3
+    assert isinstance(loader, image_files.StreamLoader) and len(loader) == 3
     a, b, c = list(loader.epoch(0)), list(loader.epoch(0)), list(loader.epoch(1))
     assert [len(x) for x, _, _ in a] == [32, 32, 26]
     assert all(torch.equal(x1, x2) for (x1, _, _), (x2, _, _) in zip(a, b))
@@ -357,13 +357,13 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
     assert sources.folder_problem("mine", cfg) is None  # nothing unpacked yet, but an archive to unpack
     assert sources.sizes(cfg) == {"train": 15, "test": 7, "classes": 3}  # from the archive's listing
     with pytest.raises(ValueError, match="sha256 .* but archive_sha256 says 0000"):
-        data.unpack_archive({**cfg, "archive_sha256": "0" * 64})
+        image_files.unpack_archive({**cfg, "archive_sha256": "0" * 64})
     assert not (tmp_path / "data" / "mine").exists()
-    assert data.unpack_archive({**cfg, "archive_sha256": digest.upper()})["sha256"] == digest
+    assert image_files.unpack_archive({**cfg, "archive_sha256": digest.upper()})["sha256"] == digest
     assert torch.equal(data.load_split(Data.of(cfg), "test").x, data.load_split(Data.of(_fcfg(root)), "test").x)
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["mine"]  # no temporary left behind
     stamp = (tmp_path / "data" / "mine").stat().st_mtime_ns
-    data.unpack_archive(cfg)  # the same archive: kept as it is
+    image_files.unpack_archive(cfg)  # the same archive: kept as it is
     assert (tmp_path / "data" / "mine").stat().st_mtime_ns == stamp
     assert data.describe(Data.of(cfg), ("test",))["archive"] == {"archive": str(archive), "sha256": digest}
     # another archive (here: one class fewer) replaces what the first one unpacked
@@ -371,13 +371,13 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
     shutil.rmtree(root / "train" / "cat")
     shutil.rmtree(root / "test" / "cat")
     other = _tar(root, tmp_path / "b.tar.gz")
-    data.unpack_archive({**cfg, "archive": str(other)})
+    image_files.unpack_archive({**cfg, "archive": str(other)})
     assert data.num_classes(Data.of(cfg)) == 2
     # a folder it did not unpack is never overwritten (and the plan says so first)
     assert "holds files that were not unpacked from datasets.mine.archive" in sources.folder_problem(
         "mine", _fcfg(root, archive=str(other)))
     with pytest.raises(FileExistsError, match="was not unpacked from an archive by this workflow"):
-        data.unpack_archive(_fcfg(root, archive=str(other)))
+        image_files.unpack_archive(_fcfg(root, archive=str(other)))
     # nothing outside the folder: a link or a '..' name stops it, and nothing is left
     import tarfile
     for name, kind in (("train/ant/link.png", tarfile.SYMTYPE), ("../evil.png", tarfile.REGTYPE)):
@@ -388,7 +388,7 @@ def test_unpack_archive_checks_unpacks_once_and_replaces(tree, tmp_path):
             member.type, member.linkname = kind, "/etc/passwd"
             tar.addfile(member)
         with pytest.raises(ValueError, match=f"member {name!r} is not a plain file or folder inside the archive"):
-            data.unpack_archive(_fcfg(tmp_path / "bad", archive=str(tmp_path / "bad.tar")))
+            image_files.unpack_archive(_fcfg(tmp_path / "bad", archive=str(tmp_path / "bad.tar")))
     assert not (tmp_path / "bad").exists() and not (tmp_path / "evil.png").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.")]
 
@@ -435,3 +435,16 @@ def test_cifar10_jpeg_is_cifar10_in_its_label_order(cifar10_jpeg):
     d = data.describe_source(Data.of(cfg))
     assert d["lossy"] and d["train"]["formats"] == {".jpg": 50_000} and d["archive"]["sha256"] == cfg["archive_sha256"]
     assert "JPEG is lossy" in d["note"]
+
+
+def test_the_digits_are_read_as_scikit_learn_reads_them():
+    """ltd.data reads sklearn's digits file itself (importing sklearn.datasets costs every
+    demo job 2.4 s): the same images and labels, bit for bit."""
+    from sklearn.datasets import load_digits
+
+    images, target = data._digits_raw()
+    d = load_digits()
+    assert images.dtype == d.images.dtype and np.array_equal(images, d.images)
+    assert np.array_equal(target, d.target) and target.dtype == d.target.dtype
+    x, y = data._digits(16)
+    assert x.shape == (1797, 3, 16, 16) and torch.equal(y, torch.tensor(d.target))

@@ -110,3 +110,19 @@ def test_the_readmes_data_table_is_the_configs():
     assert all(f"`data_dir` (`{config['data_dir']}/`)" in where[d] for d in ("cifar10", "cifar100"))
     assert f"`{jpeg['archive']}`" in section and f"`{jpeg['path']}/`" in section
     assert f"`{config['robustbench_model_dir']}/<dataset>/Linf/<name>.pt`" in section
+
+
+def test_the_demo_page_quotes_the_snapshot_of_table4_as_it_is():
+    """docs/demo_results.md's "Today's Table IV" is docs/demo/table4.md's table (the
+    snapshot of a real `make demo`), row for row: a rerun that changes the snapshot
+    changes the page too. Its caption names the configuration the page describes."""
+    snapshot = (ROOT / "docs" / "demo" / "table4.md").read_text()
+    caption, table = snapshot.split("\n\n", 1)
+    page = (ROOT / "docs" / "demo_results.md").read_text()
+    section = page.split("## Today's Table IV", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert rows == [line for line in table.splitlines() if line.startswith("|")]
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    epochs = demo["train"]["epochs"]
+    assert f"{epochs} epochs, batch 64" in caption and "wrn-10-1 for wrn-34-10" in caption
+    assert demo["stand_ins"]["archs"]["wrn-34-10"] == "wrn-10-1" and f"for {epochs} epochs" in page

@@ -5,6 +5,7 @@ import pytest
 from ltd import experiments as ex
 from ltd import jobspec
 from ltd.experiments import Run
+from ltd.scope import everything
 
 
 @pytest.mark.parametrize("run", [
@@ -56,7 +57,7 @@ def test_auto_entry_resolves_through_search(demo_config):
     group = ex.search_group(demo_config, auto[0])
     cands = ex.search_candidates(demo_config, group)
     assert [c.temperature for c in cands] == [float(t) for t in demo_config["datasets"]["digits"]["temperature_search"]["grid"]]
-    assert all(c.dataset == "digits" and c.arch == "wrn-10-2" for c in cands)
+    assert all(c.dataset == "digits" and c.arch == "wrn-10-1" for c in cands)
 
 
 def test_schedule_overrides(demo_config, paper_config):
@@ -113,15 +114,14 @@ def test_table_entry_errors_name_the_entry(paper_config):
 
 
 def test_the_whole_config_reads_the_tables_and_the_published_data_sets(demo_config, paper_config):
-    """What the planning checks look for on disk (ltd.checks.everything): the tables' data
+    """What the planning checks look for on disk (ltd.scope.everything): the tables' data
     sets as they run (stand-ins) and each published checkpoint's as written (its rule
     evaluates there)."""
-    from ltd import checks
 
-    assert checks.everything(paper_config).data == {"cifar10", "cifar100", "imagenet"}
-    assert checks.everything(demo_config).data == {"digits", "digits12", "digitsp", "digitsfolder"}  # no ImageNet
+    assert everything(paper_config).data == {"cifar10", "cifar100", "imagenet"}
+    assert everything(demo_config).data == {"digits", "digits12", "digitsp", "digitsfolder"}  # no ImageNet
     published = {**demo_config, "published": [{"name": "m", "dataset": "cifar10", "arch": "wrn-34-10"}]}
-    assert checks.everything(published).data == {"cifar10", "digits", "digits12", "digitsp", "digitsfolder"}
+    assert everything(published).data == {"cifar10", "digits", "digits12", "digitsp", "digitsfolder"}
 
 
 def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_default(paper_config, demo_config):
@@ -139,14 +139,14 @@ def test_precision_of_an_entry_is_in_its_run_only_where_it_differs_from_the_defa
     assert [e.trains_in for e in entries] == ["fp16"] * 5 + ["bf16"] * 5
     # the demo trains in fp32 by default: both its precisions are the entries' own, on table8's own data set
     demo = list(ex.table_students(demo_config, "table8"))
-    assert [r.name for r in demo[::3]] == ["digitsp_wrn-10-2_trades-ltd_T1_fp16_b6_s0",
-                                           "digitsp_wrn-10-2_trades-ltd_T1_bf16_b6_s0"]
+    assert [r.name for r in demo[::3]] == ["digitsp_wrn-10-1_trades-ltd_T1_fp16_b6_s0",
+                                           "digitsp_wrn-10-1_trades-ltd_T1_bf16_b6_s0"]
     assert ex.table_dataset(demo_config, "table8") == "digitsp" and ex.table_dataset(demo_config, "table4") == "digits"
     # an `auto` row keeps its precision through the search
     demo_config["tables"]["table4"]["entries"] = [{"method": "trades-ltd", "temperature": "auto", "precision": "bf16"}]
     auto = ex.table_entries(demo_config, "table4")[0]
     group = ex.search_group(demo_config, auto)
-    assert group == "digits_wrn-10-2_trades-ltd_bf16_b6_s0"
+    assert group == "digits_wrn-10-1_trades-ltd_bf16_b6_s0"
     assert {c.precision for c in ex.search_candidates(demo_config, group)} == {"bf16"}
 
 

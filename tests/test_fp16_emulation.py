@@ -323,8 +323,8 @@ def test_a_table_entry_in_fp16_emulated_plans_names_and_notes_its_run(tmp_path):
     entries = experiments.table_entries(config, "table4")
     assert [e.label for e in entries] == ["TRADES+LTD T=5", f"TRADES+LTD T=5 ({EMU})", "TRADES+LTD T=5 (fp16)"]
     runs = [experiments.entry_run(config, e) for e in entries]
-    assert runs[1].name == f"digits_wrn-10-2_trades-ltd_T5_{EMU}_b6_s0"
-    assert runs[2].name == "digits_wrn-10-2_trades-ltd_T5_fp16_b6_s0" and runs[0].name == "digits_wrn-10-2_trades-ltd_T5_b6_s0"
+    assert runs[1].name == f"digits_wrn-10-1_trades-ltd_T5_{EMU}_b6_s0"
+    assert runs[2].name == "digits_wrn-10-1_trades-ltd_T5_fp16_b6_s0" and runs[0].name == "digits_wrn-10-1_trades-ltd_T5_b6_s0"
     assert experiments.Run.parse("students", runs[1].name) == runs[1]
     assert jobspec.training(config, runs[1]).identity["schedule"]["precision"] == EMU
     assert len({jobspec.training(config, r).identity["schedule"]["precision"] for r in runs}) == 3

@@ -94,8 +94,8 @@ def _per_batch_reference(split, batch_size, padding, seed, epoch, rank=0, world_
     copied them to the device): the batches must stay bitwise these."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(split), generator=g)
-    for start, stop in data._batch_bounds(len(split), batch_size, world_size):
-        lo, hi = data._shard(start, stop, rank, world_size)
+    for start, stop in data.batch_bounds(len(split), batch_size, world_size):
+        lo, hi = data.shard(start, stop, rank, world_size)
         idx = order[lo:hi]
         dy, dx, flip = data._crop_flip_params(stop - start, padding, g)
         dy, dx = (None, None) if dy is None else (dy[lo - start:hi - start], dx[lo - start:hi - start])

@@ -49,7 +49,7 @@ def test_a_spec_is_a_copy_of_the_config(paper_config):
 
 
 def test_evaluation_and_validation_identities(demo_config):
-    run = next(r for r in ex.search_candidates(demo_config, "digits_wrn-10-2_trades-ltd_b6_s0"))
+    run = next(r for r in ex.search_candidates(demo_config, "digits_wrn-10-1_trades-ltd_b6_s0"))
     ev = jobspec.student_evaluation(demo_config, run)
     assert ev.model.name == run.name and ev.data.name == "digits"
     assert set(ev.identity) == {"data", "evaluation"} and "monitor" not in ev.identity["evaluation"]

@@ -67,3 +67,21 @@ def test_the_private_name_check_reads_relative_imports(tmp_path):
     f.write_text("from .train import _Totals, fit\nfrom . import data\nfrom ..jobs import common\n"
                  "data._shard(0, 1)\ncommon._spec\n")
     assert sorted(private_names(f, "ltd.jobs")) == sorted(["ltd.jobs.train: _Totals", "data._shard", "common._spec"])
+
+
+def test_no_file_outside_the_tests_is_over_500_lines():
+    """A module that outgrows 500 lines holds more than one concern (issue 29): split it
+    by concern, as ltd/data.py and ltd/image_files.py are."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    long = {}
+    for name in files:
+        path = ROOT / name
+        if name.startswith("tests/") or not path.is_file():
+            continue
+        try:
+            n = len(path.read_text().splitlines())
+        except UnicodeDecodeError:  # figures and other binaries
+            continue
+        if n > 500:
+            long[name] = n
+    assert not long, long

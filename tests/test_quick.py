@@ -8,10 +8,11 @@ import sys
 import pytest
 import yaml
 
-from ltd import budget, checks, jobspec
+from ltd import budget, budget_report, jobspec
 from ltd import config as ltd_config
 from ltd import experiments as ex
 from ltd.files import load_json
+from ltd.scope import everything
 
 from .conftest import CIFAR10_JPEG, ROOT, copy_workflow
 from .test_workflow import job_counts
@@ -28,7 +29,7 @@ def quick_config():
 
 def test_quick_config_is_table4_on_cifar10_with_preact_resnet18(quick_config):
     c = quick_config
-    assert ex.table_names(c) == ["table4", "table8"] and checks.everything(c).data == {"cifar10"}
+    assert ex.table_names(c) == ["table4", "table8"] and everything(c).data == {"cifar10"}
     assert c["datasets"]["cifar10"]["source"] == "cifar10"  # torchvision's, downloaded
     runs = list(ex.table_students(c, "table4"))
     assert [(r.method, r.temperature) for r in runs] == [("trades", None)] + [
@@ -56,7 +57,7 @@ def test_quick_config_fits_one_h100_hour(quick_config):
     assert total["total GPU-h"] <= 1.0
     # two evaluations a student: best.pt (compared with the paper) and the last epoch beside it
     assert (total.students, total.teachers, total.substitutes, total.evaluations) == (8, 1, 2, 16)
-    priced = budget.jobs_frame(quick_config).set_index("job")["priced by"]
+    priced = budget_report.jobs_frame(quick_config).set_index("job")["priced by"]
     assert set(priced.loc[["student", "teacher", "substitute"]]) == {"model, launch-bound"}
     assert set(priced.loc[["evaluation"]]) == {"model, FLOP-bound"}
 

@@ -46,8 +46,8 @@ pytestmark = pytest.mark.slow
 
 CONFIGFILES = ["config/demo.yaml", "tests/workflow_slurm.yaml"]
 R = "results/slurm"                                    # run: slurm
-TRAINED = "students/digits_wrn-10-2_trades_b6_s0"      # trained through Slurm
-EVALUATED = "students/digits12_wrn-10-2_trades_b6_s0"  # trained before, evaluated through Slurm
+TRAINED = "students/digits_wrn-10-1_trades_b6_s0"      # trained through Slurm
+EVALUATED = "students/digits12_wrn-10-1_trades_b6_s0"  # trained before, evaluated through Slurm
 # What the Slurm run builds; its data set is made again there too (a CPU job).
 TARGETS = [f"{R}/{TRAINED}/model.pt", f"{R}/{EVALUATED}/autoattack.json"]
 DATA = f"{R}/data/digits.json"
