@@ -101,7 +101,7 @@ BAD = [  # (base config, edits, named key, a fragment of the fix)
      "tables.table9.dataset", "defined: cifar10, cifar100, imagenet"),
     ("demo", {"stand_ins.datasets.cifar100": "digits100"}, "stand_ins.datasets.cifar100", "no such data set"),
     ("demo", {"stand_ins.archs.wrn-34-10": "wrn-12-2"}, "stand_ins.archs.wrn-34-10", "neither 6n+4"),
-    ("demo", {"awp.warmup_epochs": 50}, "awp.warmup_epochs", "write at most 7"),
+    ("demo", {"awp.warmup_epochs": 50}, "awp.warmup_epochs", "write at most 6"),
     ("demo", {"evaluation.autoattack.attacks": []}, "evaluation.autoattack", "list some"),
     ("demo", {"datasets.digits.val_size": 1400}, "datasets.digits.val_size", "leaves no training images"),
     ("demo", {"evaluation.autoattack.version": "standard"}, "evaluation.autoattack", "write version: custom"),
