@@ -98,7 +98,7 @@ def test_all_tables_share_runs(paper_config):
 def test_stand_ins_rename_runs_not_rows(demo_config):
     e = ex.table_entries(demo_config, "table1")[0]
     assert (e.dataset, e.arch, e.label) == ("cifar10", "wrn-34-20", "AWP+LTD WRN-34-20 T=5")
-    assert ex.entry_run(demo_config, e).name == "digits_wrn-10-4_awp-ltd_T5_b6_s0"
+    assert ex.entry_run(demo_config, e).name == "digits_wrn-10-2_awp-ltd_T5_b6_s0"
     assert e.matches({"method": "awp-ltd", "arch": "wrn-34-20"}) and not e.matches({"arch": "wrn-34-10"})
     assert {r.dataset for r in ex.table_students(demo_config, "table3")} == {"digitsfolder"}
 
