@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltd import data, flops, fp16_emulation, image_files, jobspec, runtime, throughput
+from ltd import data, flops, fp16_emulation, image_files, jobspec, loaders, runtime, throughput
 from ltd.attacks import pgd_attack
 from ltd.autoattack import run_autoattack
 from ltd.compiled import AttackForward
@@ -77,10 +77,10 @@ def fresh_model(arch: str, device: torch.device, seed: int = 0) -> torch.nn.Modu
     return build_model(arch, CLASSES).to(device)
 
 
-def random_split(n: int, size: int, device: torch.device, seed: int = 0) -> data.Split:
+def random_split(n: int, size: int, device: torch.device, seed: int = 0) -> loaders.Split:
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(n, 3, size, size, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
-    return data.Split(x, y, np.arange(n)).to(device)
+    return loaders.Split(x, y, np.arange(n)).to(device)
 
 
 def stand_in_labels(n: int, temperature: float, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -166,7 +166,7 @@ def correctness(ctx, res: dict) -> None:
     s, dev = ctx.sizes, ctx.device
     split = random_split(s.batch, s.image_size, dev)
     q = stand_in_labels(s.batch, 1.0, dev)
-    one_batch = data.DeviceLoader(split, s.batch, q=q, crop_padding=4)
+    one_batch = loaders.DeviceLoader(split, s.batch, q=q, crop_padding=4)
     model = fresh_model(s.big, dev)
     init = copy.deepcopy(model.state_dict())
     res["arch"], res["batch"] = s.big, s.batch
@@ -187,7 +187,7 @@ def correctness(ctx, res: dict) -> None:
         res["loss"][method] = losses
         ctx.save()
     model.load_state_dict(init)
-    many = data.DeviceLoader(random_split(s.batch * s.scale_steps, s.image_size, dev, seed=2), s.batch,
+    many = loaders.DeviceLoader(random_split(s.batch * s.scale_steps, s.image_size, dev, seed=2), s.batch,
                              q=stand_in_labels(s.batch * s.scale_steps, 1.0, dev), crop_padding=4)
     record = train(ctx, model, "trades-ltd", many, "fp16", epochs=1)[-1]
     res["grad_scaler"] = {"steps": len(many), "scale": record["loss_scale"],
@@ -219,7 +219,7 @@ def emulation(ctx, res: dict) -> None:
     res["init_gap_points"] = emulation_gaps(res["init"])
     ctx.save()
     n = s.batch * s.emu_steps
-    loader = data.DeviceLoader(random_split(n, s.image_size, dev, seed=4), s.batch,
+    loader = loaders.DeviceLoader(random_split(n, s.image_size, dev, seed=4), s.batch,
                                q=stand_in_labels(n, 20.0, dev), crop_padding=4)
     record = train(ctx, model, "trades-ltd", loader, "fp16", epochs=1)[-1]
     res["trained_steps"], res["trained_stalled"] = len(loader), record["train_stalled"]
@@ -242,7 +242,7 @@ def timed(ctx, arch: str, precision: str, batch: int, compile_attack: bool = Fal
     """The TRADES+LTD step through fit: one warm-up epoch, one timed, ``timed_steps`` each."""
     s = ctx.sizes
     n = batch * s.timed_steps
-    loader = data.DeviceLoader(random_split(n, s.image_size, ctx.device, seed=5), batch,
+    loader = loaders.DeviceLoader(random_split(n, s.image_size, ctx.device, seed=5), batch,
                                q=stand_in_labels(n, 1.0, ctx.device), crop_padding=4)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -306,17 +306,17 @@ def cifar_slice(ctx, res: dict) -> None:
     test = data.load_split(jobspec.Data.of(ds), "test").to(dev)
     res["data"] = {"archive": str(ctx.archive), "train_images": len(split), "seconds": time.time() - t0}
     teacher = fresh_model(s.small, dev, seed=10)
-    loader = data.DeviceLoader(split, s.batch, crop_padding=4)
+    loader = loaders.DeviceLoader(split, s.batch, crop_padding=4)
     train(ctx, teacher, "natural", loader, "bf16", epochs=max(1, math.ceil(s.teacher_steps / len(loader))))
     res["teacher"] = {"arch": s.small, "steps": s.teacher_steps, "precision": "bf16",
                       "test_accuracy": accuracy(teacher, test)}
     ctx.save()
-    students = data.Split(split.x[: s.batch * s.slice_every], split.y[: s.batch * s.slice_every],
+    students = loaders.Split(split.x[: s.batch * s.slice_every], split.y[: s.batch * s.slice_every],
                           split.indices[: s.batch * s.slice_every])
     res["students"] = {}
     for temperature in (5.0, 20.0):
         for precision in AUTOCAST:
-            labelled = TeacherLabels(data.DeviceLoader(students, s.batch, crop_padding=4), teacher, temperature,
+            labelled = TeacherLabels(loaders.DeviceLoader(students, s.batch, crop_padding=4), teacher, temperature,
                                      dev, precision)
             student = fresh_model(s.small, dev, seed=11)
             history = train(ctx, student, "trades-ltd", labelled, precision, epochs=s.slice_steps // s.slice_every)
@@ -332,9 +332,9 @@ def cifar_slice(ctx, res: dict) -> None:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, split: data.Split) -> float:
+def accuracy(model: torch.nn.Module, split: loaders.Split) -> float:
     model.eval()
-    correct = sum((model(split.x[i]).argmax(1) == split.y[i]).sum().item() for i in data.batches(split.x, 500))
+    correct = sum((model(split.x[i]).argmax(1) == split.y[i]).sum().item() for i in loaders.batches(split.x, 500))
     return correct / len(split)
 
 
@@ -369,7 +369,7 @@ def autoattack_stage(ctx, res: dict) -> None:
                       f" vs {res['tf32']['apgd_ce_seconds']:.1f} s, robust flags equal on {100 * same:.1f} %"]
 
 
-def attack_rate(ctx, model, split: data.Split) -> float:
+def attack_rate(ctx, model, split: loaders.Split) -> float:
     """Images per second of one attack iteration (eval-mode forward + input gradient)."""
     t0 = _sync_time(ctx.device)
     pgd_attack(model, split.x, split.y, eps=EPS, step_size=STEP_SIZE, steps=ctx.sizes.aa_iters)

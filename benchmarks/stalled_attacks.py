@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from ltd import attacks, data, image_files, jobspec, runtime  # noqa: E402
+from ltd import attacks, data, image_files, jobspec, loaders, runtime  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 from ltd.steps import trades_adversarial  # noqa: E402
 
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(archive: str, folder: str, split: str, n: int, digits: int | None = None) -> data.Split:
+def load(archive: str, folder: str, split: str, n: int, digits: int | None = None) -> loaders.Split:
     if digits:
         return data.load_split(jobspec.Data.of({"source": "digits", "image_size": digits, "test_size": 397}), split).head(n)
     cfg = {"source": "cifarfolder", "path": folder, "archive": archive}
@@ -77,7 +77,7 @@ def load(archive: str, folder: str, split: str, n: int, digits: int | None = Non
     return data.load_split(jobspec.Data.of(cfg, folder), split).head(n)
 
 
-def train_naturally(model: torch.nn.Module, train: data.Split, steps: int, seed: int) -> float:
+def train_naturally(model: torch.nn.Module, train: loaders.Split, steps: int, seed: int) -> float:
     """``steps`` SGD steps (batch 128, lr 0.05, momentum 0.9, flips) on ``train``; the
     last 20 steps' training accuracy."""
     g = torch.Generator().manual_seed(seed)

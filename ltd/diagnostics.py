@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import batches
+from .loaders import batches
 
 CHECKS = ("pgd_gap", "black_box", "near_zero_robust", "zero_gradients", "stalled_training")  # evaluation.diagnostics
 STALLED_TRAINING = 0.5  # `diagnostics.stalled_training` where a config leaves it out

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .attacks import pgd_attack, trades_attack
-from .data import batches
+from .loaders import batches
 from .losses import soft_cross_entropy, trades_kl
 
 

@@ -1,7 +1,7 @@
 """Sources kept as image files: the ``cifarfolder`` kind (decoded once into memory, then
 handled as CIFAR) and the ``imagefolder`` kind (ImageNet's tree, streamed by DataLoader
 workers), with what ``prepare_data`` does for them (unpack an archive, write the demo's
-ImageFolder tree). Their loaders follow ``ltd.data.Loader``; the registry
+ImageFolder tree). Their loaders follow ``ltd.loaders.Loader``; the registry
 (``ltd.sources.SOURCES``) names them; ``ltd.data``'s public functions reach them through it.
 """
 
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from . import sources
-from .data import Loader, Split, batch_bounds, check_rank, check_split, load_split, num_classes, shard, split_indices
+from .data import load_split, num_classes
 from .jobspec import Data
+from .loaders import Loader, Split, batch_bounds, check_rank, check_split, shard, split_indices
 
 RESIZE_RATIO = 256 / 224  # evaluation resizes to image_size * 256/224, then center-crops
 

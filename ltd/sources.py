@@ -10,7 +10,7 @@ the config checks and the rules all read this table (tests/test_data.py checks t
 schema's enum lists its names).
 
 Adding a source kind = one record below + its loader class in ``ltd/data.py`` (or
-``ltd/image_files.py`` for a kind kept as files; a subclass of ``ltd.data.Loader``) + its
+``ltd/image_files.py`` for a kind kept as files; a subclass of ``ltd.loaders.Loader``) + its
 name in config/schema.yaml's ``source`` enum;
 docs/data.md "Adding a data source" says how.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import os
 import tarfile
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from .schema import dataset_defaults
 @dataclass(frozen=True)
 class Source:
     name: str
-    loader: str  # "module:Class" of the loader (an ltd.data.Loader), imported by ltd.data
+    loader: str  # "module:Class" of the loader (an ltd.loaders.Loader), imported on first use
     note: Callable[[dict], str]  # which images a result's numbers come from (table notes), from the section
     # {"train", "test"} images as the source ships them (a pool source: its one pool, as
     # "train"); None where they are counted from its files.
@@ -61,6 +62,17 @@ class Source:
     # The budget's (clean, robust) accuracy: how many test images AutoAttack keeps
     # attacking; roughly the paper's and RobustBench's figures.
     accuracy: tuple[float, float] = (0.85, 0.57)
+
+    def loader_class(self) -> type:
+        """The class ``loader`` names: imported here, on first use, so that the registry
+        stays torch-free for the budget and the checks."""
+        return _import(self.loader)
+
+
+@functools.cache
+def _import(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # ---- cifarfolder: a CIFAR-style tree of image files ------------------------------------

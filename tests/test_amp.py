@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd import data, flops, runtime
+from ltd import flops, loaders, runtime
 from ltd import train as loop
 from ltd.losses import natural_loss
 from ltd.models import build_model
@@ -115,7 +115,7 @@ def test_fp16_step_equals_a_plain_amp_trades_loop(device, method, init_scale, tm
                         lambda *a, **k: adversarial.append(real(*a, **k)) or adversarial[-1])
     _Recording.grads = {}
     ours = copy.deepcopy(model0)
-    loader = data.DeviceLoader(data.Split(x, y, None), len(y), q=q, shuffle=False, augment=False)
+    loader = loaders.DeviceLoader(loaders.Split(x, y, None), len(y), q=q, shuffle=False, augment=False)
     torch.manual_seed(100)  # the attack's random start
     history = loop.fit(ours, build_step(method, beta=BETA, attack=ATTACK), loader, SCHED, ckpt_path=tmp_path / "c.pt",
                        device=device, precision="fp16")
@@ -175,7 +175,7 @@ class _Poisoned:
 
 def _natural_fit(tmp_path, precision, at, name, epochs=1):
     x, y, _ = _data(n=64)
-    loader = data.DeviceLoader(data.Split(x, y, None), 16, seed=1)  # 4 steps
+    loader = loaders.DeviceLoader(loaders.Split(x, y, None), 16, seed=1)  # 4 steps
     torch.manual_seed(0)
     model = build_model("wrn-10-1", 10)
     step = _Poisoned(build_step("natural"), at)
@@ -210,7 +210,7 @@ def test_sigterm_mid_epoch_in_fp16_resumes_with_the_loss_scale_it_had(tmp_path, 
     x, y, _ = _data(n=64)
 
     def run(name, kill_at=None):
-        loader = data.DeviceLoader(data.Split(x, y, None), 16, seed=1)
+        loader = loaders.DeviceLoader(loaders.Split(x, y, None), 16, seed=1)
         torch.manual_seed(0)
         model = build_model("wrn-10-1", 10)
         step = build_step("natural")

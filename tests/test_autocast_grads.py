@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from ltd import data, flops, methods
+from ltd import flops, loaders, methods
 from ltd import train as loop
 from ltd.models import build_model
 from ltd.steps import build_step
@@ -62,7 +62,7 @@ def test_every_weight_gets_a_gradient_under_autocast(method, precision, tmp_path
     n = 8
     x, y = torch.rand(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
     q = torch.softmax(2 * torch.randn(n, 10, generator=g), 1)
-    loader = data.DeviceLoader(data.Split(x, y, None), n, q=q, shuffle=False, augment=False)  # one step
+    loader = loaders.DeviceLoader(loaders.Split(x, y, None), n, q=q, shuffle=False, augment=False)  # one step
     torch.manual_seed(0)
     model = build_model("wrn-10-1", 10)
     step = build_step(method, beta=6.0, attack=ATTACK if m.attack else None, awp=AWP if m.awp else None)

@@ -6,7 +6,7 @@ import torch
 
 from ltd import checkpoint
 from ltd import train as loop
-from ltd.data import DeviceLoader, Split
+from ltd.loaders import DeviceLoader, Split
 from ltd.models import build_model
 from ltd.steps import build_step
 

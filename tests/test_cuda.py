@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd import data, flops, gpu_slots, jobspec, runtime
+from ltd import flops, gpu_slots, jobspec, loaders, runtime
 from ltd.autoattack import run_autoattack
 from ltd.known_answer import MeanIntensityNet, known_answer_data
 from ltd.models import build_model
@@ -123,7 +123,7 @@ def test_short_fit_in_bf16_is_close_to_fp32_and_records_it(device, method, tmp_p
         dtypes = set()
         model.fc.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
         step = build_step(method, beta=6.0, attack=ATTACK, awp=AWP if method.startswith("awp") else None)
-        loader = data.DeviceLoader(data.Split(x.to(device), y.to(device), None), 16, q=q.to(device),
+        loader = loaders.DeviceLoader(loaders.Split(x.to(device), y.to(device), None), 16, q=q.to(device),
                                    crop_padding=2, seed=1)
         histories[precision] = fit(model, step, loader, SCHED, ckpt_path=tmp_path / f"{precision}.pt", device=device,
                                    precision=precision)
@@ -151,7 +151,7 @@ def test_every_method_trains_in_bf16_with_channels_last(device, tmp_path):
             torch.manual_seed(0)
             model = build_model("wrn-10-1", 10)
             before = copy.deepcopy(model.state_dict())
-            loader = data.DeviceLoader(data.Split(x.to(device), y.to(device), None), 16,
+            loader = loaders.DeviceLoader(loaders.Split(x.to(device), y.to(device), None), 16,
                                        q=None if fly else q.to(device), crop_padding=2, seed=1)
             if fly:
                 loader = TeacherLabels(loader, copy.deepcopy(teacher), 5.0, device, "bf16")
@@ -256,7 +256,7 @@ def test_device_loader_batches_on_cuda_equal_the_cpus():
     x = torch.randint(0, 256, (100, 3, 32, 32)).float() / 255  # CIFAR-like pixel values
     y, q = torch.arange(100) % 10, torch.softmax(torch.randn(100, 10), 1)
     for world, rank in ((1, 0), (3, 1)):
-        make = lambda d: data.DeviceLoader(data.Split(x.to(d), y.to(d), np.arange(100)), 32,  # noqa: E731
+        make = lambda d: loaders.DeviceLoader(loaders.Split(x.to(d), y.to(d), np.arange(100)), 32,  # noqa: E731
                                            q=q.to(d), crop_padding=4, seed=5, rank=rank, world_size=world)
         cpu, gpu = make("cpu"), make(device)
         for epoch in (0, 1):
@@ -269,7 +269,7 @@ def test_device_loader_batches_on_cuda_equal_the_cpus():
 
 RESUME = """
 import json, sys, torch
-from ltd import data, runtime, train
+from ltd import loaders, runtime, train
 from ltd.steps import build_step
 from ltd.models import build_model
 
@@ -280,7 +280,7 @@ sched = json.loads(sys.argv[2])
 g = torch.Generator().manual_seed(0)
 x, y = torch.rand(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
 q = torch.softmax(2 * torch.randn(64, 10, generator=g), 1)
-loader = data.DeviceLoader(data.Split(x.to(device), y.to(device), None), 16, q=q.to(device),
+loader = loaders.DeviceLoader(loaders.Split(x.to(device), y.to(device), None), 16, q=q.to(device),
                            crop_padding=2, seed=1)
 
 # Train to stops[-1] epochs in attempts that end at each of `stops` (the first ones are

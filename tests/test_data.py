@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from ltd import data, image_files, sources
+from ltd import data, image_files, loaders, sources
 from ltd import experiments as ex
 from ltd.jobspec import Data
 
@@ -50,7 +50,7 @@ def test_unknown_source_is_named():
 
 def test_the_registry_is_the_schemas_and_names_its_loaders():
     """The schema's `source` enum lists the registry's kinds; build_from's, those held in
-    memory without files; every record's loader is a data.Loader, streamed where it says."""
+    memory without files; every record's loader is a loaders.Loader, streamed where it says."""
     from ltd.schema import _schema
 
     ds = _schema()["definitions"]["dataset"]["properties"]
@@ -58,16 +58,16 @@ def test_the_registry_is_the_schemas_and_names_its_loaders():
     assert ds["build_from"]["properties"]["source"]["enum"] == [
         n for n, s in sources.SOURCES.items() if not s.file_based]
     for kind in sources.SOURCES.values():
-        cls = data._loader_class(kind.loader)
-        assert issubclass(cls, data.Loader)
-        assert kind.streamed == (cls.train_loader is not data.Loader.train_loader), kind.name
-        assert (kind.sizes is None) == (kind.classes is None) == (cls.num_classes is not data.Loader.num_classes)
+        cls = kind.loader_class()
+        assert issubclass(cls, loaders.Loader)
+        assert kind.streamed == (cls.train_loader is not loaders.Loader.train_loader), kind.name
+        assert (kind.sizes is None) == (kind.classes is None) == (cls.num_classes is not loaders.Loader.num_classes)
 
 
 def test_crop_flip_keeps_pixels_and_shape():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 16, 16)
-    out = data.crop_flip(x, 2, g)
+    out = loaders.crop_flip(x, 2, g)
     assert out.shape == x.shape
     assert out.min() >= 0 and out.max() <= 1
     # every output image is a padded crop of its input at some offset, maybe mirrored
@@ -77,14 +77,14 @@ def test_crop_flip_keeps_pixels_and_shape():
         assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(2)) for c in crops)
     assert not torch.equal(out, x)
     # no padding, no flip randomness beyond a mirror: each image equals itself or its mirror
-    out0 = data.crop_flip(x, 0, torch.Generator().manual_seed(1))
+    out0 = loaders.crop_flip(x, 0, torch.Generator().manual_seed(1))
     assert all(torch.equal(o, i) or torch.equal(o, i.flip(2)) for o, i in zip(out0, x))
 
 
 def test_loader_is_deterministic_per_epoch():
-    split = data.Split(torch.rand(50, 3, 8, 8), torch.arange(50) % 10, np.arange(50))
+    split = loaders.Split(torch.rand(50, 3, 8, 8), torch.arange(50) % 10, np.arange(50))
     q = torch.softmax(torch.randn(50, 10), 1)
-    loader = data.DeviceLoader(split, 16, q=q, crop_padding=1, seed=3)
+    loader = loaders.DeviceLoader(split, 16, q=q, crop_padding=1, seed=3)
     a = [b for b in loader.epoch(2)]
     b = [b for b in loader.epoch(2)]
     c = [b for b in loader.epoch(3)]
@@ -110,9 +110,9 @@ def _assert_shards_make_the_global_batches(make, world_size, epoch=1):
 
 
 def test_device_loader_shards_each_global_batch():
-    split = data.Split(torch.rand(50, 3, 8, 8), torch.arange(50) % 10, np.arange(50))
+    split = loaders.Split(torch.rand(50, 3, 8, 8), torch.arange(50) % 10, np.arange(50))
     q = torch.rand(50, 10)
-    make = lambda r, w: data.DeviceLoader(split, 16, q=q, crop_padding=1, seed=3, rank=r, world_size=w)
+    make = lambda r, w: loaders.DeviceLoader(split, 16, q=q, crop_padding=1, seed=3, rank=r, world_size=w)
     _assert_shards_make_the_global_batches(make, 3)  # 16 = 5 + 5 + 6; the last batch (2 images) is dropped
     assert len(make(0, 3)) == 3 and len(make(0, 2)) == 4
     with pytest.raises(ValueError, match="rank 3"):
@@ -121,7 +121,7 @@ def test_device_loader_shards_each_global_batch():
 
 def test_in_memory_factories():
     loader = data.make_train_loader(Data.of(DIGITS), "cpu", 64, None, seed=1)
-    assert isinstance(loader, data.DeviceLoader) and len(loader.split) == 1200 and loader.padding == 2
+    assert isinstance(loader, loaders.DeviceLoader) and len(loader.split) == 1200 and loader.padding == 2
     test = data.load_split(Data.of(DIGITS), "test")
     got = list(data.eval_batches(Data.of(DIGITS), "test", "cpu", 100, n=250))
     assert [len(x) for x, _ in got] == [100, 100, 50]
@@ -297,7 +297,7 @@ def test_cifarfolder_reads_pixels_as_stored_with_sorted_class_labels(tree):
 def test_cifarfolder_trains_through_the_in_memory_loader(tree):
     root, _ = tree
     loader = data.make_train_loader(Data.of(_fcfg(root)), "cpu", 4, None, seed=0)
-    assert isinstance(loader, data.DeviceLoader) and loader.padding == 2 and len(loader) == 4
+    assert isinstance(loader, loaders.DeviceLoader) and loader.padding == 2 and len(loader) == 4
     x, y, q = next(iter(loader.epoch(0)))
     assert x.shape == (4, 3, 8, 8) and q is None and 0 <= x.min() and x.max() <= 1
     got = list(data.eval_batches(Data.of(_fcfg(root)), "test", "cpu", 5))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import yaml
 
 from ltd import config as ltd_config
-from ltd import data, experiments, flops, jobspec, runtime, steps
+from ltd import experiments, flops, jobspec, loaders, runtime, steps
 from ltd import fp16_emulation as emu
 from ltd import train as loop
 from ltd.models import build_model
@@ -274,7 +274,7 @@ def test_it_trains_through_the_loop_with_the_grad_scaler(init_scale, tmp_path, m
     monkeypatch.setattr(runtime, "grad_scaler", lambda dev, p: torch.amp.GradScaler(
         torch.device(dev).type, init_scale=init_scale, enabled=p in runtime.FP16_RANGE))
     x, y, q = _data()
-    loader = data.DeviceLoader(data.Split(x, y, None), 16, q=q, shuffle=False, augment=False)  # 2 steps
+    loader = loaders.DeviceLoader(loaders.Split(x, y, None), 16, q=q, shuffle=False, augment=False)  # 2 steps
     torch.manual_seed(0)
     model = build_model("wrn-10-1", 10)
     before = [p.detach().clone() for p in model.parameters()]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltd import data, methods, steps
+from ltd import loaders, methods, steps
 from ltd.host_syncs import HostSyncs
 from ltd.models import build_model
 from ltd.train import Totals, make_optimizer
@@ -57,9 +57,9 @@ def _loop_body(step, model, opt, totals, batch):
 def test_a_training_step_never_waits_for_the_host(method):
     g = torch.Generator().manual_seed(0)
     n = 24
-    split = data.Split(torch.rand(n, 3, 8, 8, generator=g), torch.arange(n) % 10, np.arange(n)).to(META)
+    split = loaders.Split(torch.rand(n, 3, 8, 8, generator=g), torch.arange(n) % 10, np.arange(n)).to(META)
     q = F.softmax(torch.randn(n, 10, generator=g), 1).to(META)
-    loader = data.DeviceLoader(split, 8, q=q, crop_padding=2, seed=0)
+    loader = loaders.DeviceLoader(split, 8, q=q, crop_padding=2, seed=0)
     m = methods.get(method)
     step = steps.build_step(method, beta=6.0, attack=ATTACK if m.attack else None,
                               awp={"gamma": 5e-3, "warmup_epochs": 1, "proxy_lr": 0.1} if m.awp else None)
@@ -76,7 +76,7 @@ def test_a_training_step_never_waits_for_the_host(method):
     assert getattr(step, "active", True)  # AWP was on
     # the epoch's order and crop/flip parameters reach the device in one copy, with its first batch
     assert [len(c) for c in counts] == [1, 0, 0], counts
-    assert "data.py" in counts[0][0][2]
+    assert "loaders.py" in counts[0][0][2]
 
 
 def test_totals_add_copies_nothing():
@@ -94,22 +94,22 @@ def _per_batch_reference(split, batch_size, padding, seed, epoch, rank=0, world_
     copied them to the device): the batches must stay bitwise these."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(split), generator=g)
-    for start, stop in data.batch_bounds(len(split), batch_size, world_size):
-        lo, hi = data.shard(start, stop, rank, world_size)
+    for start, stop in loaders.batch_bounds(len(split), batch_size, world_size):
+        lo, hi = loaders.shard(start, stop, rank, world_size)
         idx = order[lo:hi]
-        dy, dx, flip = data._crop_flip_params(stop - start, padding, g)
+        dy, dx, flip = loaders._crop_flip_params(stop - start, padding, g)
         dy, dx = (None, None) if dy is None else (dy[lo - start:hi - start], dx[lo - start:hi - start])
-        x = data._apply_crop_flip(split.x[idx], padding, dy, dx, flip[lo - start:hi - start])
+        x = loaders._apply_crop_flip(split.x[idx], padding, dy, dx, flip[lo - start:hi - start])
         yield x, split.y[idx]
 
 
 @pytest.mark.parametrize("padding, world_size", [(2, 1), (0, 1), (1, 2), (3, 3)])
 def test_batches_are_bitwise_those_of_per_batch_draws(padding, world_size):
     g = torch.Generator().manual_seed(1)
-    split = data.Split(torch.rand(45, 3, 8, 8, generator=g), torch.arange(45) % 10, np.arange(45))
+    split = loaders.Split(torch.rand(45, 3, 8, 8, generator=g), torch.arange(45) % 10, np.arange(45))
     for epoch in (0, 3):
         for rank in range(world_size):
-            loader = data.DeviceLoader(split, 16, crop_padding=padding, seed=5, rank=rank, world_size=world_size)
+            loader = loaders.DeviceLoader(split, 16, crop_padding=padding, seed=5, rank=rank, world_size=world_size)
             ours = list(loader.epoch(epoch))
             ref = list(_per_batch_reference(split, 16, padding, 5, epoch, rank, world_size))
             assert len(ours) == len(ref) == len(loader)

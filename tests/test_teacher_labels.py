@@ -8,10 +8,10 @@ import torch
 
 from ltd import budget, checkpoint, jobspec
 from ltd import experiments as ex
-from ltd.data import DeviceLoader, Split
 from ltd.experiments import Run
 from ltd.files import load_json
 from ltd.jobs import training
+from ltd.loaders import DeviceLoader, Split
 from ltd.losses import tempered_softmax
 from ltd.models import build_model
 from ltd.teacher_labels import TeacherLabels

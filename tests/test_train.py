@@ -177,7 +177,7 @@ def test_history_numbers_equal_per_step_host_sums(tmp_path):
     """The loop keeps its totals on the device and reads them every SYNC_EVERY steps; the
     history must hold what per-step host sums (the old loop's .item() per step) give."""
     from ltd import train as loop
-    from ltd.data import DeviceLoader, Split
+    from ltd.loaders import DeviceLoader, Split
     from ltd.models import build_model
     from ltd.steps import build_step
 
@@ -220,7 +220,7 @@ def _stalling_fit(tmp_path, alarm, name):
     """TRADES in fp16 on a model with logits of a few hundredths (tests/test_attacks.py):
     every attack's input gradient underflows, x' never moves."""
     from ltd import train as loop
-    from ltd.data import DeviceLoader, Split
+    from ltd.loaders import DeviceLoader, Split
     from ltd.steps import build_step
 
     from .test_attacks import SmallLogits
