@@ -305,7 +305,7 @@ def job_cost(config: dict, job: Job) -> Cost:
             fe += 1.0
             seconds += epochs * rate.seconds
             notes.append("soft labels on the fly: +1 teacher forward per image")
-        # The training curves (ltd.jobs.training._Monitor), in TF32 after every epoch: the clean
+        # The training curves (ltd.jobs.monitor.Monitor), in TF32 after every epoch: the clean
         # test pass; for students the PGD monitor on its images (2 FE per PGD step, + 1)
         curves = test_images(config, run.dataset)
         monitor = ex.evaluation(config, run.dataset).get("monitor") or {}

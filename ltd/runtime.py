@@ -243,6 +243,25 @@ def effective_precision(device: torch.device, precision: str, explicit: bool = F
     return precision if device.type == "cuda" or explicit or precision == EMULATED else "fp32"
 
 
+def training_precision(device: torch.device, precision: str, schedule: dict, *, explicit: bool, name: str,
+                       say: bool = True) -> tuple[str, dict]:
+    """What training job ``name`` computes in on ``device`` (``effective_precision``) and
+    the schedule it runs with it, said in the log (``say``: the main process) where they
+    differ from the config's. fp16-emulated runs eager: its speed switches (no result
+    depends on them) are off, as torch.compile's inductor cannot trace its casts."""
+    effective = effective_precision(device, precision, explicit=explicit)
+    if effective != precision and say:
+        print(f"{name}: trains in {effective}, not the schedule's {precision}, on the {device.type} "
+              "(a table entry's own precision would run as asked)", file=sys.stderr)
+    if effective != EMULATED:
+        return effective, schedule
+    if say:
+        print(f"{name}: trains in {fp16_emulation.LABEL}", file=sys.stderr)
+        if schedule["compile"] or schedule["compile_attack"]:
+            print(f"{name}: train.compile and train.compile_attack ignored: {EMULATED} runs eager", file=sys.stderr)
+    return effective, {**schedule, "compile": False, "compile_attack": False}
+
+
 def describe(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": device.type, "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads()}

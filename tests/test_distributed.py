@@ -11,14 +11,14 @@ import sys
 
 import torch
 
-from ltd import checkpoint, distributed
+from ltd import checkpoint, distributed, train
 
 WORKER = r'''
 import os, signal, sys
 from pathlib import Path
 import torch
 from ltd import distributed, train
-from ltd.data import DeviceLoader, Split
+from ltd.loaders import DeviceLoader, Split
 from ltd.steps import build_step
 
 torch.set_num_threads(1)
@@ -81,7 +81,14 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch):
     (tmp_path / "one").mkdir()
     distributed.launch(2, str(script), [tmp_path / "two"])
     monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "one")])
-    runpy.run_path(str(script), run_name="__main__")  # the same code, one process
+    # the script sets the loop's SYNC_EVERY and the thread count: restored after this test,
+    # or a later test's loop (test_amp's non-finite counts) would sync after every step
+    monkeypatch.setattr(train, "SYNC_EVERY", train.SYNC_EVERY)
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")  # the same code, one process
+    finally:
+        torch.set_num_threads(threads)
     r0, r1 = (torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     one = torch.load(tmp_path / "one" / "rank0.pt", weights_only=False)
 

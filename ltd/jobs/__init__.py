@@ -12,4 +12,6 @@ the job; grep and imports tell them apart).
 The workflow scripts only unpack Snakemake's objects and call these, so the demo, the
 tests and a 120-epoch GPU run go through the same code; only the config differs.
 ``ltd.jobs.common`` holds what several stages share (as rules/common.smk does).
+The training job's monitor and its finished run's files are ``ltd.jobs.monitor`` and
+``ltd.jobs.training_outputs``.
 """

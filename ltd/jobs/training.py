@@ -6,6 +6,10 @@ What a training job leaves in its run folder: model.pt (the last epoch), best.pt
 (one line per epoch, as it ends), curves.png/.pdf (drawn when the run finishes),
 tensorboard/training/ (event files: per epoch, and the running values every
 ``ltd.train.SYNC_EVERY`` steps); its log is results/<run>/logs/<role>/<name>.log.
+
+``train_run`` is the job in the order it runs: what it computes in (ltd.runtime), its
+step (ltd.steps), its batches, its model, its monitor (ltd.jobs.monitor), the loop
+(ltd.train.fit), and what the finished run leaves (ltd.jobs.training_outputs).
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ from typing import Callable
 
 import torch
 
-from .. import checkpoint, compiled, data, distributed, evaluate, fp16_emulation, runtime, steps
+from .. import checkpoint, compiled, data, distributed, runtime, steps
 from ..experiments import weights_file
 from ..files import save_json
 from ..jobspec import Training
-from ..models import count_parameters
-from ..provenance import fingerprint, provenance
+from ..provenance import fingerprint
 from ..teacher_labels import TeacherLabels
 from ..train import Preempted, StalledAttacks, fit
-from .common import load_model, new_model, tensors
+from .common import load_model, new_model
+from .monitor import BEST_KEY, Monitor
+from .training_outputs import finish
 
 PREEMPTED_EXIT = Preempted.exit_code
 
@@ -41,48 +46,25 @@ def train_run(spec: Training, *, out_dir: str | Path, soft_label_file: str | Pat
     are made on the fly, the ``teacher``'s model.pt."""
     run, out_dir = spec.run, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    precision = runtime.effective_precision(device, spec.precision, explicit=run.precision is not None)
-    if precision != spec.precision and distributed.is_main():
-        print(f"{run.name}: trains in {precision}, not the schedule's {spec.precision}, on the {device.type} "
-              "(a table entry's own precision would run as asked)", file=sys.stderr)
-    schedule = _emulation_schedule(spec.schedule, run.name) if precision == runtime.EMULATED else spec.schedule
+    precision, schedule = runtime.training_precision(device, spec.precision, spec.schedule, name=run.name,
+                                                     explicit=run.precision is not None, say=distributed.is_main())
     step = steps.build_step(run.method, beta=run.beta, attack=spec.attack, awp=spec.awp)
     if schedule["compile_attack"]:  # the attack's forwards compiled, no weight gradients (in the identity)
         step.compiled_attack = compiled.AttackForward()
     loader = _loader(spec, soft_label_file, teacher, device, precision)
     torch.manual_seed(run.seed)  # weight init and the attack's random start; resume restores the RNG
     model = new_model(spec.model)
-    monitor = _Monitor(spec, device)
+    monitor = Monitor(spec, device)
 
     t0 = time.time()
-    ckpt, best = out_dir / "checkpoint.pt", out_dir / weights_file("best")
+    ckpt = out_dir / "checkpoint.pt"
     history = fit(model, step, loader, schedule, ckpt_path=ckpt, device=device, precision=precision,
                   fingerprint=fingerprint(spec.identity), evaluate=monitor, log_path=out_dir / "history.jsonl",
                   desc=run.name, board_dir=out_dir / "tensorboard" / "training",
-                  best=(BEST_KEY, best) if run.role == "students" else None)
+                  best=(BEST_KEY, out_dir / weights_file("best")) if run.role == "students" else None)
     if not distributed.is_main():
         return {}  # rank 0 writes model.pt/metrics.json and removes the checkpoint
-    checkpoint.save(model.state_dict(), out_dir / weights_file("last"))
-    if run.role == "students" and spec.monitor is None:  # no monitor, no best epoch: best.pt is the last one
-        checkpoint.save(model.state_dict(), best)
-    # fp32 (the T_max search reads it); the history's curves may be TF32 (monitor_precision)
-    clean = history[-1]["test_accuracy"] if history[-1].get("monitor_precision") == "fp32" else monitor.clean(model)
-    metrics = _metrics(spec, model, history, clean=clean, precision=precision, device=device, t0=t0)
-    save_json(metrics, out_dir / "metrics.json")
-    ckpt.unlink(missing_ok=True)  # the job is complete; model.pt is what later rules read
-    draw_curves(run.name, history, out_dir / "curves")
-    return metrics
-
-
-def _emulation_schedule(schedule: dict, name: str) -> dict:
-    """fp16-emulated's schedule: said in the log, and eager (speed switches, no result
-    depends on them: torch.compile's inductor cannot trace the emulation's casts)."""
-    if distributed.is_main():
-        print(f"{name}: trains in {fp16_emulation.LABEL}", file=sys.stderr)
-        if schedule["compile"] or schedule["compile_attack"]:
-            print(f"{name}: train.compile and train.compile_attack ignored: {runtime.EMULATED} runs eager",
-                  file=sys.stderr)
-    return {**schedule, "compile": False, "compile_attack": False}
+    return finish(spec, model, history, monitor, out_dir, ckpt=ckpt, precision=precision, device=device, t0=t0)
 
 
 def _loader(spec: Training, soft_label_file: str | Path | None, teacher: str | Path | None, device: torch.device,
@@ -103,81 +85,6 @@ def _loader(spec: Training, soft_label_file: str | Path | None, teacher: str | P
         raise ValueError(f"{run.name} labels its batches on the fly but no teacher was given")
     return TeacherLabels(loader, load_model(spec.teacher, teacher, device), run.temperature, device,
                          precision)
-
-
-class _Monitor:
-    """The training curves' per-epoch numbers: clean test accuracy and (students with a
-    monitor) PGD accuracy on the monitor's images, in TF32 on a GPU (recorded). Those are
-    the first or the last ``n_examples`` of its split (test, or val: held out of
-    training), apart from the evaluated first test images where the config says so
-    (ltd.selection checks it before any job); the key stays ``test_pgd_accuracy``."""
-
-    def __init__(self, spec: Training, device: torch.device):
-        self.spec, self.device, self.bs = spec, device, spec.schedule["eval_batch_size"]
-        self.x = self.y = None
-        m = spec.monitor
-        if m:
-            self.x, self.y = tensors(data.eval_batches(spec.data, m["split"], device, self.bs, n=m["n_examples"],
-                                                       last=m["images"] == "last"))
-
-    def clean(self, model: torch.nn.Module) -> float:
-        return evaluate.clean_accuracy_batches(model, data.eval_batches(self.spec.data, "test", self.device, self.bs))
-
-    def __call__(self, model: torch.nn.Module) -> dict:
-        # the curves only: TF32 on a GPU (recorded); the reported clean accuracy is fp32 (train_run)
-        with runtime.in_tf32_mode(self.device, "tf32") as monitor_precision:
-            record = {"test_accuracy": self.clean(model), "monitor_precision": monitor_precision}
-            m = self.spec.monitor
-            if m:
-                record["test_pgd_accuracy"] = evaluate.pgd_accuracy(
-                    model, self.x, self.y, eps=m["eps"], step_size=m["step_size"], steps=m["pgd_steps"],
-                    batch_size=self.bs, seed=m["seed"])  # seeded apart: training's RNG untouched
-        return record
-
-
-def _metrics(spec: Training, model: torch.nn.Module, history: list[dict], *, clean: float, precision: str,
-             device: torch.device, t0: float) -> dict:
-    """metrics.json: the run, its final clean accuracy, its settings, every epoch and where it came from."""
-    run = spec.run
-    gpus = distributed.world_size() if device.type == "cuda" else 0
-    return {
-        "run": run.name, "role": run.role, "method": run.method, "temperature": run.temperature,
-        "beta": run.beta, "dataset": run.dataset, "arch": run.arch, "parameters": count_parameters(model),
-        "clean_accuracy": clean, "epochs": len(history),
-        "schedule": spec.schedule, "attack": spec.attack, "awp": spec.awp, "soft_labels": run.soft_label_mode,
-        "precision": precision,
-        "best": {**best_epoch(history), "monitor": spec.monitor} if run.role == "students" else None,
-        "processes": distributed.world_size(),
-        "train_seconds_this_attempt": time.time() - t0,
-        "history": history,
-        "provenance": provenance(spec.machine.results, device, gpus=gpus, wall_seconds=time.time() - t0,
-                                 seed=run.seed, precision=precision, settings=spec.identity,
-                                 splits=data.describe(spec.data, ("train",))),
-    }
-
-
-# The training curves' monitor (students' per-epoch PGD accuracy) chooses best.pt.
-BEST_KEY = "test_pgd_accuracy"
-
-
-def best_epoch(history: list[dict]) -> dict:
-    """The epoch best.pt holds: the first with the highest monitored PGD accuracy, else the last."""
-    scored = [h for h in history if BEST_KEY in h]
-    if not scored:
-        return {"epoch": history[-1]["epoch"], "by": None}
-    top = max(scored, key=lambda h: h[BEST_KEY])  # max keeps the first of equal values
-    return {"epoch": top["epoch"], "by": BEST_KEY, BEST_KEY: top[BEST_KEY]}
-
-
-def draw_curves(name: str, history: list[dict], stem: Path) -> None:
-    """The run's own training curves, drawn as it finishes (a table's curves wait for all
-    its runs). A figure that fails to draw never fails the finished training."""
-    try:
-        from .. import figures
-
-        figures.training_curves({name: history}, f"{name}: training curves", stem)
-    except Exception as e:  # noqa: BLE001 - a figure is not worth a finished run
-        print(f"{name}: the training curves could not be drawn: {e!r}", file=sys.stderr)
 
 
 def launch_train(nprocs: int, spec: Training, out_dir: str | Path, soft_label_file: str | Path | None = None,
