@@ -188,7 +188,7 @@ def correctness(ctx, res: dict) -> None:
         ctx.save()
     model.load_state_dict(init)
     many = loaders.DeviceLoader(random_split(s.batch * s.scale_steps, s.image_size, dev, seed=2), s.batch,
-                             q=stand_in_labels(s.batch * s.scale_steps, 1.0, dev), crop_padding=4)
+                                q=stand_in_labels(s.batch * s.scale_steps, 1.0, dev), crop_padding=4)
     record = train(ctx, model, "trades-ltd", many, "fp16", epochs=1)[-1]
     res["grad_scaler"] = {"steps": len(many), "scale": record["loss_scale"],
                           "skipped_steps": record["train_skipped_steps"], "initial_scale": 2.0 ** 16}
@@ -220,7 +220,7 @@ def emulation(ctx, res: dict) -> None:
     ctx.save()
     n = s.batch * s.emu_steps
     loader = loaders.DeviceLoader(random_split(n, s.image_size, dev, seed=4), s.batch,
-                               q=stand_in_labels(n, 20.0, dev), crop_padding=4)
+                                  q=stand_in_labels(n, 20.0, dev), crop_padding=4)
     record = train(ctx, model, "trades-ltd", loader, "fp16", epochs=1)[-1]
     res["trained_steps"], res["trained_stalled"] = len(loader), record["train_stalled"]
     res["trained"] = fp16_emulation.compare(model, x, **kw)
@@ -243,7 +243,7 @@ def timed(ctx, arch: str, precision: str, batch: int, compile_attack: bool = Fal
     s = ctx.sizes
     n = batch * s.timed_steps
     loader = loaders.DeviceLoader(random_split(n, s.image_size, ctx.device, seed=5), batch,
-                               q=stand_in_labels(n, 1.0, ctx.device), crop_padding=4)
+                                  q=stand_in_labels(n, 1.0, ctx.device), crop_padding=4)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     history = train(ctx, fresh_model(arch, ctx.device), "trades-ltd", loader, precision, epochs=2,
@@ -312,7 +312,7 @@ def cifar_slice(ctx, res: dict) -> None:
                       "test_accuracy": accuracy(teacher, test)}
     ctx.save()
     students = loaders.Split(split.x[: s.batch * s.slice_every], split.y[: s.batch * s.slice_every],
-                          split.indices[: s.batch * s.slice_every])
+                             split.indices[: s.batch * s.slice_every])
     res["students"] = {}
     for temperature in (5.0, 20.0):
         for precision in AUTOCAST:

@@ -124,7 +124,7 @@ def test_short_fit_in_bf16_is_close_to_fp32_and_records_it(device, method, tmp_p
         model.fc.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
         step = build_step(method, beta=6.0, attack=ATTACK, awp=AWP if method.startswith("awp") else None)
         loader = loaders.DeviceLoader(loaders.Split(x.to(device), y.to(device), None), 16, q=q.to(device),
-                                   crop_padding=2, seed=1)
+                                      crop_padding=2, seed=1)
         histories[precision] = fit(model, step, loader, SCHED, ckpt_path=tmp_path / f"{precision}.pt", device=device,
                                    precision=precision)
         assert [h["precision"] for h in histories[precision]] == [precision] * 2  # what ran, recorded
@@ -152,7 +152,7 @@ def test_every_method_trains_in_bf16_with_channels_last(device, tmp_path):
             model = build_model("wrn-10-1", 10)
             before = copy.deepcopy(model.state_dict())
             loader = loaders.DeviceLoader(loaders.Split(x.to(device), y.to(device), None), 16,
-                                       q=None if fly else q.to(device), crop_padding=2, seed=1)
+                                          q=None if fly else q.to(device), crop_padding=2, seed=1)
             if fly:
                 loader = TeacherLabels(loader, copy.deepcopy(teacher), 5.0, device, "bf16")
             step = build_step(name, beta=6.0, attack=ATTACK if m.attack else None, awp=AWP if m.awp else None)
@@ -257,7 +257,7 @@ def test_device_loader_batches_on_cuda_equal_the_cpus():
     y, q = torch.arange(100) % 10, torch.softmax(torch.randn(100, 10), 1)
     for world, rank in ((1, 0), (3, 1)):
         make = lambda d: loaders.DeviceLoader(loaders.Split(x.to(d), y.to(d), np.arange(100)), 32,  # noqa: E731
-                                           q=q.to(d), crop_padding=4, seed=5, rank=rank, world_size=world)
+                                              q=q.to(d), crop_padding=4, seed=5, rank=rank, world_size=world)
         cpu, gpu = make("cpu"), make(device)
         for epoch in (0, 1):
             batches = list(zip(cpu.epoch(epoch), gpu.epoch(epoch), strict=True))
@@ -281,7 +281,7 @@ g = torch.Generator().manual_seed(0)
 x, y = torch.rand(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
 q = torch.softmax(2 * torch.randn(64, 10, generator=g), 1)
 loader = loaders.DeviceLoader(loaders.Split(x.to(device), y.to(device), None), 16, q=q.to(device),
-                           crop_padding=2, seed=1)
+                              crop_padding=2, seed=1)
 
 # Train to stops[-1] epochs in attempts that end at each of `stops` (the first ones are
 # interrupted runs). Each attempt builds its model as a job does (seed 0) and fit resumes
