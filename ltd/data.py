@@ -26,7 +26,8 @@ streaming loader with the same interface (``len``, ``epoch(e)`` -> (x, y, q) on 
 device) and ``eval_batches`` streams evaluation data for any source.
 
 The public functions take a data set as a job's spec holds it, one ``ltd.jobspec.Data``
-(``Data.of`` wraps a bare section); only the per-kind loaders see its section and data_dir.
+(``Data.of`` wraps a bare section), and ``open`` gives it to its kind's loader, which holds
+its section and data_dir.
 The file-based kinds (cifarfolder, imagefolder) are in ``ltd.image_files``.
 """
 
@@ -48,10 +49,10 @@ from .jobspec import Data
 from .loaders import SPLIT_SEED, Loader, Split, check_split, split_indices
 
 
-def loader(cfg: dict) -> Loader:
-    """The loader of a data set's source kind, as its registry record names it."""
-    kind = sources.get(cfg.get("source"))
-    return kind.loader_class()(kind)
+def open(data: Data) -> Loader:  # ltd.data.open, as gzip.open: the builtin is not used in this module
+    """A data set opened by the loader its source kind's registry record names."""
+    kind = sources.get(data.section.get("source"))
+    return kind.loader_class()(kind, data)
 
 
 # --- in-memory sources ------------------------------------------------------------------
@@ -101,15 +102,14 @@ def load_split(data: Data, split: str) -> Split:
     training set.
     """
     check_split(split)
-    return loader(data.section).load(data.section, data.data_dir, split)
+    return open(data).load(split)
 
 
 def make_train_loader(data: Data, device: torch.device | str, batch_size: int,
                       q: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1):
     """The training split's loader: a DeviceLoader for in-memory sources (crop with
     ``crop_padding`` + flip), a StreamLoader for streamed ones (RandomResizedCrop + flip)."""
-    return loader(data.section).train_loader(data.section, data.data_dir, device, batch_size, q, seed, rank,
-                                             world_size)
+    return open(data).train_loader(device, batch_size, q, seed, rank, world_size)
 
 
 def eval_batches(data: Data, split: str, device: torch.device | str, batch_size: int,
@@ -121,49 +121,47 @@ def eval_batches(data: Data, split: str, device: torch.device | str, batch_size:
     def take(s):
         return s if n is None else s.tail(n) if last else s.head(n)
 
-    yield from loader(data.section).eval_batches(data.section, data.data_dir, split, device, batch_size, take)
+    yield from open(data).eval_batches(split, device, batch_size, take)
 
 
 def num_classes(data: Data) -> int:
     """The record's, for a source of fixed classes; else counted in its class folders."""
-    return loader(data.section).num_classes(data.section, data.data_dir)
+    return open(data).num_classes()
 
 
 def prepare(data: Data) -> None:
     """What a source needs before its first job (rules/data.smk, prepare_data): the demo's
     ImageFolder tree built, a cifarfolder's archive unpacked; downloads happen on first read."""
-    loader(data.section).prepare(data.section, data.data_dir)
+    open(data).prepare()
 
 
 def describe_source(data: Data) -> dict:
     """What a data set's source holds, before any split: classes and images per folder
     (CIFAR: downloaded here if missing; imagefolder: listed, with a fingerprint of the
     file names)."""
-    cfg, data_dir = data.section, data.data_dir
-    kind = loader(cfg)
-    return {**_header(kind, cfg, data_dir), **kind.source_facts(cfg, data_dir)}
+    opened = open(data)
+    return {**_header(opened), **opened.source_facts()}
 
 
-def _header(kind: Loader, cfg: dict, data_dir: str) -> dict:
-    return {"source": cfg["source"], "num_classes": kind.num_classes(cfg, data_dir), "split_seed": SPLIT_SEED}
+def _header(opened: Loader) -> dict:
+    return {"source": opened.cfg["source"], "num_classes": opened.num_classes(), "split_seed": SPLIT_SEED}
 
 
 def describe(data: Data, splits: tuple[str, ...] = ("train", "val", "test")) -> dict:
     """Sizes and a fingerprint of each split: recorded so a result names its data.
     For imagefolder from the file lists alone (no image is decoded)."""
-    cfg, data_dir = data.section, data.data_dir
-    kind = loader(cfg)
-    out = _header(kind, cfg, data_dir)
+    opened = open(data)
+    out = _header(opened)
     for split in splits:
         check_split(split)
-        s_ix, n, shape, extra = kind.split_facts(cfg, data_dir, split)
+        s_ix, n, shape, extra = opened.split_facts(split)
         out[split] = {
             "n": n,
             "shape": shape,
             "indices_sha256": hashlib.sha256(np.asarray(s_ix, dtype=np.int64).tobytes()).hexdigest(),
             **extra,
         }
-    return {**out, **kind.facts(cfg, data_dir)}
+    return {**out, **opened.facts()}
 
 
 # --- the in-memory kinds' loaders (ltd.sources.SOURCES names each; the file-based ones are in
@@ -173,23 +171,23 @@ def describe(data: Data, splits: tuple[str, ...] = ("train", "val", "test")) -> 
 class Cifar(Loader):
     """torchvision's CIFAR-10/100 (downloaded into ``data_dir`` on first read)."""
 
-    def load(self, cfg, data_dir, split):
-        x, y = _cifar(cfg["source"], data_dir, train=split != "test")
-        idx = split_indices(cfg, split, len(y), carve_test=False)
+    def load(self, split):
+        x, y = _cifar(self.cfg["source"], self.data_dir, train=split != "test")
+        idx = split_indices(self.cfg, split, len(y), carve_test=False)
         return Split(x[idx], y[idx], idx)
 
-    def source_facts(self, cfg, data_dir):
-        return {split: {"images": len(_cifar(cfg["source"], data_dir, train=split == "train")[1])}
+    def source_facts(self):
+        return {split: {"images": len(_cifar(self.cfg["source"], self.data_dir, train=split == "train")[1])}
                 for split in ("train", "test")}
 
 
 class Digits(Loader):
     """scikit-learn's digits, upsampled; its test split carved out of its one pool."""
 
-    def load(self, cfg, data_dir, split):
-        x, y = _digits(sources.image_size(cfg))
-        idx = split_indices(cfg, split, len(y), carve_test=True)
+    def load(self, split):
+        x, y = _digits(sources.image_size(self.cfg))
+        idx = split_indices(self.cfg, split, len(y), carve_test=True)
         return Split(x[idx], y[idx], idx)
 
-    def source_facts(self, cfg, data_dir):
+    def source_facts(self):
         return {"pool": {"images": len(_digits(8)[1])}}

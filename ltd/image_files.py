@@ -94,10 +94,6 @@ def _decode(files: list[str], size: int | None) -> torch.Tensor:
     return out
 
 
-def _root(cfg: dict, data_dir: str) -> Path:
-    return Path(cfg["path"])  # a workflow path like any other; data_dir is where downloads go
-
-
 def _scan(root: str, sub: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Sorted files and labels of root/sub; classes come from root/train so that val/
     uses the same label numbering. Cached: ImageNet's listing takes seconds; the key
@@ -120,12 +116,12 @@ def _scan_cached(root: str, sub: str, *_stamp) -> tuple[tuple[str, ...], np.ndar
 
 def file_split(data: Data, split: str) -> FileSplit:
     """The files of an imagefolder split: "test" is val/, train/val are drawn from train/."""
-    return _file_split(data.section, data.data_dir, split)
+    return _file_split(data.section, split)
 
 
-def _file_split(cfg: dict, data_dir: str, split: str) -> FileSplit:
+def _file_split(cfg: dict, split: str) -> FileSplit:
     check_split(split)
-    root = str(_root(cfg, data_dir))
+    root = str(cfg["path"])  # a workflow path like any other (data_dir is where downloads go)
     sub = "val" if split == "test" else "train"
     files, labels = _scan(root, sub)
     idx = split_indices(cfg, split, len(files), carve_test=False, shuffle_test=True)
@@ -223,19 +219,20 @@ class StreamLoader:
 class CifarFolder(Loader):
     """Image files in CIFAR's recipe, decoded once into memory as stored."""
 
-    def prepare(self, cfg, data_dir):
-        if cfg.get("archive"):
-            unpack_archive(cfg)
+    def prepare(self):
+        if self.cfg.get("archive"):
+            unpack_archive(self.cfg)
 
-    def load(self, cfg, data_dir, split):
-        files, labels, idx = _folder_split(cfg, split)
-        x = _decode(files, cfg.get("image_size"))
+    def load(self, split):
+        files, labels, idx = _folder_split(self.cfg, split)
+        x = _decode(files, self.cfg.get("image_size"))
         return Split(x.float().div_(255), torch.tensor(labels, dtype=torch.int64), idx)
 
-    def num_classes(self, cfg, data_dir):
-        return len(sources.folder_classes(cfg))
+    def num_classes(self):
+        return len(sources.folder_classes(self.cfg))
 
-    def source_facts(self, cfg, data_dir):
+    def source_facts(self):
+        cfg = self.cfg
         out = _folder_facts(cfg)
         for sub in sources.FOLDER_SPLITS:
             files, _ = sources.folder_files(cfg, sub)
@@ -246,61 +243,66 @@ class CifarFolder(Loader):
                         "files_sha256": _names_sha256(files, Path(cfg["path"]) / sub)}
         return out
 
-    def split_facts(self, cfg, data_dir, split):  # from the file list and one decoded image
+    def split_facts(self, split):  # from the file list and one decoded image
+        cfg = self.cfg
         files, _, s_ix = _folder_split(cfg, split)
         shape = list(_decode(files[:1], cfg.get("image_size")).shape[1:])
         sub = "test" if split == "test" else "train"
         return s_ix, len(files), shape, {"files_sha256": _names_sha256(files, Path(cfg["path"]) / sub)}
 
-    def facts(self, cfg, data_dir):
-        return _folder_facts(cfg)
+    def facts(self):
+        return _folder_facts(self.cfg)
 
 
 class ImageFolder(Loader):
     """ImageNet's tree, streamed: decoded by DataLoader workers, never held whole."""
 
-    def prepare(self, cfg, data_dir):
+    def prepare(self):
+        cfg = self.cfg
         if cfg.get("build_from") and not Path(cfg["path"]).exists():
-            write_image_folder(Data.of(cfg["build_from"], data_dir), cfg["path"])
+            write_image_folder(Data.of(cfg["build_from"], self.data_dir), cfg["path"])
 
-    def load(self, cfg, data_dir, split):
-        fs, size = _file_split(cfg, data_dir, split), cfg["image_size"]
+    def load(self, split):
+        fs, size = _file_split(self.cfg, split), self.cfg["image_size"]
         xs, ys = [torch.empty(0, 3, size, size)], [torch.empty(0, dtype=torch.int64)]
-        for x, y in self.eval_batches(cfg, data_dir, split, "cpu", 256, lambda s: s):
+        for x, y in self.eval_batches(split, "cpu", 256, lambda s: s):
             xs.append(x)
             ys.append(y)
         return Split(torch.cat(xs), torch.cat(ys), fs.indices)
 
-    def num_classes(self, cfg, data_dir):
+    def num_classes(self):
         from torchvision.datasets.folder import find_classes
 
-        return len(find_classes(_root(cfg, data_dir) / "train")[0])
+        return len(find_classes(Path(self.cfg["path"]) / "train")[0])
 
-    def source_facts(self, cfg, data_dir):
-        root, out = str(_root(cfg, data_dir)), {}
+    def source_facts(self):
+        root, out = str(Path(self.cfg["path"])), {}
         for sub in ("train", "val"):
             files, _ = _scan(root, sub)
             rel = "\n".join(os.path.relpath(f, os.path.join(root, sub)) for f in files)
             out[sub] = {"images": len(files), "files_sha256": hashlib.sha256(rel.encode()).hexdigest()}
         return {**out, "path": root}
 
-    def split_facts(self, cfg, data_dir, split):  # from the file list alone
-        fs = _file_split(cfg, data_dir, split)
+    def split_facts(self, split):  # from the file list alone
+        cfg = self.cfg
+        fs = _file_split(cfg, split)
         rel = "\n".join(os.path.relpath(f, fs.folder) for f in fs.files)  # class/file, location-free
         return (fs.indices, len(fs), [3, cfg["image_size"], cfg["image_size"]],
                 {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()})
 
-    def facts(self, cfg, data_dir):
-        return {"path": str(_root(cfg, data_dir))}
+    def facts(self):
+        return {"path": str(Path(self.cfg["path"]))}
 
-    def train_loader(self, cfg, data_dir, device, batch_size, q, seed, rank, world_size):
+    def train_loader(self, device, batch_size, q, seed, rank, world_size):
+        cfg = self.cfg
         transform = train_transform(cfg["image_size"], cfg["crop_scale"])
-        return StreamLoader(_file_split(cfg, data_dir, "train"), batch_size, transform,
+        return StreamLoader(_file_split(cfg, "train"), batch_size, transform,
                             device, q, seed=seed, workers=cfg["workers"],
                             rank=rank, world_size=world_size)
 
-    def eval_batches(self, cfg, data_dir, split, device, batch_size, take):
-        fs = take(_file_split(cfg, data_dir, split))
+    def eval_batches(self, split, device, batch_size, take):
+        cfg = self.cfg
+        fs = take(_file_split(cfg, split))
         device = torch.device(device)
         loader = torch.utils.data.DataLoader(ImageFiles(fs, eval_transform(cfg["image_size"])),
                                              batch_size=batch_size, num_workers=cfg["workers"],

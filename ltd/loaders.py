@@ -10,7 +10,7 @@ what they share, never back to ltd.data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 from . import sources
 from .sources import split_sizes
+
+if TYPE_CHECKING:
+    from .jobspec import Data
 
 SPLIT_SEED = 0  # fixed: the train/val(/test for digits) split never depends on the run seed
 
@@ -201,42 +204,44 @@ class DeviceLoader:
 
 
 class Loader:
-    """What ``ltd.data`` asks of a source kind. Its defaults hold a split in memory on the
-    device (a DeviceLoader), as every source but imagefolder does; a new kind defines
-    ``load`` and ``source_facts`` at least. ``kind``: its record (ltd.sources.Source)."""
+    """A data set opened by its source kind's loader: what ``ltd.data`` asks of it. The
+    defaults hold a split in memory on the device (a DeviceLoader), as every source but
+    imagefolder does; a new kind defines ``load`` and ``source_facts`` at least.
+    ``kind``: its record (ltd.sources.Source); ``cfg``: its settings (the config's
+    section, defaults laid under); ``data_dir``: where downloads go."""
 
-    def __init__(self, kind: sources.Source):
-        self.kind = kind
+    def __init__(self, kind: sources.Source, data: Data):
+        self.kind, self.cfg, self.data_dir = kind, data.section, data.data_dir
 
-    def prepare(self, cfg: dict, data_dir: str) -> None:
+    def prepare(self) -> None:
         """Fetch, build or unpack what the source reads, once (prepare_data)."""
 
-    def load(self, cfg: dict, data_dir: str, split: str) -> Split:
+    def load(self, split: str) -> Split:
         raise NotImplementedError
 
-    def num_classes(self, cfg: dict, data_dir: str) -> int:
+    def num_classes(self) -> int:
         return self.kind.classes
 
-    def source_facts(self, cfg: dict, data_dir: str) -> dict:
+    def source_facts(self) -> dict:
         """What the source holds before any split (images per folder...), for describe_source."""
         raise NotImplementedError
 
-    def split_facts(self, cfg: dict, data_dir: str, split: str) -> tuple[np.ndarray, int, list[int], dict]:
+    def split_facts(self, split: str) -> tuple[np.ndarray, int, list[int], dict]:
         """A split's positions in the source, its size, its images' shape and extra facts."""
-        s = self.load(cfg, data_dir, split)
+        s = self.load(split)
         return s.indices, len(s), list(s.x.shape[1:]), {}
 
-    def facts(self, cfg: dict, data_dir: str) -> dict:
+    def facts(self) -> dict:
         """Facts of the whole source that every result's provenance records."""
         return {}
 
-    def train_loader(self, cfg, data_dir, device, batch_size, q, seed, rank, world_size):
-        split = self.load(cfg, data_dir, "train").to(device)
-        return DeviceLoader(split, batch_size, q=q, crop_padding=cfg["crop_padding"],
+    def train_loader(self, device, batch_size, q, seed, rank, world_size):
+        split = self.load("train").to(device)
+        return DeviceLoader(split, batch_size, q=q, crop_padding=self.cfg["crop_padding"],
                             seed=seed, rank=rank, world_size=world_size)
 
-    def eval_batches(self, cfg, data_dir, split, device, batch_size, take):
-        s = take(self.load(cfg, data_dir, split)).to(device)
+    def eval_batches(self, split, device, batch_size, take):
+        s = take(self.load(split)).to(device)
         for sl in batches(s.x, batch_size):
             yield s.x[sl], s.y[sl]
 
