@@ -29,7 +29,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import clock  # noqa: E402
 from benchmarks.train_step import OfficialStructureTradesStep  # noqa: E402
 from ltd import runtime  # noqa: E402
 from ltd.models import build_model  # noqa: E402
@@ -97,11 +97,6 @@ class _Trainer:
         return sum(p.grad is not None and bool(p.grad.any()) for p in weights), len(weights)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -134,11 +129,9 @@ def main(argv=None) -> dict:
     times = {v: [] for v in VARIANTS}
     for i in range(args.steps):
         for v in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
-            _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock.now(device)
             trainers[v].step()
-            _sync(device)
-            times[v].append(time.perf_counter() - t0)
+            times[v].append(clock.now(device) - t0)
 
     n_params = sum(p.numel() for p in base.parameters())
     result = {"arch": args.arch, "image_size": s, "batch_size": b, "attack_steps": args.attack_steps,

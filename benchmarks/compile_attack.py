@@ -32,7 +32,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import clock  # noqa: E402
 from benchmarks.train_step import device_peak_tflops  # noqa: E402
 from ltd import flops, runtime  # noqa: E402
 from ltd.compiled import AttackForward  # noqa: E402
@@ -72,19 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda":
-        runtime.setup("cuda")  # as a job: TF32 off, cuDNN autotuning on
+    device = runtime.setup(args.device, threads=args.threads)  # as a job: on CUDA, TF32 off, cuDNN autotuning on
     precision = runtime.effective_precision(device, args.precision or "bf16")
     attack = {"eps": 8 / 255, "step_size": 2 / 255, "steps": args.attack_steps}
     awp = {"gamma": 5e-3, "warmup_epochs": 0, "proxy_lr": 0.1}
@@ -124,11 +114,9 @@ def main(argv=None) -> dict:
 
     def timed(name, seed):
         torch.manual_seed(seed)  # the same random start for every variant at the same step
-        _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock.now(device)
         runners[name]()
-        _sync(device)
-        return time.perf_counter() - t0
+        return clock.now(device) - t0
 
     for name in args.variants:  # each variant's first step compiles: timed apart
         first[name] = timed(name, 0)

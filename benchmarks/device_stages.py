@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import clock
 from ltd import data, flops, fp16_emulation, image_files, jobspec, loaders, runtime, throughput
 from ltd.attacks import pgd_attack
 from ltd.autoattack import run_autoattack
@@ -350,10 +351,10 @@ def autoattack_stage(ctx, res: dict) -> None:
         with runtime.in_tf32_mode(dev, precision):
             pgd_attack(model, split.x, split.y, eps=EPS, step_size=STEP_SIZE, steps=1)  # warm-up (cuDNN's choice)
             rate = attack_rate(ctx, model, split)
-            t0 = _sync_time(dev)
+            t0 = clock.now(dev)
             record, flags = run_autoattack(model, split.x, split.y, eps=EPS, version="custom", attacks=["apgd-ce"],
                                            batch_size=s.aa_n, device=dev, progress=False)
-            seconds = _sync_time(dev) - t0
+            seconds = clock.now(dev) - t0
         res[precision] = {"attack_img_per_s": rate, "mfu": mfu(ctx, s.big, rate, 2.0, precision),
                           "apgd_ce_seconds": seconds, "robust_accuracy": record.get("robust_accuracy"),
                           "clean_accuracy": record.get("clean_accuracy")}
@@ -371,15 +372,9 @@ def autoattack_stage(ctx, res: dict) -> None:
 
 def attack_rate(ctx, model, split: loaders.Split) -> float:
     """Images per second of one attack iteration (eval-mode forward + input gradient)."""
-    t0 = _sync_time(ctx.device)
+    t0 = clock.now(ctx.device)
     pgd_attack(model, split.x, split.y, eps=EPS, step_size=STEP_SIZE, steps=ctx.sizes.aa_iters)
-    return len(split) * ctx.sizes.aa_iters / (_sync_time(ctx.device) - t0)
-
-
-def _sync_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+    return len(split) * ctx.sizes.aa_iters / (clock.now(ctx.device) - t0)
 
 
 def archive_default(root: Path) -> list[Path]:

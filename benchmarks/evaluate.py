@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ltd import autoattack, budget, checkpoint, data, evaluate, flops, jobspec, sources  # noqa: E402
+from benchmarks import clock  # noqa: E402
+from ltd import autoattack, budget, checkpoint, data, evaluate, flops, jobspec, runtime, sources  # noqa: E402
 from ltd.models import build_model  # noqa: E402
 
 
@@ -77,21 +77,9 @@ def _images(args) -> tuple[torch.Tensor, torch.Tensor, int]:
     return split.x, split.y, args.num_classes or sources.get(args.data).classes
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda":  # as ltd.runtime.setup: reported numbers in full fp32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
+    device = runtime.setup(args.device, threads=args.threads)  # as a job: reported numbers in full fp32
     torch.manual_seed(args.seed)
     x, y, classes = _images(args)
     model = build_model(args.arch, classes)
@@ -110,11 +98,9 @@ def main(argv=None) -> dict:
     stages: dict[str, dict] = {}
 
     def timed(name: str, fwd_eq: float | None, fn):
-        _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock.now(device)
         out = fn()
-        _sync(device)
-        sec = time.perf_counter() - t0
+        sec = clock.now(device) - t0
         stages[name] = {"seconds": sec, "images_per_s": n / sec, "forward_equivalents": fwd_eq,
                         "projected_hours": args.project / (n / sec) / 3600, **out}
 

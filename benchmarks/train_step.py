@@ -36,7 +36,6 @@ import platform
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import clock  # noqa: E402
 from ltd import flops, runtime  # noqa: E402
 from ltd.losses import natural_loss  # noqa: E402
 from ltd.models import build_model  # noqa: E402
@@ -125,11 +125,6 @@ def make_steps(method: str, beta: float, attack: dict):
     return build_step(method, beta=beta, attack=attack), OfficialStructureTradesStep(method, beta=beta, attack=attack)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,14 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda":  # as ltd.runtime.setup: no TF32 (bf16 autocast carries the speed)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
+    device = runtime.setup(args.device, threads=args.threads)  # as a job: no TF32 (autocast carries the speed)
     precision = runtime.effective_precision(device, args.precision or "bf16")
     attack = {"eps": args.eps, "step_size": args.step_size, "steps": args.attack_steps}
     ours, official = make_steps(args.method, args.beta, attack)
@@ -211,11 +199,9 @@ def main(argv=None) -> dict:
     for i in range(args.steps):
         order = ("ours", "official") if i % 2 == 0 else ("official", "ours")
         for name in order:
-            _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock.now(device)
             runners[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock.now(device) - t0)
 
     label, peak = device_peak_tflops(device, precision)
     if args.peak_tflops:
