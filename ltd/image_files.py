@@ -121,7 +121,7 @@ def file_split(data: Data, split: str) -> FileSplit:
 
 def _file_split(cfg: dict, split: str) -> FileSplit:
     check_split(split)
-    root = str(cfg["path"])  # a workflow path like any other (data_dir is where downloads go)
+    root = str(Path(cfg["path"]))  # a workflow path like any other (data_dir is where downloads go)
     sub = "val" if split == "test" else "train"
     files, labels = _scan(root, sub)
     idx = split_indices(cfg, split, len(files), carve_test=False, shuffle_test=True)
