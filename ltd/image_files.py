@@ -94,6 +94,10 @@ def _decode(files: list[str], size: int | None) -> torch.Tensor:
     return out
 
 
+def _root(cfg: dict) -> Path:
+    return Path(cfg["path"])  # a workflow path like any other (data_dir is where downloads go)
+
+
 def _scan(root: str, sub: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Sorted files and labels of root/sub; classes come from root/train so that val/
     uses the same label numbering. Cached: ImageNet's listing takes seconds; the key
@@ -121,7 +125,7 @@ def file_split(data: Data, split: str) -> FileSplit:
 
 def _file_split(cfg: dict, split: str) -> FileSplit:
     check_split(split)
-    root = str(Path(cfg["path"]))  # a workflow path like any other (data_dir is where downloads go)
+    root = str(_root(cfg))
     sub = "val" if split == "test" else "train"
     files, labels = _scan(root, sub)
     idx = split_indices(cfg, split, len(files), carve_test=False, shuffle_test=True)
@@ -273,10 +277,10 @@ class ImageFolder(Loader):
     def num_classes(self):
         from torchvision.datasets.folder import find_classes
 
-        return len(find_classes(Path(self.cfg["path"]) / "train")[0])
+        return len(find_classes(_root(self.cfg) / "train")[0])
 
     def source_facts(self):
-        root, out = str(Path(self.cfg["path"])), {}
+        root, out = str(_root(self.cfg)), {}
         for sub in ("train", "val"):
             files, _ = _scan(root, sub)
             rel = "\n".join(os.path.relpath(f, os.path.join(root, sub)) for f in files)
@@ -291,7 +295,7 @@ class ImageFolder(Loader):
                 {"files_sha256": hashlib.sha256(rel.encode()).hexdigest()})
 
     def facts(self):
-        return {"path": str(Path(self.cfg["path"]))}
+        return {"path": str(_root(self.cfg))}
 
     def train_loader(self, device, batch_size, q, seed, rank, world_size):
         cfg = self.cfg
