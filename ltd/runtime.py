@@ -70,9 +70,10 @@ def setup(device: str = "auto", threads: int | None = None, gpus: int = 0,
         # take months there and look like a hang.
         held = gpus and os.environ.get(FAKE_GPUS) != "1"
         device = "cuda" if torch.cuda.is_available() or held else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    on_cuda = torch.device(device).type == "cuda"  # cuda or cuda:N (benchmarks' --device)
+    if on_cuda and not torch.cuda.is_available():
         raise NoCudaError(no_cuda_message(gpus))
-    if device == "cuda":
+    if on_cuda:
         # Reported numbers are computed in full fp32 (see evaluate.py); training uses autocast.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

@@ -66,6 +66,14 @@ def test_without_a_driver_the_message_says_so(no_cuda, monkeypatch, tmp_path):
         runtime.setup("cuda", None, gpus=0, slots_dir=no_cuda)  # device: cuda, no GPU held: stops as well
 
 
+def test_a_numbered_cuda_device_is_checked_as_cuda_is(no_cuda, monkeypatch):
+    """`cuda:N` (the benchmarks' --device) stops as `cuda` does where torch sees no GPU,
+    instead of returning a device that fails at its first tensor."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(runtime.NoCudaError, match="CPU-only build"):
+        runtime.setup("cuda:0", None, gpus=0, slots_dir=no_cuda)
+
+
 def test_cpu_only_torch_build_is_named(no_cuda, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(runtime.NoCudaError, match="CPU-only build"):
